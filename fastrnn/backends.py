@@ -1,0 +1,83 @@
+"""Backend choice: which implementation of the per-layer functions runs (docs/CONTRACT.md).
+
+Each backend is a module exposing `available() -> bool`, `lstm_layer(...)` and `sab_layer(...)`.
+They are imported lazily, so `import fastrnn` stays cheap and a missing native build or Triton only
+matters to the backend that needs it.
+"""
+import importlib
+
+BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+
+# backend -> (module holding lstm_layer, module holding sab_layer)
+_MODULES = {
+    "reference": ("fastrnn.reference", "fastrnn.reference"),
+    "cpu": ("fastrnn.ops.cpu_lstm", "fastrnn.ops.cpu_sab"),
+    "triton": ("fastrnn.ops.triton_backend", "fastrnn.ops.triton_backend"),
+}
+
+_WHY_UNAVAILABLE = {
+    "cpu": "the native library is not built (run `bash scripts/setup.sh`, or `bash scripts/build_native.sh`)",
+    "triton": "Triton is not importable",
+    "cuda": "the CUDA backend has no runtime implementation yet (its kernels compile, nothing runs them here)",
+}
+
+
+def _load(module_name: str):
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return module if module.available() else None
+
+
+def _layer_modules(name: str):
+    """The (lstm module, sab module) of a concrete backend, or None where it is not usable here."""
+    if name not in _MODULES:
+        return None
+    lstm_mod, sab_mod = (_load(m) for m in _MODULES[name])
+    if lstm_mod is None or sab_mod is None:
+        return None
+    return lstm_mod, sab_mod
+
+
+def available_backends() -> list:
+    """The concrete backends that can run in this process (the reference always can)."""
+    return [name for name in _MODULES if _layer_modules(name) is not None]
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def resolve(backend: str, device) -> str:
+    """The concrete backend for tensors on `device`: "auto" picks cpu on CPU, triton on CUDA."""
+    if backend != "auto":
+        return backend
+    device = device if isinstance(device, str) else device.type
+    preferred = {"cpu": ("cpu",), "cuda": ("triton",)}.get(device, ())
+    for name in preferred:
+        if _layer_modules(name) is not None:
+            return name
+    return "reference"
+
+
+def layer_functions(backend: str, device):
+    """(lstm_layer, sab_layer) of `backend` for tensors on `device`, with a clear error if unusable."""
+    name = resolve(backend, device)
+    modules = _layer_modules(name)
+    if modules is None:
+        reason = _WHY_UNAVAILABLE.get(name, "")
+        raise RuntimeError(f"backend {name!r} is not available: {reason}")
+    device_type = device if isinstance(device, str) else device.type
+    if name == "cpu" and device_type != "cpu":
+        raise ValueError(f"backend 'cpu' needs CPU tensors, got input on {device}")
+    if name == "triton" and device_type != "cuda" and not _interpreting():
+        raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got input on {device}")
+    return modules[0].lstm_layer, modules[1].sab_layer
+
+
+def _interpreting() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET") == "1"

@@ -1,0 +1,157 @@
+"""The specification (SPEC.md sections 1-3) in plain PyTorch autograd: the oracle.
+
+Every backend is tested against these two functions. They are a Python loop over time steps written to
+read like SPEC.md line by line, and autograd computes the backward pass, so the gradient is by
+construction "exactly the autograd gradient of section 1 with its detach points". Keep them obviously
+correct, never clever: speed lives in the other backends.
+
+Per-layer signature, shared by every backend (docs/CONTRACT.md):
+
+    lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale) -> (y, h_n, c_n)
+    sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
+              k_top, k_att, scorer, provisional, need_attention) -> (y, h_n, c_n, attention)
+
+`x` is [T, B, I] with T >= 1, `h0`/`c0` [B, H]; `cut` (bool) and `scale` are the [T] truncation
+schedule of SPEC section 3. Step -1 is the initial state, so `cut[0]`/`scale[0]` act on the recurrent
+gradient into (h0, c0).
+"""
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+# Added to the normaliser of the sparse weights (SPEC section 1, step 6).
+NORM_EPS = 1e-7
+
+
+class SABAttention(NamedTuple):
+    """The sparse attention of one SAB layer (SPEC section 1, `return_attention=True`).
+
+    indices:    [T, B, k_top] int64, the selected slots (weight > 0) in ascending slot order, -1 padding.
+    weights:    [T, B, k_top], their normalised weights w_j (0 where padded).
+    slot_steps: [1 + T // k_att] int64, the time step whose state each slot holds (-1 for h0).
+    """
+
+    indices: Tensor
+    weights: Tensor
+    slot_steps: Tensor
+
+
+def slot_steps(T: int, k_att: int, device=None) -> Tensor:
+    """Slot j >= 1 is written at the end of step j * k_att - 1; slot 0 is h0 (step -1)."""
+    return torch.arange(0, T // k_att + 1, device=device, dtype=torch.int64) * k_att - 1
+
+
+def recurrent_input(v: Tensor, cut: bool, scale: float) -> Tensor:
+    """The value of `v` as the recurrent input of the next step, under the truncation schedule.
+
+    Forward: `v` exactly. Backward: no gradient if `cut`, else the gradient times `scale`.
+    (`d + scale * (v - d)` is `v` to the bit, because `v - d` is exactly zero.)
+    """
+    if cut:
+        return v.detach()
+    if scale == 1.0:
+        return v
+    d = v.detach()
+    return d + scale * (v - d)
+
+
+def lstm_cell(x_t, h_in, c_in, w_ih, w_hh, b_ih, b_hh):
+    """SPEC section 1, steps 2-3: returns (c_t, ĥ_t). Gate order i, f, g, o as torch.nn.LSTM."""
+    gates = x_t @ w_ih.t() + h_in @ w_hh.t()
+    if b_ih is not None:
+        gates = gates + b_ih + b_hh
+    i, f, g, o = gates.chunk(4, dim=1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = f * c_in + i * g
+    return c, o * torch.tanh(c)
+
+
+def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale):
+    """A plain LSTM layer (torch.nn.LSTM's math) under a truncation schedule."""
+    cut, scale = cut.tolist(), scale.tolist()
+    h, c = h0, c0
+    ys = []
+    for t in range(x.shape[0]):
+        h_in = recurrent_input(h, cut[t], scale[t])
+        c_in = recurrent_input(c, cut[t], scale[t])
+        c, h = lstm_cell(x[t], h_in, c_in, w_ih, w_hh, b_ih, b_hh)
+        ys.append(h)
+    return torch.stack(ys), h, c
+
+
+def scores(scorer: str, h_hat: Tensor, memory: Tensor, att_wh, att_wm, att_s) -> Tensor:
+    """SPEC section 1, step 4: the score a_j of every slot. h_hat [B, H], memory [B, S, H] -> [B, S]."""
+    if scorer == "mlp":
+        query = h_hat @ att_wh.t()                       # [B, A]
+        keys = memory @ att_wm.t()                       # [B, S, A]
+        return torch.tanh(query.unsqueeze(1) + keys) @ att_s
+    if scorer == "linear":
+        return memory @ att_wm + (h_hat @ att_wh).unsqueeze(1) + att_s
+    raise ValueError(f"scorer must be 'mlp' or 'linear', got {scorer!r}")
+
+
+def sparse_weights(a: Tensor, k_top: int) -> Tensor:
+    """SPEC section 1, steps 5-6: the normalised sparse weights w [B, S] from the scores a [B, S].
+
+    Ranking is a stable descending sort, so among equal scores the lower slot index ranks first;
+    the threshold (and its gradient) is the (k_top+1)-th ranked slot, or, while |M| <= k_top, the last
+    ranked slot's score minus one. relu has derivative 0 at 0: a slot exactly at the threshold is not
+    selected and receives no gradient through ã.
+    """
+    ranked = torch.sort(a, dim=1, descending=True, stable=True).values
+    if a.shape[1] > k_top:
+        tau = ranked[:, k_top]
+    else:
+        tau = ranked[:, -1] - 1
+    a_tilde = torch.relu(a - tau.unsqueeze(1))
+    return a_tilde / (a_tilde.sum(dim=1, keepdim=True) + NORM_EPS)
+
+
+def selected(w: Tensor, k_top: int):
+    """The (indices, weights) of the non-zero weights of w [B, S], ascending, padded to k_top with -1/0."""
+    B, S = w.shape
+    slot = torch.arange(S, device=w.device).expand(B, S)
+    order_key = torch.where(w > 0, slot, slot + S)        # selected slots first, in slot order
+    keys = order_key.sort(dim=1).values[:, :k_top]
+    indices = torch.where(keys < S, keys, torch.full_like(keys, -1))
+    weights = torch.where(indices >= 0, w.gather(1, indices.clamp(min=0)), torch.zeros((), dtype=w.dtype))
+    if S < k_top:
+        pad = k_top - S
+        indices = torch.cat([indices, indices.new_full((B, pad), -1)], dim=1)
+        weights = torch.cat([weights, weights.new_zeros((B, pad))], dim=1)
+    return indices, weights
+
+
+def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
+              k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False):
+    """One SAB-LSTM layer, SPEC section 1 step by step; the backward pass is autograd's (section 2)."""
+    T = x.shape[0]
+    cut, scale = cut.tolist(), scale.tolist()
+    h, c = h0, c0
+    memory = [h0]                                          # M = [h0]; slots are never cut
+    ys, rec_idx, rec_w = [], [], []
+    for t in range(T):
+        h_in = recurrent_input(h, cut[t], scale[t])        # step 1 (section 3 generalises k_trunc)
+        c_in = recurrent_input(c, cut[t], scale[t])
+        c, h_hat = lstm_cell(x[t], h_in, c_in, w_ih, w_hh, b_ih, b_hh)   # steps 2-3
+        m = torch.stack(memory, dim=1)                     # [B, |M|, H], slots of earlier steps only
+        a = scores(scorer, h_hat, m, att_wh, att_wm, att_s)              # step 4
+        w = sparse_weights(a, k_top)                       # steps 5-6
+        s = (w.unsqueeze(2) * m).sum(dim=1)                # step 7
+        h = h_hat + s
+        if (t + 1) % k_att == 0:                           # step 8
+            memory.append(h_hat if provisional else h)
+        ys.append(h)
+        if need_attention:
+            idx, wt = selected(w.detach(), k_top)
+            rec_idx.append(idx)
+            rec_w.append(wt)
+    attention = None
+    if need_attention:
+        attention = SABAttention(torch.stack(rec_idx), torch.stack(rec_w), slot_steps(T, k_att, x.device))
+    return torch.stack(ys), h, c, attention
+
+
+def available() -> bool:
+    return True

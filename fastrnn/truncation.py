@@ -1,0 +1,98 @@
+"""Truncation schedules (SPEC section 3): where backpropagation through time is cut, and how it is scaled.
+
+A `Schedule` is two length-T tensors. `cut[t]`: no gradient flows from step t into step t-1 along the
+recurrent path (h and c). `scale[t]`: where not cut, that gradient is multiplied by `scale[t]`. Step -1 is
+the initial state (h0, c0), so `cut[0]`/`scale[0]` act on the recurrent gradient into it. The forward
+pass never depends on a schedule, and SAB memory slots are never cut.
+
+    full(T)                       full BPTT: no cuts, scale 1
+    fixed(T, k)                   truncated BPTT: segments [0, k), [k, 2k), ... (this is `k_trunc`)
+    artbp(T, L0, alpha=4.0)       ARTBP (Tallec & Ollivier, eq. 11 and 14): random cuts, unbiased scales
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["Schedule", "full", "fixed", "artbp"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    cut: Tensor    # [T] bool
+    scale: Tensor  # [T] floating
+
+    def __post_init__(self):
+        if not isinstance(self.cut, Tensor) or not isinstance(self.scale, Tensor):
+            raise TypeError("Schedule: cut and scale must be tensors")
+        if self.cut.dtype != torch.bool:
+            raise TypeError(f"Schedule: cut must be a bool tensor, got {self.cut.dtype}")
+        if not self.scale.is_floating_point():
+            raise TypeError(f"Schedule: scale must be a floating tensor, got {self.scale.dtype}")
+        if self.cut.dim() != 1 or self.scale.shape != self.cut.shape:
+            raise ValueError(f"Schedule: cut and scale must both be [T], got {tuple(self.cut.shape)} "
+                             f"and {tuple(self.scale.shape)}")
+        if not torch.isfinite(self.scale).all():
+            raise ValueError("Schedule: scale must be finite")
+
+    def __len__(self) -> int:
+        return self.cut.shape[0]
+
+    def to(self, device=None, dtype=None) -> "Schedule":
+        """The same schedule with `scale` in `dtype` and both tensors on `device`."""
+        return Schedule(self.cut.to(device), self.scale.to(device=device, dtype=dtype))
+
+
+def _check_length(T) -> int:
+    if not isinstance(T, int) or isinstance(T, bool) or T < 0:
+        raise ValueError(f"T must be a non-negative int, got {T!r}")
+    return T
+
+
+def full(T: int) -> Schedule:
+    """Full BPTT: no cuts, scale 1."""
+    T = _check_length(T)
+    return Schedule(torch.zeros(T, dtype=torch.bool), torch.ones(T, dtype=torch.float64))
+
+
+def fixed(T: int, k: Optional[int]) -> Schedule:
+    """Truncated BPTT with length k: cut where t > 0 and t % k == 0 (SPEC section 1, step 1).
+
+    `k` None or 0 means no truncation, as `k_trunc`.
+    """
+    T = _check_length(T)
+    if k is None or k == 0:
+        return full(T)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"k must be None or an int >= 0, got {k!r}")
+    t = torch.arange(T)
+    return Schedule((t > 0) & (t % k == 0), torch.ones(T, dtype=torch.float64))
+
+
+def artbp(T: int, L0: float, alpha: float = 4.0, generator: Optional[torch.Generator] = None) -> Schedule:
+    """Anticipated Reweighted Truncated BPTT (seed 002, eq. 11 and 14).
+
+    With δ the steps since the last cut (the sequence start counts as a cut), step t is cut from step t-1
+    with probability c_t = (alpha - 1) / ((alpha - 2) * L0 + δ); where it is not cut, the gradient into
+    step t-1 is scaled by 1 / (1 - c_t). Over draws, the expected gradient is the full-BPTT gradient.
+    The mean segment length is about L0; alpha > 3 keeps its variance finite (the paper uses 4 or 6).
+    Requires c_t < 1 for every δ >= 1, i.e. (alpha - 2) * L0 + 1 > alpha - 1.
+    """
+    T = _check_length(T)
+    if not alpha > 2:
+        raise ValueError(f"alpha must be > 2, got {alpha!r}")
+    if not L0 > 0 or (alpha - 2) * L0 + 1 <= alpha - 1:
+        raise ValueError(f"L0 must make every cut probability < 1, i.e. L0 > 1 for alpha > 2; got L0={L0!r}")
+    u = torch.rand(T, generator=generator, dtype=torch.float64)
+    cut = torch.zeros(T, dtype=torch.bool)
+    scale = torch.ones(T, dtype=torch.float64)
+    last = 0
+    for t in range(1, T):
+        c_t = (alpha - 1) / ((alpha - 2) * L0 + (t - last))
+        if u[t] < c_t:
+            cut[t] = True
+            last = t
+        else:
+            scale[t] = 1.0 / (1.0 - c_t)
+    return Schedule(cut, scale)
