@@ -1,0 +1,18 @@
+"""Shapes of the issues' benchmarks and a fwd+bwd step builder, shared by every suite."""
+import torch
+
+B, I, H = 32, 64, 128
+
+
+def fwd_bwd_step(module, T, *, dtype=torch.float32, forward_kwargs=None):
+    """A callable running one forward + backward of `module` on fixed random input [T, B, I]."""
+    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    target = torch.randn(T, B, H, dtype=dtype)
+    kwargs = forward_kwargs or {}
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        y = module(x, **kwargs)[0]
+        (y * target).sum().backward()
+
+    return step

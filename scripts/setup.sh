@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets up a fresh clone, idempotently: the virtual environment .venv, the dependencies, an editable
+# install of fastrnn (kernels/ is mapped to fastrnn.kernels) and the native library.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+PY=.venv/bin/python
+
+# torch is pinned to the CPU build ("+cpu"): a bare "torch" would pull a CUDA build of several GB.
+deps=("torch==2.13.0+cpu" numpy triton tqdm matplotlib pytest pytest-benchmark ninja "setuptools>=64")
+if ! "$PY" -c "import torch, triton, numpy, tqdm, matplotlib, pytest, pytest_benchmark, ninja" 2>/dev/null; then
+  "$PY" -m pip install -q --disable-pip-version-check "${deps[@]}"
+fi
+if ! "$PY" -c "import fastrnn.kernels" 2>/dev/null; then
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+fi
+PYTHON="$PY" bash scripts/build_native.sh
+"$PY" -c "import fastrnn; print('fastrnn backends:', ', '.join(fastrnn.available_backends()))"

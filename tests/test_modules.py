@@ -1,0 +1,180 @@
+"""The modules: drop-in behaviour against torch.nn.LSTM, layering, state handling, and bad input."""
+import pytest
+import torch
+from torch import nn
+
+import fastrnn
+from fastrnn import reference as R
+from fastrnn import truncation as tr
+
+f64 = torch.float64
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+
+
+def _grads(out, params, x, hx):
+    y, (h, c) = out
+    g = torch.Generator().manual_seed(5)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=f64).to(o.dtype)).sum() for o in (y, h, c))
+    return torch.autograd.grad(loss, [x, *hx, *params])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("num_layers,bias,batch_first", [(1, True, False), (2, True, True), (2, False, False)])
+def test_lstm_reference_equals_nn_lstm(dtype, num_layers, bias, batch_first):
+    ours = fastrnn.LSTM(3, 5, num_layers, bias=bias, batch_first=batch_first, backend="reference", dtype=dtype)
+    theirs = nn.LSTM(3, 5, num_layers, bias=bias, batch_first=batch_first, dtype=dtype)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 6, 3, dtype=dtype, requires_grad=True)
+    hx = tuple(torch.randn(num_layers, 4 if batch_first else 6, 5, dtype=dtype, requires_grad=True)
+               for _ in range(2))
+    out_o, out_t = ours(x, hx), theirs(x, hx)
+    for a, b in zip((out_o[0], *out_o[1]), (out_t[0], *out_t[1])):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+    for a, b in zip(_grads(out_o, list(ours.parameters()), x, hx), _grads(out_t, list(theirs.parameters()), x, hx)):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_lstm_unbatched_input_like_nn_lstm():
+    ours, theirs = fastrnn.LSTM(3, 4, 2, backend="reference", dtype=f64), nn.LSTM(3, 4, 2, dtype=f64)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 3, dtype=f64)
+    hx = (torch.randn(2, 4, dtype=f64), torch.randn(2, 4, dtype=f64))
+    (y1, (h1, c1)), (y2, (h2, c2)) = ours(x, hx), theirs(x, hx)
+    assert y1.shape == (5, 4) and h1.shape == (2, 4)
+    for a, b in ((y1, y2), (h1, h2), (c1, c2)):
+        torch.testing.assert_close(a, b, **TOL[f64])
+
+
+def test_nn_lstm_state_dict_loads_into_sablstm_lstm_part():
+    theirs = nn.LSTM(3, 4, 2)
+    sab = fastrnn.SABLSTM(3, 4, 2, backend="reference")
+    result = sab.load_state_dict(theirs.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert sorted(result.missing_keys) == sorted(f"{n}_l{k}" for n in ("att_wh", "att_wm", "att_v") for k in (0, 1))
+    assert torch.equal(sab.weight_hh_l1, theirs.weight_hh_l1)
+
+
+def test_parameter_shapes_follow_the_spec():
+    mlp = fastrnn.SABLSTM(3, 4, attn_size=6)
+    assert mlp.att_wh_l0.shape == (6, 4) and mlp.att_wm_l0.shape == (6, 4) and mlp.att_v_l0.shape == (6,)
+    lin = fastrnn.SABLSTM(3, 4, attention="linear")
+    assert lin.att_wh_l0.shape == (4,) and lin.att_wm_l0.shape == (4,) and lin.att_b_l0.shape == (1,)
+    assert lin.weight_ih_l0.shape == (16, 3) and lin.bias_hh_l0.shape == (16,)
+
+
+@pytest.mark.parametrize("attention", ["mlp", "linear"])
+def test_sablstm_layers_chain_the_reference_layer(attention):
+    m = fastrnn.SABLSTM(3, 4, 2, k_top=2, k_att=2, k_trunc=3, attention=attention, backend="reference", dtype=f64)
+    x = torch.randn(7, 2, 3, dtype=f64)
+    y, (h_n, c_n), att = m(x, return_attention=True)
+    sched = tr.fixed(7, 3)
+    inp = x
+    for layer in range(2):
+        last = "att_v" if attention == "mlp" else "att_b"
+        p = [getattr(m, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                                                    "att_wh", "att_wm", last)]
+        zeros = torch.zeros(2, 4, dtype=f64)
+        inp, h, c, a = R.sab_layer(inp, *p, zeros, zeros, sched.cut, sched.scale, k_top=2, k_att=2,
+                                   scorer=attention, provisional=False, need_attention=True)
+        torch.testing.assert_close(h_n[layer], h, rtol=0, atol=0)
+        torch.testing.assert_close(c_n[layer], c, rtol=0, atol=0)
+        assert torch.equal(att[layer].indices, a.indices)
+    torch.testing.assert_close(y, inp, rtol=0, atol=0)
+
+
+def test_schedule_replaces_k_trunc():
+    m = fastrnn.SABLSTM(2, 3, k_trunc=2, backend="reference", dtype=f64)
+    x = torch.randn(6, 1, 2, dtype=f64, requires_grad=True)
+    (g_default,) = torch.autograd.grad(m(x)[0][-1].sum(), x)
+    (g_full,) = torch.autograd.grad(m(x, schedule=tr.full(6))[0][-1].sum(), x)
+    (g_fixed,) = torch.autograd.grad(m(x, schedule=tr.fixed(6, 2))[0][-1].sum(), x)
+    assert torch.equal(g_default, g_fixed) and not torch.equal(g_default, g_full)
+
+
+def test_batch_first_and_unbatched_sab():
+    m = fastrnn.SABLSTM(3, 4, batch_first=True, backend="reference", dtype=f64)
+    x = torch.randn(2, 5, 3, dtype=f64)
+    y, (h, c), att = m(x, return_attention=True)
+    assert y.shape == (2, 5, 4) and h.shape == (1, 2, 4) and att[0].indices.shape == (5, 2, 5)
+    y_u, (h_u, _), att_u = m(x[0], return_attention=True)
+    torch.testing.assert_close(y_u, y[0], rtol=0, atol=0)
+    assert att_u[0].indices.shape == (5, 5) and h_u.shape == (1, 4)
+
+
+def test_empty_sequence_returns_initial_state():
+    m = fastrnn.SABLSTM(3, 4, 2, backend="reference")
+    hx = (torch.randn(2, 2, 4), torch.randn(2, 2, 4))
+    y, (h, c), att = m(torch.randn(0, 2, 3), hx, return_attention=True)
+    assert y.shape == (0, 2, 4) and torch.equal(h, hx[0]) and torch.equal(c, hx[1])
+    assert att[0].indices.shape == (0, 2, 5)
+    y, (h, c) = fastrnn.LSTM(3, 4).forward(torch.randn(0, 2, 3))
+    assert y.shape == (0, 2, 4) and (h == 0).all()
+
+
+def test_dropout_between_layers_only_in_training():
+    m = fastrnn.LSTM(3, 4, 2, dropout=0.5, backend="reference", dtype=f64)
+    x = torch.randn(5, 2, 3, dtype=f64)
+    m.eval()
+    assert torch.equal(m(x)[0], m(x)[0])
+    m.train()
+    torch.manual_seed(1)
+    a = m(x)[0]
+    torch.manual_seed(2)
+    b = m(x)[0]
+    assert not torch.equal(a, b)
+
+
+def test_available_backends_and_auto():
+    names = fastrnn.available_backends()
+    assert "reference" in names
+    m = fastrnn.SABLSTM(2, 3)
+    y, _ = m(torch.randn(4, 1, 2))
+    assert y.shape == (4, 1, 3)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(k_top=0), "k_top"), (dict(k_att=0), "k_att"), (dict(k_trunc=-1), "k_trunc"),
+    (dict(bidirectional=True), "bidirectional"), (dict(backend="gpu"), "backend"),
+    (dict(attention="dot"), "attention"), (dict(slot_state="both"), "slot_state"),
+    (dict(attention="linear", attn_size=3), "attn_size"), (dict(hidden_size=0), "hidden_size"),
+    (dict(dropout=2.0), "dropout"), (dict(k_top=1.5), "k_top"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    base = dict(input_size=3, hidden_size=4)
+    with pytest.raises(ValueError, match=match):
+        fastrnn.SABLSTM(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("make_input,exc,match", [
+    (lambda: torch.randn(5, 2, 4), ValueError, "input_size"),
+    (lambda: torch.randn(5, 2, 3, 1), ValueError, "input"),
+    (lambda: torch.randn(5, 2, 3, dtype=f64), TypeError, "dtype"),
+    (lambda: torch.full((5, 2, 3), float("nan")), ValueError, "NaN"),
+    (lambda: [1, 2, 3], TypeError, "input"),
+    (lambda: torch.randn(5, 2, 3, device="meta"), ValueError, "input is on meta"),
+])
+def test_bad_input(make_input, exc, match):
+    m = fastrnn.SABLSTM(3, 4, backend="reference")
+    with pytest.raises(exc, match=match):
+        m(make_input())
+
+
+@pytest.mark.parametrize("hx,exc,match", [
+    ((torch.zeros(1, 3, 4), torch.zeros(1, 2, 4)), ValueError, "h_0"),
+    ((torch.zeros(1, 2, 4), torch.zeros(1, 2, 5)), ValueError, "c_0"),
+    ((torch.zeros(1, 2, 4, dtype=f64), torch.zeros(1, 2, 4)), TypeError, "h_0"),
+    (torch.zeros(1, 2, 4), TypeError, "hx"),
+    ((torch.zeros(1, 2, 4), torch.full((1, 2, 4), float("nan"))), ValueError, "hx"),
+])
+def test_bad_hx(hx, exc, match):
+    m = fastrnn.SABLSTM(3, 4, backend="reference")
+    with pytest.raises(exc, match=match):
+        m(torch.randn(5, 2, 3), hx)
+
+
+def test_bad_schedule_length_and_type():
+    m = fastrnn.SABLSTM(3, 4, backend="reference")
+    with pytest.raises(ValueError, match="schedule"):
+        m(torch.randn(5, 2, 3), schedule=tr.full(4))
+    with pytest.raises(TypeError, match="schedule"):
+        m(torch.randn(5, 2, 3), schedule=torch.zeros(5))
