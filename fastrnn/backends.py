@@ -55,26 +55,39 @@ def resolve(backend: str, device) -> str:
     """The concrete backend for tensors on `device`: "auto" picks cpu on CPU, triton on CUDA."""
     if backend != "auto":
         return backend
-    device = device if isinstance(device, str) else device.type
-    preferred = {"cpu": ("cpu",), "cuda": ("triton",)}.get(device, ())
+    device_type = device if isinstance(device, str) else device.type
+    preferred = {"cpu": ("cpu",), "cuda": ("triton",)}.get(device_type, ())
     for name in preferred:
         if _layer_modules(name) is not None:
             return name
     return "reference"
 
 
+# (backend, device type) -> (lstm_layer, sab_layer). Filled eagerly (the modules warm it when built), so a
+# forward traced by torch.compile finds its functions with a dict lookup instead of an import.
+_RESOLVED = {}
+
+
 def layer_functions(backend: str, device):
     """(lstm_layer, sab_layer) of `backend` for tensors on `device`, with a clear error if unusable."""
-    name = resolve(backend, device)
+    device_type = device if isinstance(device, str) else device.type
+    key = (backend, device_type)
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _layer_functions(backend, device_type)
+    return _RESOLVED[key]
+
+
+def _layer_functions(backend: str, device_type: str):
+    name = resolve(backend, device_type)
     modules = _layer_modules(name)
     if modules is None:
         reason = _WHY_UNAVAILABLE.get(name, "")
         raise RuntimeError(f"backend {name!r} is not available: {reason}")
-    device_type = device if isinstance(device, str) else device.type
     if name == "cpu" and device_type != "cpu":
-        raise ValueError(f"backend 'cpu' needs CPU tensors, got input on {device}")
+        raise ValueError(f"backend 'cpu' needs CPU tensors, got input on {device_type}")
     if name == "triton" and device_type != "cuda" and not _interpreting():
-        raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got input on {device}")
+        raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got input on "
+                         f"{device_type}")
     return modules[0].lstm_layer, modules[1].sab_layer
 
 

@@ -38,6 +38,9 @@ class _LSTMBase(nn.Module):
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.backend = backends.check_backend(backend)
         factory = {"device": device, "dtype": dtype}
+        # Resolve now, outside any torch.compile trace: an unusable explicit backend fails here with its
+        # reason, and forward finds its functions in the cache.
+        backends.layer_functions(backend, torch.device(device) if device is not None else torch.device("cpu"))
         H = hidden_size
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else H
