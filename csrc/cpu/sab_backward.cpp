@@ -1,0 +1,233 @@
+// SAB-LSTM layer backward on the CPU (SPEC section 2): one reverse sweep over the steps.
+//
+// Per step t (rows in parallel), with dh = dL/dh_t:
+//   dh = dy_t + scale[t+1] * (recurrent gradient from step t+1) [+ dM_j if t wrote slot j, final slots]
+//   h_t = ĥ_t + s_t, s_t = Σ w_j m_j  ->  dw_j = dh · m_j,  dM_j += w_j dh   (selected slots only)
+//   weights backward -> dL/da for the selected slots and the threshold slot (sparse_attention.h)
+//   mlp:    u_j = tanh(q_t + P_j) recomputed for those <= k_top + 1 slots; dq_t, dP_j, dv
+//   linear: dM_j += da_j att_wm, d att_wm += da_j m_j; the query term gets Σ da_j (zero up to rounding)
+//   dĥ_t = dh + att_wh^T dq_t (one GEMM over the batch) [+ dM_j, provisional slots]
+//   cell backward -> dgates_t; recurrent gradient into step t-1 = dgates_t @ w_hh (one GEMM).
+// dM [B, S, H] (and dP [B, S, A]) collect each slot's gradient until the sweep reaches the step that
+// wrote it; dP_j joins dM_j through att_wm (one GEMM) right before that. Weight gradients are
+// GEMMs over the whole sequence after the sweep.
+#include "sab_common.h"
+
+#include <fastrnn/sparse_attention.h>
+
+#include <ATen/Parallel.h>
+
+namespace fastrnn {
+namespace cpu {
+namespace {
+
+template <typename T>
+struct BackwardArgs {
+  int64_t steps, B, I, H, A, S, K, k_att;
+  bool mlp, provisional;
+  const T *gy, *ghn, *gcn, *x, *w_ih, *w_hh, *att_wh, *att_wm, *att_s, *h0, *c0, *scale;
+  const bool* cut;
+  const T *y, *gates, *c, *hhat, *w, *denom, *q, *cache;
+  const int64_t *idx, *thr;
+  // work buffers
+  T *dG, *dQ, *dM, *dP, *carry_h, *carry_c, *dhh, *row_acc1, *row_acc2, *row_acc3;
+  T* dw_da;  // [B, 2 * k_top] per-row scratch: dL/dw and dL/da of the selected slots
+};
+
+template <typename T>
+const T* slot_of(const BackwardArgs<T>& a, int64_t j, int64_t b) {
+  return slot_value(j, b, a.h0, a.y, a.hhat, a.provisional, a.k_att, a.B, a.H);
+}
+
+// Gradient of the score of slot j of row b at step t, da -> the score's inputs.
+template <typename T>
+void score_backward(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j, T da, T& sum_da) {
+  if (a.mlp) {
+    const int64_t A = a.A;
+    mlp_score_backward(a.q + (t * a.B + b) * A, a.cache + (b * a.S + j) * A, a.att_s, da,
+                       a.row_acc1 + b * A, a.dQ + (t * a.B + b) * A, a.dP + (b * a.S + j) * A, A);
+  } else {
+    axpy(a.row_acc1 + b * a.H, da, slot_of(a, j, b), a.H);  // d att_wm
+    axpy(a.dM + (b * a.S + j) * a.H, da, a.att_wm, a.H);
+    sum_da += da;
+  }
+}
+
+// First half of step t for row b: dh, the summary and the attention backward.
+template <typename T>
+void attention_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j_written, T sc) {
+  const int64_t H = a.H, K = a.K;
+  T* dh = a.dhh + b * H;
+  const T* gy = a.gy + (t * a.B + b) * H;
+  if (t == a.steps - 1) {
+    add(dh, gy, a.ghn + b * H, H);
+  } else if (sc == T(0)) {
+    for (int64_t h = 0; h < H; ++h) dh[h] = gy[h];
+  } else {
+    for (int64_t h = 0; h < H; ++h) dh[h] = gy[h];
+    axpy(dh, sc, a.carry_h + b * H, H);
+  }
+  if (j_written > 0 && !a.provisional) add(dh, dh, a.dM + (b * a.S + j_written) * H, H);
+
+  const int64_t* idx = a.idx + (t * a.B + b) * K;
+  const T* w = a.w + (t * a.B + b) * K;
+  T* dw = a.dw_da + b * 2 * K;
+  T* da = dw + K;
+  int count = 0;
+  while (count < K && idx[count] >= 0) ++count;
+  for (int p = 0; p < count; ++p) {  // s_t = Σ w_j m_j; dh is also dL/ds_t
+    const T* m = slot_of(a, idx[p], b);
+    dw[p] = dot(dh, m, H);
+    axpy(a.dM + (b * a.S + idx[p]) * H, w[p], dh, H);
+  }
+  const T dtau = sparse::weights_backward(w, dw, count, a.denom[t * a.B + b], da);
+  const int64_t thr = a.thr[t * a.B + b];
+  bool thr_selected = false;
+  for (int p = 0; p < count; ++p) {
+    if (idx[p] == thr) {
+      da[p] += dtau;
+      thr_selected = true;
+    }
+  }
+  if (a.mlp) {
+    T* dq = a.dQ + (t * a.B + b) * a.A;
+    for (int64_t i = 0; i < a.A; ++i) dq[i] = T(0);
+  }
+  T sum_da = T(0);
+  for (int p = 0; p < count; ++p) score_backward(a, t, b, idx[p], da[p], sum_da);
+  if (!thr_selected) score_backward(a, t, b, thr, dtau, sum_da);
+  if (!a.mlp) {  // the query term att_wh · ĥ_t + att_b, shared by all slots
+    axpy(a.row_acc2 + b * H, sum_da, a.hhat + (t * a.B + b) * H, H);  // d att_wh
+    a.row_acc3[b] += sum_da;                                         // d att_b
+    axpy(dh, sum_da, a.att_wh, H);
+  }
+}
+
+// Second half of step t for row b: dĥ_t -> cell backward -> dgates_t and dL/dc_{t-1}.
+template <typename T>
+void cell_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j_written) {
+  const int64_t H = a.H, G = 4 * H;
+  T* dh = a.dhh + b * H;
+  if (j_written > 0 && a.provisional) add(dh, dh, a.dM + (b * a.S + j_written) * H, H);
+  // carry_c holds dL/dc_t from step t+1 (already cut/scaled by lstm_row_backward), or grad_cn.
+  T* dc = a.carry_c + b * H;
+  if (t == a.steps - 1)
+    for (int64_t h = 0; h < H; ++h) dc[h] = a.gcn[b * H + h];
+  const T* c_prev = t == 0 ? a.c0 : a.c + (t - 1) * a.B * H;
+  lstm_row_backward(dh, dc, a.gates + (t * a.B + b) * G, c_prev + b * H, a.c + (t * a.B + b) * H,
+                    a.dG + (t * a.B + b) * G, H, a.cut[t], a.scale[t]);
+}
+
+template <typename T>
+void sweep(const BackwardArgs<T>& a) {
+  const int64_t B = a.B, H = a.H, A = a.A, S = a.S, G = 4 * H;
+  for (int64_t t = a.steps - 1; t >= 0; --t) {
+    const int64_t j_written = (t + 1) % a.k_att == 0 ? (t + 1) / a.k_att : 0;
+    // Scale of the recurrent gradient arriving from step t + 1.
+    const T sc = t == a.steps - 1 ? T(1) : (a.cut[t + 1] ? T(0) : a.scale[t + 1]);
+    if (a.mlp && j_written > 0)  // every step reading slot j is done: dM_j += dP_j @ att_wm
+      gemm<T>(false, false, B, H, A, T(1), a.dP + j_written * A, S * A, a.att_wm, H, T(1),
+              a.dM + j_written * H, S * H);
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        attention_backward_row(a, t, b, j_written, sc);
+        if (!a.mlp) cell_backward_row(a, t, b, j_written);
+      }
+    });
+    if (a.mlp) {
+      gemm<T>(false, false, B, H, A, T(1), a.dQ + t * B * A, A, a.att_wh, H, T(1), a.dhh, H);
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) cell_backward_row(a, t, b, j_written);
+      });
+    }
+    gemm<T>(false, false, B, H, G, T(1), a.dG + t * B * G, G, a.w_hh, H, T(0), a.carry_h, H);
+  }
+}
+
+}  // namespace
+
+SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn,
+                                 const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                 const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
+                                 const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
+                                 const at::Tensor& scale, const at::Tensor& y, const at::Tensor& gates,
+                                 const at::Tensor& c, const at::Tensor& hhat, const at::Tensor& idx,
+                                 const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom,
+                                 const at::Tensor& q, const at::Tensor& cache, int64_t k_top, int64_t k_att,
+                                 bool mlp, bool provisional, bool has_bias) {
+  const int64_t steps = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
+  const int64_t A = mlp ? att_wh.size(0) : 0, S = num_slots(steps, k_att), G = 4 * H;
+  const auto opt = x.options();
+  at::Tensor dG = at::empty({steps, B, G}, opt);
+  at::Tensor dQ = at::empty({mlp ? steps : 0, B, A}, opt);
+  at::Tensor dM = at::zeros({B, S, H}, opt);
+  at::Tensor dP = at::zeros({mlp ? B : 0, S, A}, opt);
+  at::Tensor carry_h = at::empty({B, H}, opt), carry_c = at::empty({B, H}, opt), dhh = at::empty({B, H}, opt);
+  // Per-row accumulators of the attention parameter gradients (summed over rows at the end, so the
+  // parallel loop never shares a write): mlp dv [B, A]; linear d att_wm [B, H], d att_wh [B, H], d att_b [B].
+  at::Tensor acc1 = at::zeros({B, mlp ? A : H}, opt);
+  at::Tensor acc2 = at::zeros({mlp ? 0 : B, H}, opt);
+  at::Tensor acc3 = at::zeros({mlp ? 0 : B}, opt);
+  at::Tensor dx = at::empty({steps, B, I}, opt), dw_ih = at::empty({G, I}, opt), dw_hh = at::empty({G, H}, opt);
+  at::Tensor datt_wh = at::empty_like(att_wh), datt_wm = at::empty_like(att_wm);
+  at::Tensor datt_s, dh0, dc0;
+  at::Tensor dw_da = at::empty({B, 2 * k_top}, opt);
+  at::Tensor slots;  // mlp: the slot values gathered as [B, S, H] for the d att_wm GEMM
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_backward", [&] {
+    using T = scalar_t;
+    BackwardArgs<T> a{steps, B, I, H, A, S, k_top, k_att, mlp, provisional,
+                      grad_y.data_ptr<T>(), grad_hn.data_ptr<T>(), grad_cn.data_ptr<T>(), x.data_ptr<T>(),
+                      w_ih.data_ptr<T>(), w_hh.data_ptr<T>(), att_wh.data_ptr<T>(), att_wm.data_ptr<T>(),
+                      att_s.data_ptr<T>(), h0.data_ptr<T>(), c0.data_ptr<T>(), scale.data_ptr<T>(),
+                      cut.data_ptr<bool>(), y.data_ptr<T>(), gates.data_ptr<T>(), c.data_ptr<T>(),
+                      hhat.data_ptr<T>(), w.data_ptr<T>(), denom.data_ptr<T>(), mlp ? q.data_ptr<T>() : nullptr,
+                      cache.data_ptr<T>(), idx.data_ptr<int64_t>(), thr.data_ptr<int64_t>(),
+                      dG.data_ptr<T>(), mlp ? dQ.data_ptr<T>() : nullptr, dM.data_ptr<T>(),
+                      mlp ? dP.data_ptr<T>() : nullptr, carry_h.data_ptr<T>(), carry_c.data_ptr<T>(),
+                      dhh.data_ptr<T>(), acc1.data_ptr<T>(), mlp ? nullptr : acc2.data_ptr<T>(),
+                      mlp ? nullptr : acc3.data_ptr<T>(), dw_da.data_ptr<T>()};
+    sweep(a);
+
+    // Step -1 is the initial state: the recurrent gradient into it is cut/scaled by cut[0]/scale[0]
+    // (carry_c already is); h0 is also slot 0.
+    if (mlp)  // slot 0's projection gradient joins it like any other slot's
+      gemm<T>(false, false, B, H, A, T(1), a.dP, S * A, a.att_wm, H, T(1), a.dM, S * H);
+    dh0 = dM.select(1, 0).clone(at::MemoryFormat::Contiguous);
+    dc0 = carry_c;
+    if (!a.cut[0]) {
+      T* p = dh0.data_ptr<T>();
+      for (int64_t r = 0; r < B * H; ++r) p[r] += a.scale[0] * a.carry_h[r];
+    }
+
+    // Weight gradients over the whole sequence. h_in of step t is h_{t-1} (h0 for t = 0).
+    const int64_t rows = steps * B;
+    gemm<T>(false, false, rows, I, G, T(1), a.dG, G, a.w_ih, I, T(0), dx.data_ptr<T>(), I);
+    gemm<T>(true, false, G, I, rows, T(1), a.dG, G, a.x, I, T(0), dw_ih.data_ptr<T>(), I);
+    gemm<T>(true, false, G, H, B, T(1), a.dG, G, a.h0, H, T(0), dw_hh.data_ptr<T>(), H);
+    gemm<T>(true, false, G, H, rows - B, T(1), a.dG + B * G, G, a.y, H, T(1), dw_hh.data_ptr<T>(), H);
+    if (mlp) {
+      gemm<T>(true, false, A, H, rows, T(1), a.dQ, A, a.hhat, H, T(0), datt_wh.data_ptr<T>(), H);
+      slots = at::empty({B, S, H}, opt);
+      T* sp = slots.data_ptr<T>();
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b)
+          for (int64_t j = 0; j < S; ++j) {
+            const T* m = slot_of(a, j, b);
+            std::copy(m, m + H, sp + (b * S + j) * H);
+          }
+      });
+      gemm<T>(true, false, A, H, B * S, T(1), a.dP, A, sp, H, T(0), datt_wm.data_ptr<T>(), H);
+      datt_s = acc1.sum(0);
+    } else {
+      datt_wm = acc1.sum(0);
+      datt_wh = acc2.sum(0);
+      datt_s = acc3.sum(0, /*keepdim=*/true);
+    }
+  });
+  at::Tensor db = has_bias ? dG.view({steps * B, G}).sum(0) : at::empty({0}, opt);
+  return {dx, dw_ih, dw_hh, db, datt_wh, datt_wm, datt_s, dh0, dc0};
+}
+
+}  // namespace cpu
+}  // namespace fastrnn

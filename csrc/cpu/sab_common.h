@@ -1,0 +1,209 @@
+// CPU building blocks shared by the SAB forward (sab_forward.cpp) and backward (sab_backward.cpp):
+// row-major GEMM on raw pointers, at::vec row kernels (dot, axpy, the mlp score and its backward,
+// and the layout of the saved tensors.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <fastrnn/lstm_rows.h>  // the LSTM cell pointwise rows, shared with the LSTM kernels
+
+#include <cstdint>
+
+namespace fastrnn {
+namespace cpu {
+
+using at::vec::Vectorized;
+
+// ---------------------------------------------------------------------------------------------
+// GEMM. The time loops call a few small GEMMs per step; going through at::mm_out would create
+// tensor views and pass the dispatcher every time, so call the BLAS that libtorch_cpu exports
+// (MKL on x86 wheels, OpenBLAS on aarch64; both export the Fortran symbols, LP64).
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc);
+}
+
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C. op(A) is [M,K] (A stored [K,M] if ta);
+// op(B) is [K,N] (B stored [N,K] if tb). Column-major BLAS computes C^T = op(B)^T op(A)^T,
+// and a row-major matrix read column-major is its transpose, so the flags pass through.
+template <typename T>
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // BLAS skips alpha * 0-term; honour beta ourselves (beta == 0 ignores C)
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = 0; c < N; ++c) C[r * ldc + c] = beta == T(0) ? T(0) : beta * C[r * ldc + c];
+    return;
+  }
+  TORCH_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX && lda <= INT32_MAX &&
+                  ldb <= INT32_MAX && ldc <= INT32_MAX,
+              "fastrnn: matrix too large for 32-bit BLAS");
+  const char cta = ta ? 'T' : 'N', ctb = tb ? 'T' : 'N';
+  const int m = int(M), n = int(N), k = int(K), la = int(lda), lb = int(ldb), lc = int(ldc);
+  if constexpr (std::is_same_v<T, float>) {
+    sgemm_(&ctb, &cta, &n, &m, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+  } else {
+    dgemm_(&ctb, &cta, &n, &m, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row kernels. Tails use the partial load (zero fill) and partial store of at::vec.
+
+template <typename T>
+inline T hsum(const Vectorized<T>& v) {
+  // Fixed order, so results are bit-identical from run to run.
+  T buf[Vectorized<T>::size()];
+  v.store(buf);
+  T s = T(0);
+  for (int i = 0; i < Vectorized<T>::size(); ++i) s += buf[i];
+  return s;
+}
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  using V = Vectorized<T>;
+  V acc(T(0));
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) acc = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc);
+  if (i < n) acc = at::vec::fmadd(V::loadu(a + i, n - i), V::loadu(b + i, n - i), acc);
+  return hsum(acc);
+}
+
+// y += alpha * x
+template <typename T>
+inline void axpy(T* y, T alpha, const T* x, int64_t n) {
+  using V = Vectorized<T>;
+  const V va(alpha);
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) at::vec::fmadd(va, V::loadu(x + i), V::loadu(y + i)).store(y + i);
+  if (i < n) at::vec::fmadd(va, V::loadu(x + i, n - i), V::loadu(y + i, n - i)).store(y + i, n - i);
+}
+
+// out = a + b (out may alias a or b)
+template <typename T>
+inline void add(T* out, const T* a, const T* b, int64_t n) {
+  using V = Vectorized<T>;
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) (V::loadu(a + i) + V::loadu(b + i)).store(out + i);
+  if (i < n) (V::loadu(a + i, n - i) + V::loadu(b + i, n - i)).store(out + i, n - i);
+}
+
+// tanh of the mlp scorer. float: a rational approximation (Eigen's generic_fast_tanh_float, a few ulp
+// on the clamped range), several times the throughput of Sleef's tanhf (u10), and the scorer's tanh
+// over all slots is the mlp forward's hot loop. double: at::vec's tanh, exact enough for the 1e-9 tests.
+template <typename T>
+inline Vectorized<T> score_tanh(const Vectorized<T>& a) {
+  return a.tanh();
+}
+
+template <>
+inline Vectorized<float> score_tanh<float>(const Vectorized<float>& a) {
+  using V = Vectorized<float>;
+  const V x = at::vec::clamp(a, V(-7.90531110763549805f), V(7.90531110763549805f));
+  const V x2 = x * x;
+  V p = at::vec::fmadd(x2, V(-2.76076847742355e-16f), V(2.00018790482477e-13f));
+  p = at::vec::fmadd(x2, p, V(-8.60467152213735e-11f));
+  p = at::vec::fmadd(x2, p, V(5.12229709037114e-08f));
+  p = at::vec::fmadd(x2, p, V(1.48572235717979e-05f));
+  p = at::vec::fmadd(x2, p, V(6.37261928875436e-04f));
+  p = at::vec::fmadd(x2, p, V(4.89352455891786e-03f));
+  p = x * p;
+  V q = at::vec::fmadd(x2, V(1.19825839466702e-06f), V(1.18534705686654e-04f));
+  q = at::vec::fmadd(x2, q, V(2.26843463243900e-03f));
+  q = at::vec::fmadd(x2, q, V(4.89352518554385e-03f));
+  // Below 4e-4 tanh(x) rounds to x.
+  return V::blendv(p / q, x, a.abs() < V(0.0004f));
+}
+
+// mlp score a = v · tanh(q + p) over A. The hot loop of the mlp forward: O(T·|M|·B·A) tanh.
+// The zero-filled tail gives tanh(0) * 0 = 0.
+template <typename T>
+inline T mlp_score(const T* q, const T* p, const T* v, int64_t A) {
+  using V = Vectorized<T>;
+  V acc(T(0));
+  int64_t i = 0;
+  for (; i + V::size() <= A; i += V::size())
+    acc = at::vec::fmadd(V::loadu(v + i), score_tanh(V::loadu(q + i) + V::loadu(p + i)), acc);
+  if (i < A)
+    acc = at::vec::fmadd(V::loadu(v + i, A - i), score_tanh(V::loadu(q + i, A - i) + V::loadu(p + i, A - i)), acc);
+  return hsum(acc);
+}
+
+// Backward of a = v · tanh(q + p) for one slot given da: u = tanh(q + p) recomputed;
+// dv += da * u; du = da * v * (1 - u²); dq += du; dp += du.
+template <typename T>
+inline void mlp_score_backward(const T* q, const T* p, const T* v, T da, T* dv, T* dq, T* dp, int64_t A) {
+  using V = Vectorized<T>;
+  const V vda(da), one(T(1));
+  auto body = [&](int64_t i, int64_t len) {
+    V u = score_tanh(V::loadu(q + i, len) + V::loadu(p + i, len));
+    V du = vda * V::loadu(v + i, len) * (one - u * u);
+    at::vec::fmadd(vda, u, V::loadu(dv + i, len)).store(dv + i, len);
+    (V::loadu(dq + i, len) + du).store(dq + i, len);
+    (V::loadu(dp + i, len) + du).store(dp + i, len);
+  };
+  int64_t i = 0;
+  for (; i + V::size() <= A; i += V::size()) body(i, V::size());
+  if (i < A) body(i, A - i);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory layout shared by forward and backward.
+//   slot j >= 1 is written at the end of step j * k_att - 1; slot 0 is h0.
+//   mlp cache   P [B, S, A] = att_wm @ m_j (row-major per batch row, so one row's scan is contiguous)
+//   linear cache  [B, S]    = att_wm · m_j (the slot's part of the score; it never changes)
+inline int64_t num_slots(int64_t T, int64_t k_att) { return 1 + T / k_att; }
+inline int64_t slot_step(int64_t j, int64_t k_att) { return j * k_att - 1; }
+
+// The value m_j of slot j for batch row b: h0, or the final (y) / provisional (ĥ) state of its step.
+template <typename T>
+inline const T* slot_value(int64_t j, int64_t b, const T* h0, const T* y, const T* hhat, bool provisional,
+                           int64_t k_att, int64_t B, int64_t H) {
+  if (j == 0) return h0 + b * H;
+  const T* base = provisional ? hhat : y;
+  return base + (slot_step(j, k_att) * B + b) * H;
+}
+
+}  // namespace cpu
+}  // namespace fastrnn
+
+// ---------------------------------------------------------------------------------------------
+// Entry points (arguments already validated by sab_ops.cpp).
+namespace fastrnn {
+namespace cpu {
+
+// y, h_n, c_n, then what the backward needs: gates (activated) [T,B,4H], c [T,B,H], hhat [T,B,H],
+// idx [T,B,k_top] int64, w [T,B,k_top], thr [T,B] int64 (slot receiving dL/dtau), denom [T,B],
+// q [T,B,A] (mlp query att_wh @ ĥ_t; empty for linear), cache (mlp [B,S,A], linear [B,S]).
+using SabForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                 at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+SabForwardOut sab_forward_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                               const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                               const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
+                               const at::Tensor& h0, const at::Tensor& c0, int64_t k_top, int64_t k_att,
+                               bool mlp, bool provisional);
+
+// dx, dw_ih, dw_hh, db (the gradient of b_ih and of b_hh; [0] without bias), datt_wh, datt_wm, datt_s,
+// dh0, dc0.
+using SabBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                  at::Tensor, at::Tensor, at::Tensor>;
+
+SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn,
+                                 const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                 const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
+                                 const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
+                                 const at::Tensor& scale, const at::Tensor& y, const at::Tensor& gates,
+                                 const at::Tensor& c, const at::Tensor& hhat, const at::Tensor& idx,
+                                 const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom,
+                                 const at::Tensor& q, const at::Tensor& cache, int64_t k_top, int64_t k_att,
+                                 bool mlp, bool provisional, bool has_bias);
+
+}  // namespace cpu
+}  // namespace fastrnn

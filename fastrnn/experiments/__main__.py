@@ -1,0 +1,80 @@
+"""Command line of the experiments (see ``fastrnn.experiments`` for the three commands)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from fastrnn.experiments import adapters, main_job, plots, records
+from fastrnn.experiments.train import METHODS, Config, run
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: Config) -> None:
+    """One ``--flag`` per Config field (except task/method), with the field's default."""
+    for f in dataclasses.fields(Config):
+        if f.name in ("task", "method"):
+            continue
+        value = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, list):
+            parser.add_argument(flag, type=int, nargs="*", default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+
+
+def config_from_args(args, task: str, method: str) -> Config:
+    fields = {f.name for f in dataclasses.fields(Config)} - {"task", "method"}
+    return Config(task=task, method=method, **{k: getattr(args, k) for k in fields})
+
+
+def report(out, *, quiet: bool = False) -> None:
+    """Rewrites ``out/results.md`` and the plots from every record under ``out/runs``."""
+    out = Path(out)
+    all_records = records.load_records(out)
+    table = records.write_table(out, all_records)
+    for task in sorted({r["config"]["task"] for r in all_records}):
+        same = [r for r in all_records if r["config"]["task"] == task]
+        plots.learning_curves(same, out / f"curves_{task}.png", title=f"{task}: learning curves")
+    import numpy as np
+
+    for r in all_records:
+        path = out / "runs" / r["name"] / "attention.npz"
+        if path.exists():
+            with np.load(path) as z:
+                snaps = dict(z)
+            plots.attention_heatmaps(snaps, out / f"attention_{r['name']}.png", title=f"{r['name']}: attention")
+    if not quiet:
+        print(table.read_text(), end="")
+        print(f"table: {table}; plots: {out}/*.png")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "main":
+        return main_job.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m fastrnn.experiments",
+                                     description="Train one run (or `main` for README command 1).")
+    parser.add_argument("task", choices=[*adapters.TASKS, "report"])
+    parser.add_argument("--method", choices=METHODS, default="sab")
+    parser.add_argument("--out", default="results", help="results directory (runs/, results.md, PNGs)")
+    parser.add_argument("--name", default=None, help="run directory name (default from the config)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-report", action="store_true", help="skip rewriting the table and plots")
+    parser.add_argument("--position", type=int, default=0, help=argparse.SUPPRESS)  # tqdm line, parallel runs
+    add_config_arguments(parser, Config())
+    args = parser.parse_args(argv)
+    if args.task == "report":
+        report(args.out)
+        return 0
+    cfg = config_from_args(args, args.task, args.method)
+    record = run(cfg, args.out, name=args.name, progress=not args.no_progress, position=args.position)
+    print(f"{record['name']}: {record['iterations']} iterations, held-out acc {record['eval']['acc']:.3f}, "
+          f"loss {record['eval']['loss']:.4f}")
+    if not args.no_report:
+        report(args.out, quiet=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

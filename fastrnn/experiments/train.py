@@ -1,0 +1,265 @@
+"""The training loop of the experiments: one run = one task, one method, one wall-clock budget.
+
+Model: (embedding for token tasks) -> `fastrnn.SABLSTM` or `fastrnn.LSTM` -> linear head. Methods:
+
+    sab     SABLSTM(k_top, k_att, k_trunc, slot_state, attention); truncation = its k_trunc
+    tbptt   LSTM with fastrnn.truncation.fixed(L, k_trunc)
+    bptt    LSTM with fastrnn.truncation.full(L)
+    artbp   LSTM with a fresh fastrnn.truncation.artbp(L, L0, alpha) schedule per iteration
+
+Adam (lr 1e-3) and gradient-norm clipping at 1.0, as in the SPEC's measurements. The budget counts
+training time only (batch generation, forward, backward, update); held-out evaluation, attention
+snapshots and checkpoints are outside it, so methods given equal budgets get equal compute.
+A checkpoint (model, optimiser, generator state, history, elapsed time) is written every
+``checkpoint_every`` seconds and at the end; a run started again in the same directory resumes from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import fastrnn
+from fastrnn import truncation
+from fastrnn.experiments import adapters, records
+
+METHODS = ("sab", "tbptt", "bptt", "artbp")
+
+
+@dataclass
+class Config:
+    task: str = "copy"
+    method: str = "sab"
+    T: int = 100  # copy: delay; adding: length; ptb: window length (mnist: fixed 784)
+    encoding: str = "scalar"  # copy input: "scalar" (original code) or "onehot"
+    batch_size: int = 64
+    hidden: int = 128
+    embed: int = 64  # embedding size for token tasks
+    k_top: int = 5
+    k_att: int = 2
+    k_trunc: int = 20  # sab and tbptt (0 = none)
+    slot_state: str = "provisional"
+    attention: str = "linear"  # the scorer of the SPEC's copy measurement (paper eq. 1)
+    L0: float = 20.0  # artbp mean truncation length
+    alpha: float = 4.0
+    lr: float = 1e-3
+    clip: float = 1.0
+    budget: float = 60.0  # seconds of training
+    max_iters: int = 0  # 0 = until the budget is spent
+    seed: int = 0
+    backend: str = "auto"
+    threads: int = 1
+    eval_batches: int = 10
+    log_every: int = 10
+    checkpoint_every: float = 60.0
+    attn_at: list = field(default_factory=lambda: [400, 800, 3000])  # snapshot iterations (Figure 3)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
+        if self.task not in adapters.TASKS:
+            raise ValueError(f"task: expected one of {adapters.TASKS}, got {self.task!r}")
+        if self.budget <= 0 and self.max_iters <= 0:
+            raise ValueError("budget: give a positive budget or max_iters")
+
+    @property
+    def name(self) -> str:
+        T = "" if self.task in ("mnist", "pmnist") else f"-T{self.T}"
+        return f"{self.task}{T}-{self.method}-s{self.seed}"
+
+
+class SeqModel(nn.Module):
+    """Input (embedding for tokens, raw features otherwise) -> recurrent core -> per-step linear head."""
+
+    def __init__(self, cfg: Config, task):
+        super().__init__()
+        self.embedding = nn.Embedding(task.input_size, cfg.embed) if task.tokens else None
+        rnn_in = cfg.embed if task.tokens else task.input_size
+        if cfg.method == "sab":
+            self.rnn = fastrnn.SABLSTM(rnn_in, cfg.hidden, k_top=cfg.k_top, k_att=cfg.k_att,
+                                       k_trunc=cfg.k_trunc or None, attention=cfg.attention,
+                                       slot_state=cfg.slot_state, backend=cfg.backend)
+        else:
+            self.rnn = fastrnn.LSTM(rnn_in, cfg.hidden, backend=cfg.backend)
+        self.head = nn.Linear(cfg.hidden, task.n_out)
+
+    def forward(self, x, schedule=None, return_attention=False):
+        if self.embedding is not None:
+            x = self.embedding(x)
+        kwargs = {"schedule": schedule}
+        if return_attention:
+            out, _, attention = self.rnn(x, **kwargs, return_attention=True)
+            return self.head(out), attention[0]
+        out, _ = self.rnn(x, **kwargs)
+        return self.head(out), None
+
+
+def schedule_for(cfg: Config, length: int, generator: torch.Generator):
+    """The truncation schedule of one iteration (None: the module's own k_trunc, for sab)."""
+    if cfg.method == "tbptt":
+        return truncation.fixed(length, cfg.k_trunc)
+    if cfg.method == "bptt":
+        return truncation.full(length)
+    if cfg.method == "artbp":
+        return truncation.artbp(length, cfg.L0, cfg.alpha, generator=generator)
+    return None
+
+
+def attention_matrix(attention, length: int) -> np.ndarray:
+    """Batch-mean attention weight ``[attending step t, attended step s + 1]`` (column 0 = h0).
+
+    Rebuilds the paper's Figure 3 from the sparse record: slot ``indices`` map to the step that wrote
+    them through ``slot_steps`` (-1 = h0)."""
+    idx, w, steps = attention.indices, attention.weights, attention.slot_steps
+    B = idx.shape[1]
+    valid = idx >= 0
+    attended = torch.where(valid, steps[idx.clamp(min=0)], torch.zeros_like(idx)) + 1  # -1 (h0) -> column 0
+    rows = torch.arange(idx.shape[0]).view(-1, 1, 1).expand_as(idx)
+    m = torch.zeros(length, length + 1, dtype=torch.float64)
+    m.index_put_((rows[valid], attended[valid]), w[valid].double(), accumulate=True)
+    return (m / B).numpy()
+
+
+class Run:
+    """One training run living in ``run_dir`` (checkpoint.pt, record.json, attention.npz)."""
+
+    def __init__(self, cfg: Config, run_dir: Path, *, task=None):
+        self.cfg, self.dir = cfg, Path(run_dir)
+        self.task = task if task is not None else adapters.make_task(cfg.task, cfg.T, cfg.encoding)
+        torch.manual_seed(cfg.seed)
+        self.model = SeqModel(cfg, self.task)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.iteration, self.elapsed, self.history, self.snapshots = 0, 0.0, [], {}
+        self.window = {"loss": 0.0, "acc": 0.0, "n": 0}  # sums since the last history entry
+        eval_gen = torch.Generator().manual_seed(10_000 + cfg.seed)  # the same held-out set every time
+        self.eval_set = [self.task.eval_batch(cfg.batch_size, eval_gen) for _ in range(cfg.eval_batches)]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state = {"config": dataclasses.asdict(self.cfg), "model": self.model.state_dict(),
+                 "opt": self.opt.state_dict(), "gen": self.gen.get_state(), "iteration": self.iteration,
+                 "elapsed": self.elapsed, "history": self.history, "window": self.window,
+                 "snapshots": {k: torch.from_numpy(v) for k, v in self.snapshots.items()}}
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)  # atomic: a kill mid-save leaves the old checkpoint
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, weights_only=True)
+        mine = dataclasses.asdict(self.cfg)
+        for key in ("task", "method", "T", "encoding", "hidden", "k_top", "k_att", "k_trunc", "slot_state",
+                    "attention", "batch_size", "seed"):
+            if state["config"][key] != mine[key]:
+                raise ValueError(f"{self.checkpoint_path}: checkpoint has {key}={state['config'][key]!r}, "
+                                 f"this run {key}={mine[key]!r}; use another --out or --name")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.iteration, self.elapsed, self.history = state["iteration"], state["elapsed"], state["history"]
+        self.window = state["window"]
+        self.snapshots = {k: v.numpy() for k, v in state["snapshots"].items()}
+        return True
+
+    def snapshot_attention(self) -> None:
+        if self.cfg.method != "sab":
+            return
+        x, _ = self.eval_set[0]
+        with torch.no_grad():
+            _, attention = self.model(x, return_attention=True)
+        self.snapshots[f"iter_{self.iteration}"] = attention_matrix(attention, self.task.length).astype(np.float32)
+
+    def _done(self) -> bool:
+        c = self.cfg
+        return (c.budget > 0 and self.elapsed >= c.budget) or (c.max_iters > 0 and self.iteration >= c.max_iters)
+
+    def train(self, *, progress: bool = True, position: int = 0) -> dict:
+        c = self.cfg
+        torch.set_num_threads(c.threads)
+        torch.set_flush_denormal(True)  # saturated gates make denormal gradients, slow on x86
+        resumed = self.load_checkpoint()
+        tokens_per_iter = c.batch_size * self.task.length
+        last_ckpt = time.perf_counter()
+        unit = "s" if c.budget > 0 else "it"
+        bar = tqdm(total=c.budget if c.budget > 0 else c.max_iters, disable=not progress, desc=c.name,
+                   position=position, leave=True, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n:.0f}/{total:.0f} " + unit + " {postfix}")
+        self._bar_update(bar)
+        while not self._done():
+            start = time.perf_counter()
+            x, y = self.task.batch(c.batch_size, self.gen)
+            logits, _ = self.model(x, schedule_for(c, self.task.length, self.gen))
+            loss, metrics = self.task.loss(logits, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
+            self.opt.step()
+            self.elapsed += time.perf_counter() - start
+            self.iteration += 1
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"{c.name}: loss is {loss_value} at iteration {self.iteration}")
+            self.window["loss"] += loss_value
+            self.window["acc"] += metrics["acc"]
+            self.window["n"] += 1
+            if self.iteration % c.log_every == 0:
+                n = self.window.pop("n")
+                self.history.append({"iter": self.iteration, "time": round(self.elapsed, 3),
+                                     **{k: v / n for k, v in self.window.items()}})
+                self.window = {"loss": 0.0, "acc": 0.0, "n": 0}
+                bar.set_postfix(it=self.iteration, loss=f"{self.history[-1]['loss']:.4f}",
+                                acc=f"{self.history[-1]['acc']:.3f}",
+                                tok_s=f"{tokens_per_iter * self.iteration / self.elapsed:,.0f}")
+            self._bar_update(bar)
+            if self.iteration in c.attn_at:
+                self.snapshot_attention()
+            if time.perf_counter() - last_ckpt >= c.checkpoint_every:
+                self.save_checkpoint()
+                last_ckpt = time.perf_counter()
+        bar.close()
+        self.snapshot_attention()
+        self.save_checkpoint()
+        record = self.record(resumed)
+        records.write_record(self.dir / "record.json", record)
+        if self.snapshots:
+            np.savez(self.dir / "attention.npz", **self.snapshots)
+        return record
+
+    def _bar_update(self, bar) -> None:
+        target = min(self.elapsed, self.cfg.budget) if self.cfg.budget > 0 else self.iteration
+        bar.update(target - bar.n)
+
+    def record(self, resumed: bool) -> dict:
+        final = adapters.evaluate(self.model, self.task, self.eval_set)
+        tokens = self.cfg.batch_size * self.task.length * self.iteration
+        return {
+            "name": self.dir.name, "config": dataclasses.asdict(self.cfg),
+            "backend": type(self.model.rnn).__name__ + ":" + fastrnn.backends.resolve(self.cfg.backend, "cpu"),
+            "iterations": self.iteration, "train_seconds": round(self.elapsed, 3),
+            "tokens_per_second": tokens / self.elapsed if self.elapsed > 0 else 0.0,
+            "eval": final, "resumed": resumed, "history": self.history,
+            "attention_snapshots": sorted(self.snapshots, key=lambda k: int(k.split("_")[1])),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+def run(cfg: Config, out: str | os.PathLike = "results", *, name: str | None = None, progress: bool = True,
+        position: int = 0, task=None) -> dict:
+    """Train ``cfg`` in ``out/runs/<name>`` (resuming a checkpoint found there); returns the record."""
+    run_dir = Path(out) / "runs" / (name or cfg.name)
+    return Run(cfg, run_dir, task=task).train(progress=progress, position=position)

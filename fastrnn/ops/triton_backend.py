@@ -1,0 +1,311 @@
+"""The Triton backend: `lstm_layer` and `sab_layer` of docs/CONTRACT.md on the kernels in `kernels/`.
+
+The time loop runs in Python, one small group of kernel launches per step (kernels/README.md counts
+them); everything that is not sequential is a single torch GEMM before or after the loop: the input
+projection x @ W_ihᵀ + b of all steps, and the weight and input gradients from the saved gate gradients.
+Each layer is one `torch.autograd.Function` whose backward is the reverse sweep (SPEC section 2),
+honouring the schedule's cut/scale on the recurrent path and never cutting memory slots.
+
+Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before the kernels were first
+imported (how CI tests it). Triton itself is imported only when a layer runs.
+"""
+import importlib
+import importlib.util
+
+import torch
+
+from ..reference import SABAttention, slot_steps
+
+_K = None
+
+
+def available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _kernels():
+    """fastrnn.kernels, imported on first use (it reads TRITON_INTERPRET at import)."""
+    global _K
+    if _K is None:
+        try:
+            k = importlib.import_module("fastrnn.kernels")
+        except ImportError:  # a source checkout that is not installed: kernels/ sits beside fastrnn/
+            k = importlib.import_module("kernels")
+        for sub in ("lstm_step", "sparse_attention", "sparse_attention_bwd"):
+            importlib.import_module(f"{k.__name__}.{sub}")
+        _K = k
+    return _K
+
+
+class _Cfg:
+    """Tile sizes and dtype switches shared by all kernels of one layer call."""
+
+    def __init__(self, x: torch.Tensor, B: int, H: int, A: int):
+        k = _kernels()
+        self.acc = k.acc_dtype(x.dtype)
+        self.prec = k.dot_precision(x.dtype)
+        self.bb = k.row_block(B, 16)
+        self.bh = k.row_block(H, 32)
+        self.ba = k.row_block(A, 32)
+        self.bk = k.row_block(4 * H, 32)   # the K step of every GEMM tile
+        self.grid_bh = (_cdiv(B, self.bb), _cdiv(H, self.bh))
+        self.grid_b = (_cdiv(B, self.bb),)
+
+    def common(self):
+        return dict(ACC=self.acc, BLOCK_B=self.bb, BLOCK_H=self.bh, BLOCK_K=self.bk, DOT_PREC=self.prec)
+
+
+def _check_tensors(named: dict, cut, scale) -> None:
+    """Every tensor on x's device with x's dtype (the schedule on x's device), and a device the kernels
+    can run on; errors name the argument (the module checks shapes)."""
+    x = named["x"]
+    for name, t in (("cut", cut), ("scale", scale)):
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if x.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        raise TypeError(f"x: the triton backend takes float32, float64 or bfloat16, got {x.dtype}")
+    for name, t in named.items():
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}")
+    if x.device.type != "cuda" and not _kernels().INTERPRET:
+        raise ValueError(f"x: the triton backend needs CUDA tensors (or TRITON_INTERPRET=1), got {x.device}")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _grad_dtype(dtype):
+    """Accumulation dtype on the torch side: gradient buffers, scores (float32 for bfloat16 tensors)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _input_projection(x, w_ih, b_ih, b_hh):
+    """x_t @ W_ihᵀ + b_ih + b_hh for every step at once: [T, B, 4H]."""
+    T, B, I = x.shape
+    xg = x.reshape(T * B, I) @ w_ih.t()
+    if b_ih is not None:
+        xg = xg + (b_ih + b_hh)
+    return xg.reshape(T, B, -1).contiguous()
+
+
+def _schedule(cut, scale, dtype):
+    """The recurrent factor of each step t (0 where cut, else scale[t]) as a [T] tensor in `dtype` on the
+    device, which the kernels read, and as a host list of "any gradient flows", which chooses the kernel
+    variants (one sync per call)."""
+    factor = torch.where(cut, torch.zeros((), dtype=scale.dtype, device=scale.device), scale).to(dtype)
+    return factor, [v != 0.0 for v in factor.tolist()]
+
+
+def _lstm_forward(x, w_hh, xg, h0, c0, gates, cs, out, cfg):
+    """The forward sweep: gates [T,B,4H], cs [T,B,H] and out [T,B,H] (ĥ_t) are filled."""
+    k = _kernels().lstm_step
+    T = x.shape[0]
+    B, H = h0.shape
+    h, c = h0, c0
+    for t in range(T):
+        k.lstm_fwd_step_kernel[cfg.grid_bh](xg[t], h, c, w_hh, gates[t], cs[t], out[t], B, H, **cfg.common())
+        h, c = out[t], cs[t]
+
+
+def _weight_grads(ctx, dgates, x, w_ih, h_in):
+    """Gradients of x, W_ih, W_hh and the biases from dgates [T, B, 4H]: one GEMM each, computed in
+    dgates' dtype and returned in x's."""
+    T, B, I = x.shape
+    g, dt = dgates.dtype, x.dtype
+    dG = dgates.reshape(T * B, -1)
+    need = ctx.needs_input_grad
+    dx = (dG @ w_ih.to(g)).reshape(T, B, I).to(dt) if need[0] else None
+    dw_ih = (dG.t() @ x.reshape(T * B, I).to(g)).to(dt) if need[1] else None
+    dw_hh = (dG.t() @ h_in.reshape(T * B, -1).to(g)).to(dt) if need[2] else None
+    db = dG.sum(0).to(dt) if ctx.has_bias else None
+    return dx, dw_ih, dw_hh, db
+
+
+class _LSTMLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale):
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        cfg = _Cfg(x, B, H, 1)
+        xg = _input_projection(x, w_ih, b_ih, b_hh)
+        gates = x.new_empty(T, B, 4 * H)
+        cs = x.new_empty(T, B, H)
+        y = x.new_empty(T, B, H)
+        _lstm_forward(x, w_hh, xg, h0, c0, gates, cs, y, cfg)
+        ctx.save_for_backward(x, w_ih, w_hh, h0, c0, gates, cs, y)
+        ctx.schedule = (cut, scale)
+        ctx.has_bias = b_ih is not None
+        return y, y[T - 1].clone(), cs[T - 1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy, dh_n, dc_n):
+        x, w_ih, w_hh, h0, c0, gates, cs, y = ctx.saved_tensors
+        k = _kernels().lstm_step
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        cfg = _Cfg(x, B, H, 1)
+        g = _grad_dtype(x.dtype)   # gradient buffers
+        dy = torch.zeros_like(y, dtype=g) if dy is None else dy.to(g, copy=True).contiguous()
+        if dh_n is not None:
+            dy[T - 1] += dh_n
+        dc = torch.zeros_like(c0, dtype=g) if dc_n is None else dc_n.to(g, copy=True).contiguous()
+        dc_next = torch.empty_like(dc)
+        dgates = torch.empty_like(gates, dtype=g)
+        f, flows = _schedule(*ctx.schedule, g)
+        for t in range(T - 1, -1, -1):
+            has_rec = t + 1 < T and flows[t + 1]
+            k.lstm_bwd_step_kernel[cfg.grid_bh](
+                dgates[t + 1] if has_rec else dgates[t], w_hh, f[t + 1] if has_rec else f[t], dy[t], dc,
+                gates[t], cs[t], cs[t - 1] if t > 0 else c0, dgates[t], dc_next, f[t], B, H,
+                HAS_REC=has_rec, **cfg.common())
+            dc, dc_next = dc_next, dc
+        dh0 = f[0] * (dgates[0] @ w_hh.to(g))
+        h_in = torch.cat([h0.unsqueeze(0), y[:-1]])
+        dx, dw_ih, dw_hh, db = _weight_grads(ctx, dgates, x, w_ih, h_in)
+        return dx, dw_ih, dw_hh, db, db, dh0.to(x.dtype), dc.to(x.dtype), None, None
+
+
+def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale):
+    """A plain LSTM layer under a truncation schedule (docs/CONTRACT.md): 1 launch per step each way."""
+    named = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0)
+    _check_tensors(named, cut, scale)
+    args = [a.contiguous() if a is not None else None for a in named.values()]
+    return _LSTMLayer.apply(*args, cut, scale)
+
+
+def _scorer_views(scorer, att_wh, att_wm):
+    """W_h, W_m as [A, H] matrices: the linear scorer is the case A = 1 (its att_b is folded into q)."""
+    if scorer == "mlp":
+        return att_wh, att_wm
+    if scorer == "linear":
+        return att_wh.reshape(1, -1), att_wm.reshape(1, -1)
+    raise ValueError(f"scorer must be 'mlp' or 'linear', got {scorer!r}")
+
+
+class _SABLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale,
+                k_top, k_att, scorer, provisional):
+        K = _kernels()
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        wh, wm = _scorer_views(scorer, att_wh, att_wm)
+        A = wh.shape[0]
+        S = 1 + T // k_att
+        cfg = _Cfg(x, B, H, A)
+        xg = _input_projection(x, w_ih, b_ih, b_hh)
+        gates, cs = x.new_empty(T, B, 4 * H), x.new_empty(T, B, H)
+        hhat, y = x.new_empty(T, B, H), x.new_empty(T, B, H)
+        mem, key = x.new_empty(S, B, H), x.new_empty(S, B, A)
+        mem[0] = h0
+        key[0] = h0 @ wm.t()
+        acc = _grad_dtype(x.dtype)   # scores and the normaliser (float32 for bfloat16 inputs)
+        q, score = x.new_empty(T, B, A), x.new_empty(B, S, dtype=acc)
+        idx = torch.empty(T, B, k_top, dtype=torch.int64, device=x.device)
+        w = x.new_empty(T, B, k_top, dtype=acc)
+        thr = torch.empty(T, B, dtype=torch.int32, device=x.device)
+        z = x.new_empty(T, B, dtype=acc)
+        k_pad = max(2, 1 << (k_top - 1).bit_length())
+        lk, ak = K.lstm_step, K.sparse_attention
+        h, c = h0, c0
+        bs = K.row_block(S, 16)
+        for t in range(T):
+            n = 1 + t // k_att   # slots written before step t
+            lk.lstm_fwd_step_kernel[cfg.grid_bh](xg[t], h, c, w_hh, gates[t], cs[t], hhat[t], B, H,
+                                                 **cfg.common())
+            ak.sab_scores_kernel[(cfg.grid_b[0], _cdiv(n, bs))](
+                hhat[t], key, wh, att_s, q[t], score, n, B, H, A, S, MLP=scorer == "mlp", ACC=cfg.acc,
+                BLOCK_B=cfg.bb, BLOCK_S=bs, BLOCK_A=cfg.ba, BLOCK_K=cfg.bk, DOT_PREC=cfg.prec)
+            ak.sab_attention_fwd_kernel[cfg.grid_b](
+                hhat[t], y[t], mem, key, wm, score, idx[t], w[t], thr[t], z[t], n, int((t + 1) % k_att == 0),
+                B, H, A, S, K_TOP=k_top, K_PAD=k_pad, PROVISIONAL=provisional, BLOCK_A=cfg.ba, BLOCK_S=bs,
+                **cfg.common())
+            h, c = y[t], cs[t]
+        ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, gates, cs, hhat, y, mem, key,
+                              q, idx, w, thr, z)
+        ctx.schedule = (cut, scale)
+        ctx.has_bias = b_ih is not None
+        ctx.sab = (k_top, k_att, scorer, provisional, k_pad)
+        weights = w.to(x.dtype)
+        ctx.mark_non_differentiable(idx, weights)
+        return y, y[T - 1].clone(), cs[T - 1].clone(), idx, weights
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy, dh_n, dc_n, _didx, _dw):
+        (x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, gates, cs, hhat, y, mem, key,
+         q, idx, w, thr, z) = ctx.saved_tensors
+        k_top, k_att, scorer, provisional, k_pad = ctx.sab
+        K = _kernels()
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        wh, wm = _scorer_views(scorer, att_wh, att_wm)
+        A = wh.shape[0]
+        cfg = _Cfg(x, B, H, A)
+        g = _grad_dtype(x.dtype)   # gradient buffers
+        dy = torch.zeros_like(y, dtype=g) if dy is None else dy.to(g, copy=True).contiguous()
+        if dh_n is not None:
+            dy[T - 1] += dh_n
+        dc = torch.zeros_like(c0, dtype=g) if dc_n is None else dc_n.to(g, copy=True).contiguous()
+        dc_next = torch.empty_like(dc)
+        dgates = torch.empty_like(gates, dtype=g)
+        gm, dkey = torch.zeros_like(mem, dtype=g), torch.zeros_like(key, dtype=g)   # per-slot gradients
+        dv = torch.zeros(B, A, dtype=g, device=x.device)
+        dq = torch.empty_like(q, dtype=g)
+        rec, gh = torch.empty_like(h0, dtype=g), torch.empty_like(h0, dtype=g)
+        f, flows = _schedule(*ctx.schedule, g)
+        lk, bk = K.lstm_step, K.sparse_attention_bwd
+        for t in range(T - 1, -1, -1):
+            has_rec = t + 1 < T and flows[t + 1]
+            if has_rec:
+                lk.recurrent_grad_kernel[cfg.grid_bh](dgates[t + 1], w_hh, rec, f[t + 1], B, H, **cfg.common())
+            bk.sab_attention_bwd_kernel[cfg.grid_b](
+                dy[t], rec, mem, key, wh, wm, att_s, q[t], idx[t], w[t], thr[t], z[t], gm, dkey, dv, gh, dq[t],
+                (t + 1) // k_att if (t + 1) % k_att == 0 else -1, B, H, A,
+                HAS_REC=has_rec, K_TOP=k_top, K_PAD=k_pad, MLP=scorer == "mlp", PROVISIONAL=provisional,
+                BLOCK_A=cfg.ba, **cfg.common())
+            lk.lstm_bwd_step_kernel[cfg.grid_bh](
+                dgates[t], w_hh, f[t], gh, dc, gates[t], cs[t], cs[t - 1] if t > 0 else c0, dgates[t], dc_next,
+                f[t], B, H, HAS_REC=False, **cfg.common())
+            dc, dc_next = dc_next, dc
+        # h0 is slot 0 as well as the recurrent input of step 0
+        dh0 = f[0] * (dgates[0] @ w_hh.to(g)) + gm[0] + dkey[0] @ wm.to(g)
+        h_in = torch.cat([h0.unsqueeze(0), y[:-1]])
+        dx, dw_ih, dw_hh, db = _weight_grads(ctx, dgates, x, w_ih, h_in)
+        d_wh = dq.reshape(T * B, A).t() @ hhat.reshape(T * B, H).to(g)
+        d_wm = dkey.reshape(-1, A).t() @ mem.reshape(-1, H).to(g)
+        if scorer == "mlp":
+            d_s = dv.sum(0)
+        else:
+            d_wh, d_wm, d_s = d_wh.reshape(H), d_wm.reshape(H), dq.sum().reshape(1)
+        d_wh, d_wm, d_s, dh0, dc = (v.to(x.dtype) for v in (d_wh, d_wm, d_s, dh0, dc))
+        return (dx, dw_ih, dw_hh, db, db, d_wh, d_wm, d_s, dh0, dc,
+                None, None, None, None, None, None)
+
+
+def _check_sab(k_top, k_att, scorer):
+    if not isinstance(k_top, int) or k_top < 1:
+        raise ValueError(f"k_top must be an int >= 1, got {k_top!r}")
+    if not isinstance(k_att, int) or k_att < 1:
+        raise ValueError(f"k_att must be an int >= 1, got {k_att!r}")
+    if scorer not in ("mlp", "linear"):
+        raise ValueError(f"scorer must be 'mlp' or 'linear', got {scorer!r}")
+
+
+def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
+              k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False):
+    """One SAB-LSTM layer (docs/CONTRACT.md): 3 launches per step forward, 3 per step backward."""
+    _check_sab(k_top, k_att, scorer)
+    named = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, att_wh=att_wh, att_wm=att_wm, att_s=att_s,
+                 h0=h0, c0=c0)
+    _check_tensors(named, cut, scale)
+    args = [a.contiguous() if a is not None else None for a in named.values()]
+    y, h_n, c_n, idx, w = _SABLayer.apply(*args, cut, scale, k_top, k_att, scorer, bool(provisional))
+    attention = SABAttention(idx, w, slot_steps(x.shape[0], k_att, x.device)) if need_attention else None
+    return y, h_n, c_n, attention

@@ -1,0 +1,166 @@
+"""SAB sparse top-k attention over the memory, forward (SPEC section 1, steps 4-8) for one time step.
+
+Two kernels per step. `sab_scores_kernel`, grid (cdiv(B, BLOCK_B), cdiv(n_slots, BLOCK_S)), does 1-2;
+`sab_attention_fwd_kernel`, grid (cdiv(B, BLOCK_B),), a program owning BLOCK_B batch rows, does 3-5:
+  1. the query q = ĥ_t @ W_hᵀ  ("mlp": [A]; "linear": A = 1 and the bias att_b folded into q),
+  2. the score of every slot j < n_slots (mlp: v · tanh(q + P_j), linear: q + P_j), into a scratch row,
+     where P_j = W_m @ m_j is the slot's key, computed once when the slot was written (step 6 below),
+  3. the threshold by K_TOP + 1 passes of "next in the ranking" (score descending, lower slot first on
+     ties: docs/CONTRACT.md), the normaliser Z = Σ relu(a - τ) + 1e-7, and the selected slots
+     (a_j > τ) in ascending slot order by K_TOP passes of "next larger index",
+  4. h_t = ĥ_t + Σ w_j m_j, gathering only the selected slots,
+  5. if the step writes a slot: m = h_t (or ĥ_t, provisional) into the memory and its key P = W_m @ m.
+It saves what the backward needs: q, the selected indices (int64, -1 padding) and weights, the threshold
+slot and Z. The new slot's key is computed from the slot just stored, after tl.debug_barrier() (a CTA
+barrier, which also orders global memory within the CTA).
+"""
+import triton
+import triton.language as tl
+
+from .math import dot_tile, tanh
+
+NORM_EPS = tl.constexpr(1e-7)  # SPEC section 1, step 6 (fastrnn.reference.NORM_EPS)
+
+
+@triton.jit
+def sab_scores_kernel(hhat_ptr, key_ptr, wh_ptr, s_ptr, q_ptr, score_ptr, n_slots, B, H, A, S_cap,
+                      MLP: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr,
+                      BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Scores [B, S_cap] of slots < n_slots for step t (phases 1-2). Grid (cdiv(B, BLOCK_B),
+    cdiv(n_slots, BLOCK_S)): the keys of a long memory are read by many CTAs at once. Each CTA forms the
+    query chunk by chunk in registers (recomputed per slot block: 2·BLOCK_B·H·A flops, small next to the
+    scores); the slot block 0 stores it for the backward."""
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rs = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    mb, ms = rb < B, rs < n_slots
+    a = tl.zeros((BLOCK_B, BLOCK_S), dtype=ACC)
+    for a0 in range(0, A, BLOCK_A):
+        ra = a0 + tl.arange(0, BLOCK_A)
+        ma = ra < A
+        q = dot_tile(hhat_ptr, H, wh_ptr, 1, H, rb, ra, mb, ma, H,
+                     tl.zeros((BLOCK_B, BLOCK_A), dtype=ACC), BLOCK_K, DOT_PREC)
+        if not MLP:
+            q += tl.load(s_ptr).to(ACC)
+        if tl.program_id(1) == 0:
+            tl.store(q_ptr + rb[:, None] * A + ra[None, :], q.to(q_ptr.dtype.element_ty),
+                     mask=mb[:, None] & ma[None, :])
+        m3 = mb[:, None, None] & ms[None, :, None] & ma[None, None, :]
+        p = tl.load(key_ptr + rs[None, :, None] * (B * A) + rb[:, None, None] * A + ra[None, None, :],
+                    mask=m3, other=0.0).to(ACC)
+        if MLP:
+            v = tl.load(s_ptr + ra, mask=ma, other=0.0).to(ACC)
+            a += tl.sum(tanh(q[:, None, :] + p) * v[None, None, :], axis=2)
+        else:
+            a += tl.sum(tl.where(m3, p + q[:, None, :], 0.0), axis=2)
+    tl.store(score_ptr + rb[:, None] * S_cap + rs[None, :], a.to(score_ptr.dtype.element_ty),
+             mask=mb[:, None] & ms[None, :])
+
+
+@triton.jit
+def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_ptr, idx_ptr, w_ptr, thr_ptr,
+                             z_ptr, n_slots, write_slot, B, H, A, S_cap,
+                             K_TOP: tl.constexpr, K_PAD: tl.constexpr, PROVISIONAL: tl.constexpr,
+                             ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                             BLOCK_A: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
+                             DOT_PREC: tl.constexpr):
+    """Phases 3-5 of step t, after sab_scores_kernel. Grid (cdiv(B, BLOCK_B),). hhat/y [B, H] (ĥ_t in,
+    h_t out), mem [S, B, H] and key [S, B, A] (slots < n_slots valid; slot n_slots written if
+    write_slot), wm [A, H], score [B, S_cap] in, idx/w [B, K_TOP] out, thr/z [B] out."""
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mb = rb < B
+    out_ty = y_ptr.dtype.element_ty
+
+    # 3a. threshold: pass r finds the (r+1)-th slot of the ranking (score desc, lower index first)
+    NONE = S_cap  # "no slot" marker, larger than every slot index
+    prev_a = tl.full((BLOCK_B,), float("inf"), ACC)
+    prev_j = tl.full((BLOCK_B,), -1, tl.int32)
+    tau_small = tl.zeros((BLOCK_B,), dtype=ACC)
+    thr_small = tl.zeros((BLOCK_B,), dtype=tl.int32)
+    for r in range(K_TOP + 1):
+        best_a = tl.full((BLOCK_B,), float("-inf"), ACC)
+        best_j = tl.full((BLOCK_B,), NONE, tl.int32)
+        for s0 in range(0, n_slots, BLOCK_S):
+            rs = s0 + tl.arange(0, BLOCK_S)
+            valid = mb[:, None] & (rs[None, :] < n_slots)
+            a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
+            after = (a < prev_a[:, None]) | ((a == prev_a[:, None]) & (rs[None, :] > prev_j[:, None]))
+            ok = valid & after
+            bm = tl.max(tl.where(ok, a, float("-inf")), axis=1)
+            bj = tl.min(tl.where(ok & (a == bm[:, None]), rs[None, :], NONE), axis=1)
+            # blocks come in ascending slot order, so on equal scores the earlier block's slot stays
+            better = (bj < NONE) & ((best_j == NONE) | (bm > best_a))
+            best_a = tl.where(better, bm, best_a)
+            best_j = tl.where(better, bj, best_j)
+        prev_a, prev_j = best_a, best_j
+        # while |M| <= K_TOP the last ranked slot (pass n_slots - 1) gives tau = its score - 1
+        tau_small = tl.where(r == n_slots - 1, best_a - 1.0, tau_small)
+        thr_small = tl.where(r == n_slots - 1, best_j, thr_small)
+    tau = tl.where(n_slots > K_TOP, prev_a, tau_small)
+    thr = tl.where(n_slots > K_TOP, prev_j, thr_small)
+
+    # 3b. normaliser Z = Σ relu(a - τ) + eps
+    z = tl.zeros((BLOCK_B,), dtype=ACC)
+    for s0 in range(0, n_slots, BLOCK_S):
+        rs = s0 + tl.arange(0, BLOCK_S)
+        valid = mb[:, None] & (rs[None, :] < n_slots)
+        a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
+        z += tl.sum(tl.where(valid, tl.maximum(a - tau[:, None], 0.0), 0.0), axis=1)
+    z += NORM_EPS
+
+    # 3c. selected slots (a > τ) in ascending order: pass r finds the next selected index after prev
+    col = tl.arange(0, K_PAD)
+    sel_j = tl.full((BLOCK_B, K_PAD), -1, tl.int32)
+    sel_w = tl.zeros((BLOCK_B, K_PAD), dtype=ACC)
+    prev_j = tl.full((BLOCK_B,), -1, tl.int32)
+    for r in range(K_TOP):
+        best_j = tl.full((BLOCK_B,), NONE, tl.int32)
+        best_a = tl.zeros((BLOCK_B,), dtype=ACC)
+        for s0 in range(0, n_slots, BLOCK_S):
+            rs = s0 + tl.arange(0, BLOCK_S)
+            valid = mb[:, None] & (rs[None, :] < n_slots)
+            a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
+            ok = valid & (a > tau[:, None]) & (rs[None, :] > prev_j[:, None])
+            bj = tl.min(tl.where(ok, rs[None, :], NONE), axis=1)
+            ba = tl.sum(tl.where(ok & (rs[None, :] == bj[:, None]), a, 0.0), axis=1)
+            first = (best_j == NONE) & (bj < NONE)
+            best_a = tl.where(first, ba, best_a)
+            best_j = tl.where(first, bj, best_j)
+        found = best_j < NONE
+        sel_j = tl.where((col[None, :] == r) & found[:, None], best_j[:, None], sel_j)
+        sel_w = tl.where((col[None, :] == r) & found[:, None], ((best_a - tau) / z)[:, None], sel_w)
+        prev_j = tl.where(found, best_j, NONE)
+
+    mk = mb[:, None] & (col[None, :] < K_TOP)
+    tl.store(idx_ptr + rb[:, None] * K_TOP + col[None, :], sel_j.to(tl.int64), mask=mk)
+    tl.store(w_ptr + rb[:, None] * K_TOP + col[None, :], sel_w.to(w_ptr.dtype.element_ty), mask=mk)
+    tl.store(thr_ptr + rb, thr, mask=mb)
+    tl.store(z_ptr + rb, z.to(z_ptr.dtype.element_ty), mask=mb)
+
+    # 4-5. h_t = ĥ_t + Σ_r w_r m_{j_r}, gathering the selected slots only; maybe write the new slot
+    new_slot = mem_ptr + n_slots * (B * H)
+    for h0 in range(0, H, BLOCK_H):
+        rh = h0 + tl.arange(0, BLOCK_H)
+        m2 = mb[:, None] & (rh[None, :] < H)
+        off = rb[:, None] * H + rh[None, :]
+        hhat = tl.load(hhat_ptr + off, mask=m2, other=0.0).to(ACC)
+        h = hhat
+        for r in range(K_TOP):
+            j = tl.sum(tl.where(col[None, :] == r, sel_j, 0), axis=1)
+            w = tl.sum(tl.where(col[None, :] == r, sel_w, 0.0), axis=1)
+            m = tl.load(mem_ptr + j[:, None] * (B * H) + off, mask=m2 & (j[:, None] >= 0), other=0.0)
+            h += w[:, None] * m.to(ACC)
+        tl.store(y_ptr + off, h.to(out_ty), mask=m2)
+        if write_slot:
+            if PROVISIONAL:
+                tl.store(new_slot + off, hhat.to(out_ty), mask=m2)
+            else:
+                tl.store(new_slot + off, h.to(out_ty), mask=m2)
+    if write_slot:
+        tl.debug_barrier()
+        for a0 in range(0, A, BLOCK_A):
+            ra = a0 + tl.arange(0, BLOCK_A)
+            ma = ra < A
+            p = dot_tile(new_slot, H, wm_ptr, 1, H, rb, ra, mb, ma, H,
+                         tl.zeros((BLOCK_B, BLOCK_A), dtype=ACC), BLOCK_K, DOT_PREC)
+            tl.store(key_ptr + n_slots * (B * A) + rb[:, None] * A + ra[None, :], p.to(out_ty),
+                     mask=mb[:, None] & ma[None, :])

@@ -1,0 +1,168 @@
+"""The experiment CLI, the training loop, records, plots and the main job, on tiny runs (seconds)."""
+import json
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from fastrnn.experiments import main_job, records, train
+from fastrnn.experiments.__main__ import main as cli
+from fastrnn.reference import SABAttention
+
+TINY = ["--T", "5", "--hidden", "8", "--batch-size", "4", "--eval-batches", "2", "--log-every", "2",
+        "--backend", "reference", "--no-progress", "--budget", "0"]
+
+
+def tiny_config(**kw):
+    base = dict(task="copy", T=5, hidden=8, batch_size=4, eval_batches=2, log_every=2, backend="reference",
+                budget=0, max_iters=4, attn_at=[2])
+    return train.Config(**{**base, **kw})
+
+
+def assert_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 300 and image.shape[1] > 300
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_cli_run_writes_record_table_and_plots(tmp_path):
+    out = tmp_path / "res"
+    assert cli(["copy", "--method", "sab", "--max-iters", "6", "--attn-at", "2", "--out", str(out), *TINY]) == 0
+    assert cli(["copy", "--method", "tbptt", "--k-trunc", "2", "--max-iters", "6", "--out", str(out), *TINY]) == 0
+    sab = json.loads((out / "runs" / "copy-T5-sab-s0" / "record.json").read_text())
+    assert sab["iterations"] == 6 and sab["config"]["method"] == "sab" and not sab["resumed"]
+    assert [h["iter"] for h in sab["history"]] == [2, 4, 6]
+    assert 0 <= sab["eval"]["acc"] <= 1 and sab["eval"]["loss"] > 0 and sab["tokens_per_second"] > 0
+    assert sab["attention_snapshots"] == ["iter_2", "iter_6"]
+    table = (out / "results.md").read_text().splitlines()
+    assert table[0].startswith("| run | method | iterations") and len(table) == 4
+    assert "| copy-T5-sab-s0 | sab | 6 |" in table[2] and "| copy-T5-tbptt-s0 | tbptt | 6 |" in table[3]
+    assert_png(out / "curves_copy.png")
+    assert_png(out / "attention_copy-T5-sab-s0.png")
+    with np.load(out / "runs" / "copy-T5-sab-s0" / "attention.npz") as z:
+        assert sorted(z) == ["iter_2", "iter_6"] and z["iter_6"].shape == (25, 26)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train.Run(tiny_config(max_iters=6, method="artbp", L0=3.0), tmp_path / "a")
+    straight.train(progress=False)
+    train.Run(tiny_config(max_iters=3, method="artbp", L0=3.0), tmp_path / "b").train(progress=False)
+    resumed = train.Run(tiny_config(max_iters=6, method="artbp", L0=3.0), tmp_path / "b")
+    record = resumed.train(progress=False)
+    assert record["resumed"] and record["iterations"] == 6
+    assert [h["iter"] for h in record["history"]] == [2, 4, 6]
+    # Model, optimiser and batch/schedule generator all restored: the same weights as without a stop.
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert [h["loss"] for h in record["history"]] == [h["loss"] for h in json.loads(
+        (tmp_path / "a" / "record.json").read_text())["history"]]
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    train.Run(tiny_config(max_iters=1, attn_at=[]), tmp_path).train(progress=False)
+    with pytest.raises(ValueError, match="hidden"):
+        train.Run(tiny_config(max_iters=2, hidden=16), tmp_path).train(progress=False)
+
+
+def test_budget_stops_training(tmp_path):
+    run = train.Run(tiny_config(max_iters=0, budget=0.3, method="bptt"), tmp_path)
+    record = run.train(progress=False)
+    assert 0.3 <= record["train_seconds"] < 3 and record["iterations"] >= 1
+
+
+@pytest.mark.parametrize("method", ["sab", "tbptt", "bptt", "artbp"])
+def test_every_method_learns_something(tmp_path, method):
+    run = train.Run(tiny_config(method=method, max_iters=30, k_trunc=3, L0=3.0, attn_at=[], lr=1e-2), tmp_path)
+    record = run.train(progress=False)
+    first, last = record["history"][0]["loss"], record["history"][-1]["loss"]
+    assert last < first  # loss starts at ln 10 and falls towards the blank-predicting plateau
+
+
+def test_schedules_of_the_methods():
+    g = torch.Generator().manual_seed(0)
+    tb = train.schedule_for(train.Config(method="tbptt", k_trunc=4), 10, g)
+    assert tb.cut.nonzero().flatten().tolist() == [4, 8]
+    assert not train.schedule_for(train.Config(method="bptt"), 10, g).cut.any()
+    assert train.schedule_for(train.Config(method="sab"), 10, g) is None  # the module's k_trunc
+    ar = train.schedule_for(train.Config(method="artbp", L0=2.0), 50, g)
+    assert ar.cut.any() and (ar.scale[~ar.cut][1:] > 1).all()
+
+
+def test_attention_matrix_maps_slots_to_steps():
+    # T=3, B=2, k_top=2; slots: 0 = h0, 1 = step 1, 2 = step 3 (never used here).
+    indices = torch.tensor([[[0, -1], [0, -1]], [[0, -1], [0, -1]], [[0, 1], [1, -1]]])
+    weights = torch.tensor([[[1.0, 0], [1.0, 0]], [[1.0, 0], [1.0, 0]], [[0.25, 0.75], [1.0, 0]]])
+    m = train.attention_matrix(SABAttention(indices, weights, torch.tensor([-1, 1, 3])), 3)
+    expected = np.zeros((3, 4))
+    expected[0, 0] = expected[1, 0] = 1.0
+    expected[2, 0], expected[2, 2] = 0.125, 0.875  # column s + 1 holds step s
+    np.testing.assert_allclose(m, expected)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="method"):
+        train.Config(method="rtrl")
+    with pytest.raises(ValueError, match="task"):
+        train.Config(task="imagenet")
+    with pytest.raises(ValueError, match="budget"):
+        train.Config(budget=0, max_iters=0)
+
+
+def test_records_table_rounds_and_orders():
+    rec = {"name": "x", "config": {"method": "sab"}, "iterations": 1234, "train_seconds": 9.6,
+           "tokens_per_second": 12345.6, "eval": {"acc": 0.98765, "loss": 0.012345},
+           "history": [{"acc": a} for a in (0.0, 1.0, 0.5)]}
+    line = records.markdown_table([rec]).splitlines()[2]
+    assert line == "| x | sab | 1,234 | 10 | 12,346 | 0.988 | 0.0123 | 0.500 |"
+
+
+def test_main_job_commands_share_one_budget(tmp_path):
+    cmds = main_job.commands(42.0, tmp_path, 3, "auto", [])
+    methods = [c[c.index("--method") + 1] for c in cmds]
+    assert methods == ["sab", "tbptt", "bptt"]
+    for c in cmds:
+        assert c[c.index("--budget") + 1] == "42.0" and c[c.index("--T") + 1] == "100"
+    sab = cmds[0]
+    assert sab[sab.index("--slot-state") + 1] == "provisional" and sab[sab.index("--k-trunc") + 1] == "20"
+    assert cmds[1][cmds[1].index("--k-trunc") + 1] == "20"
+
+
+def test_main_job_end_to_end(tmp_path):
+    """The README job with a 1-second budget per method: three processes, table and PNGs."""
+    out = tmp_path / "res"
+    proc = subprocess.run([sys.executable, "-m", "fastrnn.experiments", "main", "--budget", "1", "--out", str(out),
+                           "--backend", "reference", "--eval-batches", "1", "--hidden", "16", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| copy-T100-sab-s0 | sab |" in proc.stdout and "| copy-T100-bptt-s0 | bptt |" in proc.stdout
+    for name in ("main_curves.png", "attention_copy-T100-sab-s0.png", "curves_copy.png"):
+        assert_png(out / name)
+
+
+def other_tasks():
+    from fastrnn.experiments import adapters
+    from fastrnn.tasks import CharPTB, PixelMNIST
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((16, 784), dtype=np.float32), rng.integers(0, 10, 16)
+    texts = {"train": " the cat sat on the mat \n" * 4, "valid": " the mat \n", "test": " a cat \n"}
+    return {"adding": adapters.AddingTask(6), "pmnist": adapters.MNISTTask(True, PixelMNIST(images, labels, permute=True)),
+            "ptb": adapters.PTBTask(7, CharPTB(texts))}
+
+
+@pytest.mark.parametrize("name", ["adding", "pmnist", "ptb"])
+def test_other_tasks_train_and_report(tmp_path, name):
+    task = other_tasks()[name]
+    # backend "auto": the fused kernels where built (784 reference steps are slow), else the reference.
+    cfg = tiny_config(task=name, T=task.length, max_iters=2, log_every=1, attn_at=[], backend="auto")
+    run = train.Run(cfg, tmp_path, task=task)
+    record = run.train(progress=False)
+    assert record["iterations"] == 2 and len(record["history"]) == 2
+    assert np.isfinite(record["eval"]["loss"]) and 0 <= record["eval"]["acc"] <= 1
+    if name == "ptb":
+        assert record["eval"]["bpc"] == pytest.approx(record["eval"]["loss"] / np.log(2))
+        assert isinstance(run.model.embedding, torch.nn.Embedding)
