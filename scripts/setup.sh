@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-PY=.venv/bin/python
+PY="$PWD/.venv/bin/python"   # absolute: the native build runs tools from other directories
 
 # torch is pinned to the CPU build ("+cpu"): a bare "torch" would pull a CUDA build of several GB.
 deps=("torch==2.13.0+cpu" numpy triton tqdm matplotlib pytest pytest-benchmark ninja "setuptools>=64")
