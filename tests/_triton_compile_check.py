@@ -47,7 +47,7 @@ def variants(dt):
         yield sparse_attention.sab_scores_kernel, scores, dict(MLP=mlp, BLOCK_S=16, BLOCK_A=32, DOT_PREC=prec)
     for prov in (False, True):
         sel = dict(K_TOP=5, K_PAD=8, PROVISIONAL=prov, BLOCK_A=32, DOT_PREC=prec)
-        yield sparse_attention.sab_attention_fwd_kernel, att_fwd, dict(sel, BLOCK_S=16)
+        yield sparse_attention.sab_attention_fwd_kernel, att_fwd, dict(sel, BLOCK_S=128)
     for mlp, prov in ((True, False), (False, True)):
         sab = dict(K_TOP=5, K_PAD=8, MLP=mlp, PROVISIONAL=prov, BLOCK_A=32, DOT_PREC=prec)
         yield sparse_attention_bwd.sab_attention_bwd_kernel, att_bwd, dict(sab, HAS_REC=True)

@@ -248,6 +248,14 @@ def test_sab_layer(dtype, scorer, provisional, k_top, k_att, sched, A):
     assert torch.equal(att.slot_steps, att_ref.slot_steps)
 
 
+@pytest.mark.parametrize("T,k_att", [(1, 1), (3, 5)])
+def test_sab_layer_short_sequences(T, k_att):
+    """T = 1, and a memory that never grows past h0 (k_att > T)."""
+    args = layer_args(T, 2, 3, 16, dtype=F64)
+    kw = dict(k_top=2, k_att=k_att, scorer="mlp", provisional=False, need_attention=True)
+    compare_layer("sab_layer", args, schedule_args(truncation.full(T), F64), F64, **kw)
+
+
 def test_sab_layer_rejects_bad_arguments():
     args = layer_args(2, 1, 2, 4, dtype=F32)
     sched = schedule_args(truncation.full(2), F32)
@@ -315,3 +323,20 @@ def test_auto_picks_triton_for_cuda_tensors():
     assert TB.available()
     assert backends.resolve("auto", "cuda") == "triton"
     assert backends.layer_functions("triton", torch.device("cpu")) == (TB.lstm_layer, TB.sab_layer)  # interpreter
+
+
+def test_lstm_module_triton_matches_reference():
+    """fastrnn.LSTM(backend="triton") end to end: 2 layers, an ARTBP schedule, float32."""
+    from fastrnn import LSTM
+    ref, tri = LSTM(3, 16, num_layers=2, backend="reference"), LSTM(3, 16, num_layers=2, backend="triton")
+    tri.load_state_dict(ref.state_dict())
+    x = torch.randn(7, 2, 3)
+    sched = truncation.artbp(7, 2, generator=torch.Generator().manual_seed(5))
+    results = []
+    for model in (ref, tri):
+        y, (h_n, c_n) = model(x, schedule=sched)
+        loss = (y * torch.linspace(-1, 1, 16)).sum() + h_n.square().sum() + c_n.sum()
+        results.append((y, h_n, c_n) + torch.autograd.grad(loss, list(model.parameters())))
+    names = ["output", "h_n", "c_n"] + [f"d {name}" for name, _ in ref.named_parameters()]
+    for name, a, b in zip(names, results[1], results[0]):
+        assert_close(a, b, F32, name)

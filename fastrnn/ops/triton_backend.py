@@ -27,10 +27,7 @@ def _kernels():
     """fastrnn.kernels, imported on first use (it reads TRITON_INTERPRET at import)."""
     global _K
     if _K is None:
-        try:
-            k = importlib.import_module("fastrnn.kernels")
-        except ImportError:  # a source checkout that is not installed: kernels/ sits beside fastrnn/
-            k = importlib.import_module("kernels")
+        k = importlib.import_module("fastrnn.kernels")
         for sub in ("lstm_step", "sparse_attention", "sparse_attention_bwd"):
             importlib.import_module(f"{k.__name__}.{sub}")
         _K = k
@@ -214,7 +211,9 @@ class _SABLayer(torch.autograd.Function):
         k_pad = max(2, 1 << (k_top - 1).bit_length())
         lk, ak = K.lstm_step, K.sparse_attention
         h, c = h0, c0
-        bs = K.row_block(S, 16)
+        # slot blocks: small in the scores kernel (a [BLOCK_B, BLOCK_S, BLOCK_A] tile, many CTAs), large in
+        # the selection, whose 2K+3 passes over the scores are sequential loops over the blocks
+        bs, bs_sel = K.row_block(S, 16), K.row_block(S, 128)
         for t in range(T):
             n = 1 + t // k_att   # slots written before step t
             lk.lstm_fwd_step_kernel[cfg.grid_bh](xg[t], h, c, w_hh, gates[t], cs[t], hhat[t], B, H,
@@ -224,7 +223,7 @@ class _SABLayer(torch.autograd.Function):
                 BLOCK_B=cfg.bb, BLOCK_S=bs, BLOCK_A=cfg.ba, BLOCK_K=cfg.bk, DOT_PREC=cfg.prec)
             ak.sab_attention_fwd_kernel[cfg.grid_b](
                 hhat[t], y[t], mem, key, wm, score, idx[t], w[t], thr[t], z[t], n, int((t + 1) % k_att == 0),
-                B, H, A, S, K_TOP=k_top, K_PAD=k_pad, PROVISIONAL=provisional, BLOCK_A=cfg.ba, BLOCK_S=bs,
+                B, H, A, S, K_TOP=k_top, K_PAD=k_pad, PROVISIONAL=provisional, BLOCK_A=cfg.ba, BLOCK_S=bs_sel,
                 **cfg.common())
             h, c = y[t], cs[t]
         ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, gates, cs, hhat, y, mem, key,
