@@ -113,11 +113,11 @@ def test_config_checks():
 
 
 def test_records_table_rounds_and_orders():
-    rec = {"name": "x", "config": {"method": "sab"}, "iterations": 1234, "train_seconds": 9.6,
+    rec = {"name": "x", "config": {"method": "sab"}, "iterations": 1234, "train_seconds": 9.6, "cpu_seconds": 4.4,
            "tokens_per_second": 12345.6, "eval": {"acc": 0.98765, "loss": 0.012345},
            "history": [{"acc": a} for a in (0.0, 1.0, 0.5)]}
     line = records.markdown_table([rec]).splitlines()[2]
-    assert line == "| x | sab | 1,234 | 10 | 12,346 | 0.988 | 0.0123 | 0.500 |"
+    assert line == "| x | sab | 1,234 | 10 | 4 | 12,346 | 0.988 | 0.0123 | 0.500 |"
 
 
 def test_main_job_commands_share_one_budget(tmp_path):

@@ -6,8 +6,27 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from fastrnn.experiments import adapters, main_job, plots, records
 from fastrnn.experiments.train import METHODS, Config, run
+
+
+HELP = {
+    "T": "copy: delay (sequence T+20); adding: length; ptb: window length; ignored for mnist",
+    "encoding": "copy input: scalar symbol value (original code) or one-hot",
+    "k_trunc": "truncation length of sab and tbptt (0 = none)",
+    "L0": "artbp: mean truncation length", "alpha": "artbp: alpha of the cut probability",
+    "budget": "wall-clock seconds of training (0 = no limit; then give --max-iters)",
+    "max_iters": "stop after this many iterations in total (0 = budget only)",
+    "threads": "torch threads of this run",
+    "eval_batches": "held-out batches for the final evaluation",
+    "log_every": "iterations averaged into one history point",
+    "checkpoint_every": "seconds between checkpoints",
+    "attn_at": "sab: iterations at which to snapshot the attention (Figure 3)",
+}
+CHOICES = {"encoding": ("scalar", "onehot"), "slot_state": ("final", "provisional"),
+           "attention": ("mlp", "linear"), "backend": ("auto", "reference", "cpu", "triton")}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, defaults: Config) -> None:
@@ -17,10 +36,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: Config) -> N
             continue
         value = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
+        kwargs = {"default": value, "help": HELP.get(f.name), "choices": CHOICES.get(f.name)}
         if isinstance(value, list):
-            parser.add_argument(flag, type=int, nargs="*", default=value)
+            parser.add_argument(flag, type=int, nargs="*", **kwargs)
         else:
-            parser.add_argument(flag, type=type(value), default=value)
+            parser.add_argument(flag, type=type(value), **kwargs)
 
 
 def config_from_args(args, task: str, method: str) -> Config:
@@ -36,8 +56,6 @@ def report(out, *, quiet: bool = False) -> None:
     for task in sorted({r["config"]["task"] for r in all_records}):
         same = [r for r in all_records if r["config"]["task"] == task]
         plots.learning_curves(same, out / f"curves_{task}.png", title=f"{task}: learning curves")
-    import numpy as np
-
     for r in all_records:
         path = out / "runs" / r["name"] / "attention.npz"
         if path.exists():

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
@@ -41,7 +42,8 @@ def learning_curves(records: list, path, *, title: str = "", chance: dict | None
     axes[0, 0].set_ylabel("training accuracy")
     axes[1, 0].set_ylabel("training loss")
     axes[1, 0].set_yscale("log")
-    axes[0, 0].legend(fontsize=8, loc="best")
+    if axes[0, 0].get_legend_handles_labels()[0]:  # runs shorter than one log window draw nothing
+        axes[0, 0].legend(fontsize=8, loc="best")
     fig.suptitle(title or "learning curves")
     fig.tight_layout()
     path = Path(path)
@@ -62,18 +64,21 @@ def attention_heatmaps(snapshots: dict, path, *, title: str = "", focus_rows: in
         m = np.asarray(snapshots[key])
         T = m.shape[0]
         extent_full = (-1.5, T - 0.5, T - 0.5, -0.5)  # x: attended step (-1 = h0), y: attending step
-        im = axes[0, col].imshow(m, aspect="auto", cmap="viridis", extent=extent_full, interpolation="nearest")
+        # Square-root colour scale: weights spread over many slots stay visible next to a near-1 peak.
+        norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=max(float(m.max()), 1e-12))
+        im = axes[0, col].imshow(m, aspect="auto", cmap="viridis", extent=extent_full, interpolation="nearest",
+                                 norm=norm)
         axes[0, col].set_title(f"iteration {key.split('_')[1]}")
         fig.colorbar(im, ax=axes[0, col], fraction=0.046)
         rows = min(focus_rows, T)
         im = axes[1, col].imshow(m[T - rows:], aspect="auto", cmap="viridis", interpolation="nearest",
-                                 extent=(-1.5, T - 0.5, T - 0.5, T - rows - 0.5))
+                                 extent=(-1.5, T - 0.5, T - 0.5, T - rows - 0.5), norm=norm)
         fig.colorbar(im, ax=axes[1, col], fraction=0.046)
         for row in range(2):
             axes[row, col].yaxis.set_major_locator(MaxNLocator(integer=True))
             axes[row, col].set_xlabel("attended step (-1 = h0)")
             axes[row, col].set_ylabel("attending step")
-    fig.suptitle(title or "SAB attention (batch mean)")
+    fig.suptitle((title or "SAB attention") + " - batch-mean weight, square-root colour scale")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

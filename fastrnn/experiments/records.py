@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-COLUMNS = ("run", "method", "iterations", "train s", "tokens/s", "acc (held-out)", "loss (held-out)",
+COLUMNS = ("run", "method", "iterations", "train s", "CPU s", "tokens/s", "acc (held-out)", "loss (held-out)",
            "acc (last 10 logs)")
 
 
@@ -35,10 +35,11 @@ def _fmt(x: float) -> str:
 
 
 def markdown_table(records: list) -> str:
-    """One row per run. "acc" is the task's accuracy (copy: on the last 10 steps of the sequence)."""
+    """One row per run. "acc" is the task's accuracy (copy: on the last 10 steps of the sequence).
+    "CPU s" below "train s" means the run shared its core (other processes, or more runs than cores)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in records:
-        cells = (r["name"], r["config"]["method"], f"{r['iterations']:,}", f"{r['train_seconds']:.0f}",
+        cells = (r["name"], r["config"]["method"], f"{r['iterations']:,}", f"{r['train_seconds']:.0f}", f"{r.get('cpu_seconds', float('nan')):.0f}",
                  f"{r['tokens_per_second']:,.0f}", f"{r['eval']['acc']:.3f}", f"{r['eval']['loss']:.4f}",
                  _fmt(trailing_accuracy(r)))
         lines.append("| " + " | ".join(cells) + " |")

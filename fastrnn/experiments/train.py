@@ -140,6 +140,7 @@ class Run:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.iteration, self.elapsed, self.history, self.snapshots = 0, 0.0, [], {}
+        self.cpu_seconds = 0.0  # CPU time of the training steps: elapsed / cpu_seconds shows contention
         self.window = {"loss": 0.0, "acc": 0.0, "n": 0}  # sums since the last history entry
         eval_gen = torch.Generator().manual_seed(10_000 + cfg.seed)  # the same held-out set every time
         self.eval_set = [self.task.eval_batch(cfg.batch_size, eval_gen) for _ in range(cfg.eval_batches)]
@@ -152,7 +153,7 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         state = {"config": dataclasses.asdict(self.cfg), "model": self.model.state_dict(),
                  "opt": self.opt.state_dict(), "gen": self.gen.get_state(), "iteration": self.iteration,
-                 "elapsed": self.elapsed, "history": self.history, "window": self.window,
+                 "elapsed": self.elapsed, "cpu_seconds": self.cpu_seconds, "history": self.history, "window": self.window,
                  "snapshots": {k: torch.from_numpy(v) for k, v in self.snapshots.items()}}
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -172,7 +173,7 @@ class Run:
         self.opt.load_state_dict(state["opt"])
         self.gen.set_state(state["gen"])
         self.iteration, self.elapsed, self.history = state["iteration"], state["elapsed"], state["history"]
-        self.window = state["window"]
+        self.window, self.cpu_seconds = state["window"], state["cpu_seconds"]
         self.snapshots = {k: v.numpy() for k, v in state["snapshots"].items()}
         return True
 
@@ -201,7 +202,7 @@ class Run:
                    bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n:.0f}/{total:.0f} " + unit + " {postfix}")
         self._bar_update(bar)
         while not self._done():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             x, y = self.task.batch(c.batch_size, self.gen)
             logits, _ = self.model(x, schedule_for(c, self.task.length, self.gen))
             loss, metrics = self.task.loss(logits, y)
@@ -210,6 +211,7 @@ class Run:
             nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
             self.opt.step()
             self.elapsed += time.perf_counter() - start
+            self.cpu_seconds += time.process_time() - cpu_start
             self.iteration += 1
             loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -251,6 +253,7 @@ class Run:
             "name": self.dir.name, "config": dataclasses.asdict(self.cfg),
             "backend": type(self.model.rnn).__name__ + ":" + fastrnn.backends.resolve(self.cfg.backend, "cpu"),
             "iterations": self.iteration, "train_seconds": round(self.elapsed, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
             "tokens_per_second": tokens / self.elapsed if self.elapsed > 0 else 0.0,
             "eval": final, "resumed": resumed, "history": self.history,
             "attention_snapshots": sorted(self.snapshots, key=lambda k: int(k.split("_")[1])),
