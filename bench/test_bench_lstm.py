@@ -4,7 +4,8 @@ float32, 2 threads (bench/conftest.py). The issue's target: fastrnn.LSTM(backend
 Run: .venv/bin/python -m pytest bench/test_bench_lstm.py --benchmark-group-by=param:T \
          --benchmark-columns=min,median,max
 Each T is one group, so the ratios come from one table. Timings on a shared 2-core machine are noisy:
-compare min columns from the same run.
+compare min columns from the same run. The reference runs up to T=300 (at T=1000 one round takes
+over a minute).
 """
 import pytest
 from torch import nn
@@ -25,5 +26,7 @@ MODULES = {
 @pytest.mark.parametrize("T", [100, 300, 1000])
 @pytest.mark.parametrize("impl", list(MODULES))
 def test_lstm_fwd_bwd(run, impl, T):
-    rounds = 2 if impl.endswith("reference") else (7 if T <= 300 else 5)
+    if impl.endswith("reference") and T > 300:
+        pytest.skip("the reference at T=1000 takes over a minute per round")
+    rounds = 1 if impl.endswith("reference") else (7 if T <= 300 else 5)
     run(MODULES[impl](), T, rounds=rounds)

@@ -16,10 +16,16 @@ _MODULES = {
 }
 
 _WHY_UNAVAILABLE = {
-    "cpu": "the native library is not built (run `bash scripts/setup.sh`, or `bash scripts/build_native.sh`)",
     "triton": "Triton is not importable",
     "cuda": "the CUDA backend has no runtime implementation yet (its kernels compile, nothing runs them here)",
 }
+
+
+def _why_unavailable(name: str) -> str:
+    if name == "cpu":
+        from . import _native
+        return _native.load_error() or "the native library did not load"
+    return _WHY_UNAVAILABLE.get(name, "")
 
 
 def _load(module_name: str):
@@ -81,8 +87,7 @@ def _layer_functions(backend: str, device_type: str):
     name = resolve(backend, device_type)
     modules = _layer_modules(name)
     if modules is None:
-        reason = _WHY_UNAVAILABLE.get(name, "")
-        raise RuntimeError(f"backend {name!r} is not available: {reason}")
+        raise RuntimeError(f"backend {name!r} is not available: {_why_unavailable(name)}")
     if name == "cpu" and device_type != "cpu":
         raise ValueError(f"backend 'cpu' needs CPU tensors, got input on {device_type}")
     if name == "triton" and device_type != "cuda" and not _interpreting():

@@ -49,6 +49,17 @@ def test_native_library_loads():
     assert cpu_lstm.available(), _native.load_error()
 
 
+def test_missing_native_library_is_reported_not_raised(tmp_path):
+    # a private copy of fastrnn._native pointed at a library that does not exist
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("native_copy", _native.__file__)
+    native = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(native)
+    native.LIBRARY = tmp_path / "libfastrnn_cpu.so"
+    assert native.load() is False and native.available() is False
+    assert "scripts/build_native.sh" in native.load_error()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "T{}B{}I{}H{}{}".format(*c[:4], "" if c[4] else "-nobias"))
 @pytest.mark.parametrize("kind", ["full", "fixed", "artbp", "custom"])
@@ -59,6 +70,19 @@ def test_matches_reference(cfg, dtype, kind):
     if sched.cut[0]:
         # a cut at step 0 detaches h0 and c0: their gradient must be exactly zero, not merely small
         assert grads["h0"].abs().max() == 0 and grads["c0"].abs().max() == 0
+
+
+@pytest.mark.parametrize("used", [0, 1, 2], ids=["y-only", "h_n-only", "c_n-only"])
+def test_gradient_through_one_output(used):
+    # autograd passes None for unused outputs (materialisation is off): each alone must still be exact
+    args = lstm_args(6, 3, 4, 9, True, torch.float64)
+    # scaled but uncut, so that every leaf (h0 too) stays in the reference's graph
+    sched = dict(cut=torch.zeros(6, dtype=torch.bool), scale=torch.linspace(0.5, 1.5, 6, dtype=torch.float64))
+    leaves = [v for v in args.values() if v is not None]
+    ours = torch.autograd.grad(cpu_lstm.lstm_layer(**args, **sched)[used].sum(), leaves)
+    ref = torch.autograd.grad(R.lstm_layer(**args, **sched)[used].sum(), leaves)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
 def test_schedule_changes_gradient():

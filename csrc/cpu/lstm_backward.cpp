@@ -15,6 +15,7 @@
 
 #include "fastrnn/lstm_checks.h"
 #include "fastrnn/lstm_rows.h"
+#include "fastrnn/sequential_blas.h"
 
 namespace fastrnn {
 namespace {
@@ -49,6 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   AT_DISPATCH_FLOATING_TYPES(dt, "lstm_backward_cpu", [&] {
     const scalar_t* scale_p = scale.const_data_ptr<scalar_t>();
     at::parallel_for(0, B, rows_per_thread(B), [&](int64_t b0, int64_t b1) {
+      const SequentialBlasGuard one_blas_thread;  // this thread is already one of the team
       const int64_t nb = b1 - b0;
       auto dh_rows = dh.narrow(0, b0, nb);
       auto dh0_rows = dh0.narrow(0, b0, nb);

@@ -4,16 +4,19 @@
 // never interact, so the recurrence is split by batch: each thread takes a block of rows and runs the whole
 // time loop on it (per step: a single-threaded recurrent GEMM accumulating h_{t-1} W_hh^T into its slice
 // of the gates buffer, then the fused pointwise pass, at::vec over H), with no synchronisation per step.
-// Measured here, that beat one 2-thread GEMM plus a parallel pointwise pass per step ~2x: two barriers per
-// step cost more than the work at B=32, H=128. Nothing is allocated inside the time loop except views.
-// GEMMs go through at::addmm_out (MKL here): on this 2-core machine it matched or beat at::mm_out and
-// oneDNN (at::native::mkldnn_matmul) at the per-step shape [32 x 128] x [128 x 512] and sequence-wide.
+// The first version ran one 2-thread GEMM and a parallel pointwise pass per step: two barriers per step,
+// and its per-step GEMM profiled at 80-97 us against ~46 us of single-thread CPU time for the same shape.
+// Nothing is allocated inside the time loop except tensor views.
+// GEMM path, measured here (AMD EPYC, torch's MKL and oneDNN, B=32, H=128): at::addmm_out ~80-90 GFLOP/s
+// per thread at the per-step shape; oneDNN (at::native::mkldnn_matmul) 35% slower there (call overhead)
+// and MKL's packed-weight sgemm_compute only ~5% faster, so both stay unused.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "fastrnn/lstm_checks.h"
 #include "fastrnn/lstm_rows.h"
+#include "fastrnn/sequential_blas.h"
 
 namespace fastrnn {
 namespace {
@@ -51,6 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward_cpu", [&] {
     at::parallel_for(0, B, rows_per_thread(B), [&](int64_t b0, int64_t b1) {
+      const SequentialBlasGuard one_blas_thread;  // this thread is already one of the team
       const int64_t nb = b1 - b0;
       for (int64_t t = 0; t < T; ++t) {
         auto g_t = gates[t].narrow(0, b0, nb);
