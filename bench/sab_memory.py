@@ -4,7 +4,7 @@ Each measurement runs in a fresh subprocess and reports its `ru_maxrss`; the "ba
 process without the fwd+bwd (imports, module, input), so the difference is what the pass itself costs.
 
     .venv/bin/python bench/sab_memory.py                       # T = 100 300 1000, reference up to 300
-    .venv/bin/python bench/sab_memory.py --T 1000 --reference  # the reference at T=1000 (~18 GB, ~15 s)
+    .venv/bin/python bench/sab_memory.py --T 1000 --reference  # the reference at T=1000 (10-18 GB, 15-50 s)
 """
 import argparse
 import json

@@ -39,6 +39,10 @@ CONFIGS = [
     (14, 1, 2, 3, 2, 4, 3, "mlp", True, "full", True),          # B = 1
     (13, 5, 3, 17, 11, 3, 2, "mlp", False, "artbp", True),      # H, A not multiples of the SIMD width
     (13, 5, 3, 17, None, 3, 2, "linear", True, "fixed2", True),
+    (60, 4, 3, 8, 8, 5, 1, "mlp", True, "artbp", True),         # 61 slots: long runs of the ranking
+    (60, 4, 3, 8, None, 4, 1, "linear", False, "fixed7", True),
+    (6, 2, 0, 1, 2, 2, 1, "mlp", True, "full", True),          # I = 0, H = 1
+    (5, 0, 3, 4, 3, 2, 1, "mlp", False, "fixed2", True),        # B = 0
 ]
 
 
@@ -114,6 +118,23 @@ def test_deterministic():
     assert torch.equal(out1[3].indices, out2[3].indices) and torch.equal(out1[3].weights, out2[3].weights)
     for name in g1:
         assert torch.equal(g1[name], g2[name]), name
+
+
+@pytest.mark.parametrize("used", ["y", "h_n", "c_n"])
+def test_unused_outputs(used):
+    """Gradients of unused outputs arrive as None (not materialized) and count as zero."""
+    T, B, I, H = 7, 3, 2, 5
+    args = layer_args(T, B, I, H, A=4, scorer="mlp", dtype=torch.float64)
+    s = schedule_args(truncation.fixed(T, 3), torch.float64)
+    kw = dict(k_top=2, k_att=2, scorer="mlp", provisional=False)
+    pick = {"y": 0, "h_n": 1, "c_n": 2}[used]
+    named = {k: v for k, v in args.items() if isinstance(v, torch.Tensor)}
+    grads = torch.autograd.grad(cpu_sab.sab_layer(**args, **s, **kw)[pick].sum(), list(named.values()))
+    rgrads = torch.autograd.grad(reference.sab_layer(**args, **s, **kw)[pick].sum(), list(named.values()),
+                                 allow_unused=True)
+    for name, g, rg in zip(named, grads, rgrads):
+        torch.testing.assert_close(g, torch.zeros_like(g) if rg is None else rg, **TOL64,
+                                   msg=lambda m: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("scorer", ["mlp", "linear"])
@@ -209,7 +230,12 @@ def test_backward_errors_name_the_argument():
 
 
 # ---- torch.compile --------------------------------------------------------------------------------
+# Without the caches: a cache entry compiled against an older build of the ops (another output list)
+# would be reused, since the cache key does not cover a custom op's schema.
+no_compile_cache = torch._inductor.config.patch(force_disable_caches=True)
 
+
+@no_compile_cache
 def test_compile_fullgraph_sab_layer():
     cfg = (7, 2, 3, 4, 5, 2, 2, "mlp", True, "fixed3", True)
     T, B, I, H, A, k_top, k_att, scorer, provisional, sched, bias = cfg
@@ -232,6 +258,7 @@ def test_compile_fullgraph_sab_layer():
 
 
 @pytest.mark.skipif("cpu" not in fastrnn.available_backends(), reason="cpu backend (LSTM ops) not built")
+@no_compile_cache
 def test_compile_fullgraph_module():
     torch.manual_seed(0)
     kw = dict(num_layers=2, k_top=3, k_att=2, dtype=torch.float64)

@@ -11,6 +11,7 @@
 // GEMMs: step 0 against h0, steps 1.. against y[0..T-2]), db = column sums of dgates.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include "fastrnn/lstm_checks.h"
@@ -49,7 +50,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   AT_DISPATCH_FLOATING_TYPES(dt, "lstm_backward_cpu", [&] {
     const scalar_t* scale_p = scale.const_data_ptr<scalar_t>();
+    // OpenMP workers do not inherit the caller's dispatch state (autograd already handled above us):
+    // restore it, or the at:: GEMMs below would see inputs that require grad and refuse out= calls.
+    const at::ThreadLocalState caller_state;
     at::parallel_for(0, B, rows_per_thread(B), [&](int64_t b0, int64_t b1) {
+      const at::ThreadLocalStateGuard same_state_as_caller(caller_state);
       const SequentialBlasGuard one_blas_thread;  // this thread is already one of the team
       const int64_t nb = b1 - b0;
       auto dh_rows = dh.narrow(0, b0, nb);

@@ -12,6 +12,7 @@
 // and MKL's packed-weight sgemm_compute only ~5% faster, so both stay unused.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include "fastrnn/lstm_checks.h"
@@ -53,7 +54,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   const auto w_hh_t = w_hh.t();
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward_cpu", [&] {
+    // OpenMP workers do not inherit the caller's dispatch state (autograd already handled above us):
+    // restore it, or the at:: GEMMs below would see inputs that require grad and refuse out= calls.
+    const at::ThreadLocalState caller_state;
     at::parallel_for(0, B, rows_per_thread(B), [&](int64_t b0, int64_t b1) {
+      const at::ThreadLocalStateGuard same_state_as_caller(caller_state);
       const SequentialBlasGuard one_blas_thread;  // this thread is already one of the team
       const int64_t nb = b1 - b0;
       for (int64_t t = 0; t < T; ++t) {

@@ -1,18 +1,21 @@
 // SAB-LSTM layer backward on the CPU (SPEC section 2): one reverse sweep over the steps.
 //
-// Per step t (rows in parallel), with dh = dL/dh_t:
+// Per step t and batch row, with dh = dL/dh_t:
 //   dh = dy_t + scale[t+1] * (recurrent gradient from step t+1) [+ dM_j if t wrote slot j, final slots]
 //   h_t = ĥ_t + s_t, s_t = Σ w_j m_j  ->  dw_j = dh · m_j,  dM_j += w_j dh   (selected slots only)
 //   weights backward -> dL/da for the selected slots and the threshold slot (sparse_attention.h)
-//   mlp:    u_j = tanh(q_t + P_j) recomputed for those <= k_top + 1 slots; dq_t, dP_j, dv
+//   mlp:    q_t = att_wh @ ĥ_t (one GEMM over the batch) and u_j = tanh(q_t + P_j) recomputed for
+//           those <= k_top + 1 slots; dq_t, dP_j, dv
 //   linear: dM_j += da_j att_wm, d att_wm += da_j m_j; the query term gets Σ da_j (zero up to rounding)
 //   dĥ_t = dh + att_wh^T dq_t (one GEMM over the batch) [+ dM_j, provisional slots]
 //   cell backward -> dgates_t; recurrent gradient into step t-1 = dgates_t @ w_hh (one GEMM).
 // dM [B, S, H] (and dP [B, S, A]) collect each slot's gradient until the sweep reaches the step that
-// wrote it; dP_j joins dM_j through att_wm (one GEMM) right before that. Weight gradients are
+// wrote it; dP_j joins dM_j through att_wm (one GEMM) right before that. Rows are independent until
+// the weight gradients, so each thread sweeps one block of rows (see sweep); the weight gradients are
 // GEMMs over the whole sequence after the sweep.
 #include "sab_common.h"
 
+#include <fastrnn/sequential_blas.h>
 #include <fastrnn/sparse_attention.h>
 
 #include <ATen/Parallel.h>
@@ -27,10 +30,10 @@ struct BackwardArgs {
   bool mlp, provisional;
   const T *gy, *ghn, *gcn, *x, *w_ih, *w_hh, *att_wh, *att_wm, *att_s, *h0, *c0, *scale;
   const bool* cut;
-  const T *y, *gates, *c, *hhat, *w, *denom, *q, *cache;
+  const T *y, *gates, *c, *hhat, *w, *denom, *cache;
   const int64_t *idx, *thr;
   // work buffers
-  T *dG, *dQ, *dM, *dP, *carry_h, *carry_c, *dhh, *row_acc1, *row_acc2, *row_acc3;
+  T *q, *dG, *dQ, *dM, *dP, *carry_h, *carry_c, *dhh, *row_acc1, *row_acc2, *row_acc3;  // q: [B, A]
   T* dw_da;  // [B, 2 * k_top] per-row scratch: dL/dw and dL/da of the selected slots
 };
 
@@ -44,7 +47,7 @@ template <typename T>
 void score_backward(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j, T da, T& sum_da) {
   if (a.mlp) {
     const int64_t A = a.A;
-    mlp_score_backward(a.q + (t * a.B + b) * A, a.cache + (b * a.S + j) * A, a.att_s, da,
+    mlp_score_backward(a.q + b * A, a.cache + (b * a.S + j) * A, a.att_s, da,
                        a.row_acc1 + b * A, a.dQ + (t * a.B + b) * A, a.dP + (b * a.S + j) * A, A);
   } else {
     axpy(a.row_acc1 + b * a.H, da, slot_of(a, j, b), a.H);  // d att_wm
@@ -118,29 +121,29 @@ void cell_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j
                     a.dG + (t * a.B + b) * G, H, a.cut[t], a.scale[t]);
 }
 
+// The reverse sweep for rows [b0, b1): rows never interact before the weight gradients, so each
+// thread sweeps its own block without synchronisation.
 template <typename T>
-void sweep(const BackwardArgs<T>& a) {
-  const int64_t B = a.B, H = a.H, A = a.A, S = a.S, G = 4 * H;
+void sweep(const BackwardArgs<T>& a, int64_t b0, int64_t b1) {
+  const int64_t B = a.B, H = a.H, A = a.A, S = a.S, G = 4 * H, R = b1 - b0;
   for (int64_t t = a.steps - 1; t >= 0; --t) {
     const int64_t j_written = (t + 1) % a.k_att == 0 ? (t + 1) / a.k_att : 0;
     // Scale of the recurrent gradient arriving from step t + 1.
     const T sc = t == a.steps - 1 ? T(1) : (a.cut[t + 1] ? T(0) : a.scale[t + 1]);
     if (a.mlp && j_written > 0)  // every step reading slot j is done: dM_j += dP_j @ att_wm
-      gemm<T>(false, false, B, H, A, T(1), a.dP + j_written * A, S * A, a.att_wm, H, T(1),
-              a.dM + j_written * H, S * H);
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        attention_backward_row(a, t, b, j_written, sc);
-        if (!a.mlp) cell_backward_row(a, t, b, j_written);
-      }
-    });
-    if (a.mlp) {
-      gemm<T>(false, false, B, H, A, T(1), a.dQ + t * B * A, A, a.att_wh, H, T(1), a.dhh, H);
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) cell_backward_row(a, t, b, j_written);
-      });
+      gemm<T>(false, false, R, H, A, T(1), a.dP + b0 * S * A + j_written * A, S * A, a.att_wm, H, T(1),
+              a.dM + b0 * S * H + j_written * H, S * H);
+    if (a.mlp)  // the query q_t = att_wh @ ĥ_t, as in the forward
+      gemm<T>(false, true, R, A, H, T(1), a.hhat + (t * B + b0) * H, H, a.att_wh, H, T(0), a.q + b0 * A, A);
+    for (int64_t b = b0; b < b1; ++b) {
+      attention_backward_row(a, t, b, j_written, sc);
+      if (!a.mlp) cell_backward_row(a, t, b, j_written);
     }
-    gemm<T>(false, false, B, H, G, T(1), a.dG + t * B * G, G, a.w_hh, H, T(0), a.carry_h, H);
+    if (a.mlp) {
+      gemm<T>(false, false, R, H, A, T(1), a.dQ + (t * B + b0) * A, A, a.att_wh, H, T(1), a.dhh + b0 * H, H);
+      for (int64_t b = b0; b < b1; ++b) cell_backward_row(a, t, b, j_written);
+    }
+    gemm<T>(false, false, R, H, G, T(1), a.dG + (t * B + b0) * G, G, a.w_hh, H, T(0), a.carry_h + b0 * H, H);
   }
 }
 
@@ -153,12 +156,13 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
                                  const at::Tensor& scale, const at::Tensor& y, const at::Tensor& gates,
                                  const at::Tensor& c, const at::Tensor& hhat, const at::Tensor& idx,
                                  const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom,
-                                 const at::Tensor& q, const at::Tensor& cache, int64_t k_top, int64_t k_att,
+                                 const at::Tensor& cache, int64_t k_top, int64_t k_att,
                                  bool mlp, bool provisional, bool has_bias) {
   const int64_t steps = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
   const int64_t A = mlp ? att_wh.size(0) : 0, S = num_slots(steps, k_att), G = 4 * H;
   const auto opt = x.options();
   at::Tensor dG = at::empty({steps, B, G}, opt);
+  at::Tensor q = at::empty({B, A}, opt);
   at::Tensor dQ = at::empty({mlp ? steps : 0, B, A}, opt);
   at::Tensor dM = at::zeros({B, S, H}, opt);
   at::Tensor dP = at::zeros({mlp ? B : 0, S, A}, opt);
@@ -172,7 +176,6 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
   at::Tensor datt_wh = at::empty_like(att_wh), datt_wm = at::empty_like(att_wm);
   at::Tensor datt_s, dh0, dc0;
   at::Tensor dw_da = at::empty({B, 2 * k_top}, opt);
-  at::Tensor slots;  // mlp: the slot values gathered as [B, S, H] for the d att_wm GEMM
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_backward", [&] {
     using T = scalar_t;
@@ -181,13 +184,16 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
                       w_ih.data_ptr<T>(), w_hh.data_ptr<T>(), att_wh.data_ptr<T>(), att_wm.data_ptr<T>(),
                       att_s.data_ptr<T>(), h0.data_ptr<T>(), c0.data_ptr<T>(), scale.data_ptr<T>(),
                       cut.data_ptr<bool>(), y.data_ptr<T>(), gates.data_ptr<T>(), c.data_ptr<T>(),
-                      hhat.data_ptr<T>(), w.data_ptr<T>(), denom.data_ptr<T>(), mlp ? q.data_ptr<T>() : nullptr,
+                      hhat.data_ptr<T>(), w.data_ptr<T>(), denom.data_ptr<T>(),
                       cache.data_ptr<T>(), idx.data_ptr<int64_t>(), thr.data_ptr<int64_t>(),
-                      dG.data_ptr<T>(), mlp ? dQ.data_ptr<T>() : nullptr, dM.data_ptr<T>(),
+                      q.data_ptr<T>(), dG.data_ptr<T>(), mlp ? dQ.data_ptr<T>() : nullptr, dM.data_ptr<T>(),
                       mlp ? dP.data_ptr<T>() : nullptr, carry_h.data_ptr<T>(), carry_c.data_ptr<T>(),
                       dhh.data_ptr<T>(), acc1.data_ptr<T>(), mlp ? nullptr : acc2.data_ptr<T>(),
                       mlp ? nullptr : acc3.data_ptr<T>(), dw_da.data_ptr<T>()};
-    sweep(a);
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      SequentialBlasGuard sequential;  // the block's GEMMs on this thread only
+      sweep(a, b0, b1);
+    });
 
     // Step -1 is the initial state: the recurrent gradient into it is cut/scaled by cut[0]/scale[0]
     // (carry_c already is); h0 is also slot 0.
@@ -208,16 +214,12 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
     gemm<T>(true, false, G, H, rows - B, T(1), a.dG + B * G, G, a.y, H, T(1), dw_hh.data_ptr<T>(), H);
     if (mlp) {
       gemm<T>(true, false, A, H, rows, T(1), a.dQ, A, a.hhat, H, T(0), datt_wh.data_ptr<T>(), H);
-      slots = at::empty({B, S, H}, opt);
-      T* sp = slots.data_ptr<T>();
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b)
-          for (int64_t j = 0; j < S; ++j) {
-            const T* m = slot_of(a, j, b);
-            std::copy(m, m + H, sp + (b * S + j) * H);
-          }
-      });
-      gemm<T>(true, false, A, H, B * S, T(1), a.dP, A, sp, H, T(0), datt_wm.data_ptr<T>(), H);
+      // d att_wm = Σ_j dP_j^T m_j, one GEMM per slot (the slot values are rows of h0, y or ĥ in place).
+      T* dwm = datt_wm.data_ptr<T>();
+      for (int64_t j = 0; j < S; ++j) {
+        const T* m = j == 0 ? a.h0 : (provisional ? a.hhat : a.y) + slot_step(j, k_att) * B * H;
+        gemm<T>(true, false, A, H, B, T(1), a.dP + j * A, S * A, m, H, j == 0 ? T(0) : T(1), dwm, H);
+      }
       datt_s = acc1.sum(0);
     } else {
       datt_wm = acc1.sum(0);

@@ -1,5 +1,5 @@
 // CPU building blocks shared by the SAB forward (sab_forward.cpp) and backward (sab_backward.cpp):
-// row-major GEMM on raw pointers, at::vec row kernels (dot, axpy, the mlp score and its backward,
+// row-major GEMM on raw pointers, at::vec row kernels (dot, axpy, the mlp score and its backward),
 // and the layout of the saved tensors.
 #pragma once
 
@@ -35,7 +35,7 @@ template <typename T>
 inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
                  const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  if (K == 0) {  // BLAS skips alpha * 0-term; honour beta ourselves (beta == 0 ignores C)
+  if (K == 0) {  // e.g. I = 0: BLAS rejects a leading dimension of 0. C = beta * C (beta 0 ignores C)
     for (int64_t r = 0; r < M; ++r)
       for (int64_t c = 0; c < N; ++c) C[r * ldc + c] = beta == T(0) ? T(0) : beta * C[r * ldc + c];
     return;
@@ -97,6 +97,21 @@ inline void add(T* out, const T* a, const T* b, int64_t n) {
 // tanh of the mlp scorer. float: a rational approximation (Eigen's generic_fast_tanh_float, a few ulp
 // on the clamped range), several times the throughput of Sleef's tanhf (u10), and the scorer's tanh
 // over all slots is the mlp forward's hot loop. double: at::vec's tanh, exact enough for the 1e-9 tests.
+// 1 / q to within an ulp or two: the hardware estimate refined by one Newton step, several times the
+// throughput of a division (q lies in [0.0049, 0.91] here, far from 0 and infinity).
+inline Vectorized<float> fast_reciprocal(const Vectorized<float>& q) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const Vectorized<float> r(_mm512_rcp14_ps(q));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const Vectorized<float> r(_mm256_rcp_ps(q));
+#else
+  return Vectorized<float>(1.0f) / q;
+#endif
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  return r * at::vec::fnmadd(q, r, Vectorized<float>(2.0f));  // r (2 - q r)
+#endif
+}
+
 template <typename T>
 inline Vectorized<T> score_tanh(const Vectorized<T>& a) {
   return a.tanh();
@@ -118,7 +133,7 @@ inline Vectorized<float> score_tanh<float>(const Vectorized<float>& a) {
   q = at::vec::fmadd(x2, q, V(2.26843463243900e-03f));
   q = at::vec::fmadd(x2, q, V(4.89352518554385e-03f));
   // Below 4e-4 tanh(x) rounds to x.
-  return V::blendv(p / q, x, a.abs() < V(0.0004f));
+  return V::blendv(p * fast_reciprocal(q), x, a.abs() < V(0.0004f));
 }
 
 // mlp score a = v · tanh(q + p) over A. The hot loop of the mlp forward: O(T·|M|·B·A) tanh.
@@ -180,9 +195,9 @@ namespace cpu {
 
 // y, h_n, c_n, then what the backward needs: gates (activated) [T,B,4H], c [T,B,H], hhat [T,B,H],
 // idx [T,B,k_top] int64, w [T,B,k_top], thr [T,B] int64 (slot receiving dL/dtau), denom [T,B],
-// q [T,B,A] (mlp query att_wh @ ĥ_t; empty for linear), cache (mlp [B,S,A], linear [B,S]).
+// cache (mlp [B,S,A], linear [B,S]).
 using SabForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                 at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+                                 at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 SabForwardOut sab_forward_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                                const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
@@ -202,7 +217,7 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
                                  const at::Tensor& scale, const at::Tensor& y, const at::Tensor& gates,
                                  const at::Tensor& c, const at::Tensor& hhat, const at::Tensor& idx,
                                  const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom,
-                                 const at::Tensor& q, const at::Tensor& cache, int64_t k_top, int64_t k_att,
+                                 const at::Tensor& cache, int64_t k_top, int64_t k_att,
                                  bool mlp, bool provisional, bool has_bias);
 
 }  // namespace cpu

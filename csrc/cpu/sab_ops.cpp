@@ -90,7 +90,7 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
                                 const at::Tensor& scale, const at::Tensor& y, const at::Tensor& gates,
                                 const at::Tensor& c, const at::Tensor& hhat, const at::Tensor& idx,
                                 const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom,
-                                const at::Tensor& q, const at::Tensor& cache, int64_t k_top, int64_t k_att,
+                                const at::Tensor& cache, int64_t k_top, int64_t k_att,
                                 c10::string_view scorer, bool provisional, bool has_bias) {
   const Checker ck{"fastrnn::sab_backward"};
   Dims d = check_common(ck, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, k_top, k_att, scorer);
@@ -108,14 +108,12 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   ck.tensor(thr, "thr", at::kLong, {T, B});
   ck.tensor(denom, "denom", dt, {T, B});
   if (d.mlp) {
-    ck.tensor(q, "q", dt, {T, B, d.A});
     ck.tensor(cache, "cache", dt, {B, S, d.A});
   } else {
-    ck.tensor(q, "q", dt, {0, B, 0});
     ck.tensor(cache, "cache", dt, {B, S});
   }
   return sab_backward_impl(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, y,
-                           gates, c, hhat, idx, w, thr, denom, q, cache, k_top, k_att, d.mlp, provisional,
+                           gates, c, hhat, idx, w, thr, denom, cache, k_top, k_att, d.mlp, provisional,
                            has_bias);
 }
 
@@ -126,19 +124,19 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
 TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
   // One SAB-LSTM layer (SPEC section 1). Outputs after c_n are saved for sab_backward:
   // gates (activated), c, hhat, idx/w (the attention record), thr (threshold slot), denom (Σ ã + eps),
-  // q (mlp query, [0, B, 0] for linear), cache (mlp slot projections [B, S, A], linear slot scores [B, S]).
+  // cache (mlp slot projections [B, S, A], linear slot scores [B, S]).
   m.def(
       "sab_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor att_wh, "
       "Tensor att_wm, Tensor att_s, Tensor h0, Tensor c0, Tensor cut, Tensor scale, int k_top, int k_att, "
       "str scorer, bool provisional) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor c, "
-      "Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, Tensor q, Tensor cache)");
+      "Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, Tensor cache)");
   // Its backward (SPEC section 2) under the truncation schedule (cut, scale). db is the gradient of both
   // b_ih and b_hh ([0] when has_bias is false).
   m.def(
       "sab_backward(Tensor grad_y, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor w_hh, "
       "Tensor att_wh, Tensor att_wm, Tensor att_s, Tensor h0, Tensor c0, Tensor cut, Tensor scale, "
       "Tensor y, Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, "
-      "Tensor q, Tensor cache, int k_top, int k_att, str scorer, bool provisional, bool has_bias) -> "
+      "Tensor cache, int k_top, int k_att, str scorer, bool provisional, bool has_bias) -> "
       "(Tensor dx, Tensor dw_ih, Tensor dw_hh, Tensor db, Tensor datt_wh, Tensor datt_wm, Tensor datt_s, "
       "Tensor dh0, Tensor dc0)");
 }

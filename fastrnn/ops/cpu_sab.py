@@ -47,11 +47,11 @@ def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut,
             e(T, B, 4 * H), e(T, B, H), e(T, B, H),                           # gates, c, hhat
             e((T, B, k_top), dtype=torch.int64), e(T, B, k_top),              # idx, w
             e((T, B), dtype=torch.int64), e(T, B),                            # thr, denom
-            e(T if mlp else 0, B, A), e(B, S, A) if mlp else e(B, S))         # q, cache
+            e(B, S, A) if mlp else e(B, S))                                   # cache
 
 
 def _backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, y,
-                   gates, c, hhat, idx, w, thr, denom, q, cache, k_top, k_att, scorer, provisional, has_bias):
+                   gates, c, hhat, idx, w, thr, denom, cache, k_top, k_att, scorer, provisional, has_bias):
     G = w_ih.shape[0]
     return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh),
             x.new_empty(G if has_bias else 0), torch.empty_like(att_wh), torch.empty_like(att_wm),
@@ -60,12 +60,14 @@ def _backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, att_wh, att_wm, att_
 
 def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, k_top, k_att, scorer, provisional = inputs
-    y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, q, cache = output
+    y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, cache = output
     ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale,
-                          y, gates, c, hhat, idx, w, thr, denom, q, cache)
+                          y, gates, c, hhat, idx, w, thr, denom, cache)
     ctx.config = (k_top, k_att, scorer, provisional, b_ih is not None)
     # Only y, h_n, c_n are differentiable; the attention weights are a detached record, as in the reference.
-    ctx.mark_non_differentiable(gates, c, hhat, idx, w, thr, denom, q, cache)
+    ctx.mark_non_differentiable(gates, c, hhat, idx, w, thr, denom, cache)
+    # Otherwise autograd would allocate zero gradients for all eleven outputs (~T·B·7H floats).
+    ctx.set_materialize_grads(False)
 
 
 def _grad_or_zeros(g, like):
