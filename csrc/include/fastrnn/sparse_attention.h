@@ -6,13 +6,7 @@
 
 #include <stdint.h>
 
-#ifndef FASTRNN_HD
-#ifdef __CUDACC__
-#define FASTRNN_HD __host__ __device__
-#else
-#define FASTRNN_HD
-#endif
-#endif
+#include "fastrnn/hd.h"
 
 namespace fastrnn {
 namespace sparse {
