@@ -45,12 +45,7 @@ def learning_curves(records: list, path, *, title: str = "", chance: dict | None
     if axes[0, 0].get_legend_handles_labels()[0]:  # runs shorter than one log window draw nothing
         axes[0, 0].legend(fontsize=8, loc="best")
     fig.suptitle(title or "learning curves")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def attention_heatmaps(snapshots: dict, path, *, title: str = "", focus_rows: int = 20) -> Path:
@@ -79,6 +74,11 @@ def attention_heatmaps(snapshots: dict, path, *, title: str = "", focus_rows: in
             axes[row, col].set_xlabel("attended step (-1 = h0)")
             axes[row, col].set_ylabel("attending step")
     fig.suptitle((title or "SAB attention") + " - batch-mean weight, square-root colour scale")
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    """Writes the figure as a PNG (creating the folder) and frees it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

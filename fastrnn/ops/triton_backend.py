@@ -34,6 +34,17 @@ def _kernels():
     return _K
 
 
+def _sweep_buffers(y, dy, dh_n, c0, dc_n, gates, g):
+    """The reverse sweep's buffers in the gradient dtype `g`: dy with dh_n folded into its last step, the
+    carried dc (and its double buffer), and dgates. Absent incoming gradients are zeros."""
+    T = y.shape[0]
+    dy = torch.zeros_like(y, dtype=g) if dy is None else dy.to(g, copy=True).contiguous()
+    if dh_n is not None:
+        dy[T - 1] += dh_n
+    dc = torch.zeros_like(c0, dtype=g) if dc_n is None else dc_n.to(g, copy=True).contiguous()
+    return dy, dc, torch.empty_like(dc), torch.empty_like(gates, dtype=g)
+
+
 class _Cfg:
     """Tile sizes and dtype switches shared by all kernels of one layer call."""
 
@@ -148,12 +159,7 @@ class _LSTMLayer(torch.autograd.Function):
         H = h0.shape[1]
         cfg = _Cfg(x, B, H, 1)
         g = _grad_dtype(x.dtype)   # gradient buffers
-        dy = torch.zeros_like(y, dtype=g) if dy is None else dy.to(g, copy=True).contiguous()
-        if dh_n is not None:
-            dy[T - 1] += dh_n
-        dc = torch.zeros_like(c0, dtype=g) if dc_n is None else dc_n.to(g, copy=True).contiguous()
-        dc_next = torch.empty_like(dc)
-        dgates = torch.empty_like(gates, dtype=g)
+        dy, dc, dc_next, dgates = _sweep_buffers(y, dy, dh_n, c0, dc_n, gates, g)
         f, flows = _schedule(*ctx.schedule, g)
         for t in range(T - 1, -1, -1):
             has_rec = t + 1 < T and flows[t + 1]
@@ -248,12 +254,7 @@ class _SABLayer(torch.autograd.Function):
         A = wh.shape[0]
         cfg = _Cfg(x, B, H, A)
         g = _grad_dtype(x.dtype)   # gradient buffers
-        dy = torch.zeros_like(y, dtype=g) if dy is None else dy.to(g, copy=True).contiguous()
-        if dh_n is not None:
-            dy[T - 1] += dh_n
-        dc = torch.zeros_like(c0, dtype=g) if dc_n is None else dc_n.to(g, copy=True).contiguous()
-        dc_next = torch.empty_like(dc)
-        dgates = torch.empty_like(gates, dtype=g)
+        dy, dc, dc_next, dgates = _sweep_buffers(y, dy, dh_n, c0, dc_n, gates, g)
         gm, dkey = torch.zeros_like(mem, dtype=g), torch.zeros_like(key, dtype=g)   # per-slot gradients
         dv = torch.zeros(B, A, dtype=g, device=x.device)
         dq = torch.empty_like(q, dtype=g)
