@@ -11,20 +11,14 @@
 // GEMMs: step 0 against h0, steps 1.. against y[0..T-2]), db = column sums of dgates.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include "fastrnn/lstm_checks.h"
 #include "fastrnn/lstm_rows.h"
-#include "fastrnn/sequential_blas.h"
+#include "fastrnn/cpu_blas.h"
 
 namespace fastrnn {
 namespace {
-
-int64_t rows_per_thread(int64_t B) {
-  const int64_t n = at::get_num_threads();
-  return std::max<int64_t>(1, (B + n - 1) / n);
-}
 
 // Returns (dx, dw_ih, dw_hh, db, dh0, dc0); db is the gradient of both b_ih and b_hh.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cpu(
@@ -50,37 +44,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   AT_DISPATCH_FLOATING_TYPES(dt, "lstm_backward_cpu", [&] {
     const scalar_t* scale_p = scale.const_data_ptr<scalar_t>();
-    // OpenMP workers do not inherit the caller's dispatch state (autograd already handled above us):
-    // restore it, or the at:: GEMMs below would see inputs that require grad and refuse out= calls.
-    const at::ThreadLocalState caller_state;
+    const scalar_t* w = w_hh.const_data_ptr<scalar_t>();
+    const scalar_t* g_all = gates.const_data_ptr<scalar_t>();
+    const scalar_t* c_all = cs.const_data_ptr<scalar_t>();
+    const scalar_t* c0_p = c0.const_data_ptr<scalar_t>();
+    const scalar_t* dy_all = dy.const_data_ptr<scalar_t>();
+    scalar_t* dg_all = dgates.data_ptr<scalar_t>();
+    scalar_t* dh_all = dh.data_ptr<scalar_t>();
+    scalar_t* dh0_all = dh0.data_ptr<scalar_t>();
+    scalar_t* dc_all = dc.data_ptr<scalar_t>();
     at::parallel_for(0, B, rows_per_thread(B), [&](int64_t b0, int64_t b1) {
-      const at::ThreadLocalStateGuard same_state_as_caller(caller_state);
       const SequentialBlasGuard one_blas_thread;  // this thread is already one of the team
       const int64_t nb = b1 - b0;
-      auto dh_rows = dh.narrow(0, b0, nb);
-      auto dh0_rows = dh0.narrow(0, b0, nb);
-      const scalar_t* dh_ptr = dh_rows.const_data_ptr<scalar_t>();
-      scalar_t* dc_ptr = dc.data_ptr<scalar_t>() + b0 * H;
+      scalar_t* dh_ptr = dh_all + b0 * H;
+      scalar_t* dc_ptr = dc_all + b0 * H;
       for (int64_t t = T - 1; t >= 0; --t) {
         const bool cut_t = cut_p[t];
         const scalar_t s = scale_p[t];
-        const scalar_t* g_ptr = gates[t].const_data_ptr<scalar_t>() + b0 * G;
-        const scalar_t* cp_ptr = (t == 0 ? c0 : cs[t - 1]).const_data_ptr<scalar_t>() + b0 * H;
-        const scalar_t* c_ptr = cs[t].const_data_ptr<scalar_t>() + b0 * H;
-        auto dg_t = dgates[t].narrow(0, b0, nb);
-        scalar_t* dg_ptr = dg_t.data_ptr<scalar_t>();
+        const scalar_t* g_ptr = g_all + (t * B + b0) * G;
+        const scalar_t* cp_ptr = (t == 0 ? c0_p : c_all + (t - 1) * B * H) + b0 * H;
+        const scalar_t* c_ptr = c_all + (t * B + b0) * H;
+        scalar_t* dg_ptr = dg_all + (t * B + b0) * G;
         for (int64_t b = 0; b < nb; ++b) {
           lstm_row_backward<scalar_t>(dh_ptr + b * H, dc_ptr + b * H, g_ptr + b * G, cp_ptr + b * H,
                                       c_ptr + b * H, dg_ptr + b * G, H, cut_t, s);
         }
         // dh for step t-1 (or h0): its own output gradient plus the recurrent path, unless cut.
-        if (t == 0) {
-          if (cut_t) dh0_rows.zero_();
-          else at::addmm_out(dh0_rows, dh0_rows, dg_t, w_hh, /*beta=*/0, /*alpha=*/s);  // garbage ignored
-        } else if (cut_t) {
-          dh_rows.copy_(dy[t - 1].narrow(0, b0, nb));
-        } else {
-          at::addmm_out(dh_rows, dy[t - 1].narrow(0, b0, nb), dg_t, w_hh, /*beta=*/1, /*alpha=*/s);
+        scalar_t* target = t == 0 ? dh0_all + b0 * H : dh_ptr;
+        if (t > 0) std::copy_n(dy_all + ((t - 1) * B + b0) * H, nb * H, target);
+        else if (cut_t) std::fill_n(target, nb * H, scalar_t(0));
+        if (!cut_t) {
+          // beta = 0 at t = 0: dh0 is written, never read
+          gemm<scalar_t>(false, false, nb, H, G, s, dg_ptr, G, w, H, scalar_t(t > 0), target, H);
         }
       }
     });

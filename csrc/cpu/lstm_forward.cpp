@@ -6,27 +6,20 @@
 // of the gates buffer, then the fused pointwise pass, at::vec over H), with no synchronisation per step.
 // The first version ran one 2-thread GEMM and a parallel pointwise pass per step: two barriers per step,
 // and its per-step GEMM profiled at 80-97 us against ~46 us of single-thread CPU time for the same shape.
-// Nothing is allocated inside the time loop except tensor views.
-// GEMM path, measured here (AMD EPYC, torch's MKL and oneDNN, B=32, H=128): at::addmm_out ~80-90 GFLOP/s
-// per thread at the per-step shape; oneDNN (at::native::mkldnn_matmul) 35% slower there (call overhead)
-// and MKL's packed-weight sgemm_compute only ~5% faster, so both stay unused.
+// The time loop works on raw pointers with fastrnn::gemm (BLAS, no dispatcher, no tensor views).
+// GEMM path, measured here (AMD EPYC, torch's MKL and oneDNN, B=32, H=128): MKL ~80-90 GFLOP/s per thread
+// at the per-step shape; oneDNN (at::native::mkldnn_matmul) 35% slower there (call overhead) and MKL's
+// packed-weight sgemm_compute only ~5% faster, so both stay unused.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include "fastrnn/lstm_checks.h"
 #include "fastrnn/lstm_rows.h"
-#include "fastrnn/sequential_blas.h"
+#include "fastrnn/cpu_blas.h"
 
 namespace fastrnn {
 namespace {
-
-// One block of batch rows per thread (see the top of this file).
-int64_t rows_per_thread(int64_t B) {
-  const int64_t n = at::get_num_threads();
-  return std::max<int64_t>(1, (B + n - 1) / n);
-}
 
 // Returns (y [T,B,H], h_n [B,H], c_n [B,H], gates [T,B,4H] activated, cs [T,B,H]); the last two are what
 // the backward needs. cut/scale are accepted so that autograd can keep them; the forward ignores them.
@@ -51,23 +44,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   } else {
     at::mm_out(gates2d, x2d, w_ih.t());
   }
-  const auto w_hh_t = w_hh.t();
-
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward_cpu", [&] {
-    // OpenMP workers do not inherit the caller's dispatch state (autograd already handled above us):
-    // restore it, or the at:: GEMMs below would see inputs that require grad and refuse out= calls.
-    const at::ThreadLocalState caller_state;
+    const scalar_t* w = w_hh.const_data_ptr<scalar_t>();
+    const scalar_t* h0_p = h0.const_data_ptr<scalar_t>();
+    const scalar_t* c0_p = c0.const_data_ptr<scalar_t>();
+    scalar_t* g_all = gates.data_ptr<scalar_t>();
+    scalar_t* y_all = y.data_ptr<scalar_t>();
+    scalar_t* c_all = cs.data_ptr<scalar_t>();
     at::parallel_for(0, B, rows_per_thread(B), [&](int64_t b0, int64_t b1) {
-      const at::ThreadLocalStateGuard same_state_as_caller(caller_state);
       const SequentialBlasGuard one_blas_thread;  // this thread is already one of the team
       const int64_t nb = b1 - b0;
       for (int64_t t = 0; t < T; ++t) {
-        auto g_t = gates[t].narrow(0, b0, nb);
-        at::addmm_out(g_t, g_t, (t == 0 ? h0 : y[t - 1]).narrow(0, b0, nb), w_hh_t);  // beta=1 keeps x W_ih^T
-        scalar_t* g_ptr = g_t.data_ptr<scalar_t>();
-        const scalar_t* c_prev = (t == 0 ? c0 : cs[t - 1]).const_data_ptr<scalar_t>() + b0 * H;
-        scalar_t* c_ptr = cs[t].data_ptr<scalar_t>() + b0 * H;
-        scalar_t* h_ptr = y[t].data_ptr<scalar_t>() + b0 * H;
+        scalar_t* g_ptr = g_all + (t * B + b0) * G;
+        const scalar_t* h_prev = (t == 0 ? h0_p : y_all + (t - 1) * B * H) + b0 * H;
+        const scalar_t* c_prev = (t == 0 ? c0_p : c_all + (t - 1) * B * H) + b0 * H;
+        scalar_t* c_ptr = c_all + (t * B + b0) * H;
+        scalar_t* h_ptr = y_all + (t * B + b0) * H;
+        // gates_t += h_{t-1} W_hh^T (beta = 1 keeps the input projection already there)
+        gemm<scalar_t>(false, true, nb, G, H, scalar_t(1), h_prev, H, w, H, scalar_t(1), g_ptr, G);
         for (int64_t b = 0; b < nb; ++b) {
           lstm_row_forward<scalar_t>(g_ptr + b * G, c_prev + b * H, c_ptr + b * H, h_ptr + b * H, H);
         }

@@ -15,7 +15,6 @@
 // GEMMs over the whole sequence after the sweep.
 #include "sab_common.h"
 
-#include <fastrnn/sequential_blas.h>
 #include <fastrnn/sparse_attention.h>
 
 #include <ATen/Parallel.h>

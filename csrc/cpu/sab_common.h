@@ -1,11 +1,12 @@
 // CPU building blocks shared by the SAB forward (sab_forward.cpp) and backward (sab_backward.cpp):
-// row-major GEMM on raw pointers, at::vec row kernels (dot, axpy, the mlp score and its backward),
+// at::vec row kernels (dot, axpy, the mlp score and its backward),
 // and the layout of the saved tensors.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <fastrnn/cpu_blas.h>   // gemm<T> on raw pointers, SequentialBlasGuard
 #include <fastrnn/lstm_rows.h>  // the LSTM cell pointwise rows, shared with the LSTM kernels
 
 #include <cstdint>
@@ -14,43 +15,6 @@ namespace fastrnn {
 namespace cpu {
 
 using at::vec::Vectorized;
-
-// ---------------------------------------------------------------------------------------------
-// GEMM. The time loops call a few small GEMMs per step; going through at::mm_out would create
-// tensor views and pass the dispatcher every time, so call the BLAS that libtorch_cpu exports
-// (MKL on x86 wheels, OpenBLAS on aarch64; both export the Fortran symbols, LP64).
-extern "C" {
-void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc);
-void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
-            const double* beta, double* c, const int* ldc);
-}
-
-// Row-major C[M,N] = alpha * op(A) op(B) + beta * C. op(A) is [M,K] (A stored [K,M] if ta);
-// op(B) is [K,N] (B stored [N,K] if tb). Column-major BLAS computes C^T = op(B)^T op(A)^T,
-// and a row-major matrix read column-major is its transpose, so the flags pass through.
-template <typename T>
-inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // e.g. I = 0: BLAS rejects a leading dimension of 0. C = beta * C (beta 0 ignores C)
-    for (int64_t r = 0; r < M; ++r)
-      for (int64_t c = 0; c < N; ++c) C[r * ldc + c] = beta == T(0) ? T(0) : beta * C[r * ldc + c];
-    return;
-  }
-  TORCH_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX && lda <= INT32_MAX &&
-                  ldb <= INT32_MAX && ldc <= INT32_MAX,
-              "fastrnn: matrix too large for 32-bit BLAS");
-  const char cta = ta ? 'T' : 'N', ctb = tb ? 'T' : 'N';
-  const int m = int(M), n = int(N), k = int(K), la = int(lda), lb = int(ldb), lc = int(ldc);
-  if constexpr (std::is_same_v<T, float>) {
-    sgemm_(&ctb, &cta, &n, &m, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
-  } else {
-    dgemm_(&ctb, &cta, &n, &m, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Row kernels. Tails use the partial load (zero fill) and partial store of at::vec.

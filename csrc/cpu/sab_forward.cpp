@@ -14,7 +14,6 @@
 // O(T·B·k_top) indices and weights; never O(T·|M|) scores.
 #include "sab_common.h"
 
-#include <fastrnn/sequential_blas.h>
 #include <fastrnn/sparse_attention.h>
 
 #include <ATen/Parallel.h>
