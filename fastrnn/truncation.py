@@ -57,18 +57,21 @@ def full(T: int) -> Schedule:
     return Schedule(torch.zeros(T, dtype=torch.bool), torch.ones(T, dtype=torch.float64))
 
 
-def fixed(T: int, k: Optional[int]) -> Schedule:
-    """Truncated BPTT with length k: cut where t > 0 and t % k == 0 (SPEC section 1, step 1).
+def fixed(T: int, k: Optional[int], offset: int = 0) -> Schedule:
+    """Truncated BPTT with length k: cut where t > 0 and (t - offset) % k == 0 (SPEC section 1, step 1).
 
-    `k` None or 0 means no truncation, as `k_trunc`.
+    `k` None or 0 means no truncation, as `k_trunc`. `offset` (0 = SPEC's grid) shifts the grid of cuts,
+    e.g. to put a task's cue and the steps that depend on it into one segment (the copy-task study).
     """
     T = _check_length(T)
     if k is None or k == 0:
         return full(T)
     if not isinstance(k, int) or isinstance(k, bool) or k < 0:
         raise ValueError(f"k must be None or an int >= 0, got {k!r}")
+    if not isinstance(offset, int) or isinstance(offset, bool):
+        raise ValueError(f"offset must be an int, got {offset!r}")
     t = torch.arange(T)
-    return Schedule((t > 0) & (t % k == 0), torch.ones(T, dtype=torch.float64))
+    return Schedule((t > 0) & ((t - offset) % k == 0), torch.ones(T, dtype=torch.float64))
 
 
 def artbp(T: int, L0: float, alpha: float = 4.0, generator: Optional[torch.Generator] = None) -> Schedule:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastrnn import truncation
 from fastrnn.experiments import main_job, records, train
 from fastrnn.experiments.__main__ import main as cli
 from fastrnn.reference import SABAttention
@@ -166,3 +167,70 @@ def test_other_tasks_train_and_report(tmp_path, name):
     if name == "ptb":
         assert record["eval"]["bpc"] == pytest.approx(record["eval"]["loss"] / np.log(2))
         assert isinstance(run.model.embedding, torch.nn.Embedding)
+
+
+def test_suites_parse_and_the_study_moves_the_cut_onto_the_marker():
+    """Every suite run is a valid command line; the copy-trunc study differs only in its cut grid."""
+    from fastrnn.experiments import suites
+    from fastrnn.experiments.__main__ import build_parser, config_from_args
+
+    cuts = {}
+    for suite in suites.SUITES.values():
+        for name, args in suite.runs.items():
+            parsed = build_parser().parse_args([*args, "--budget", "1"])
+            cfg = config_from_args(parsed, parsed.task, parsed.method)
+            if name.startswith("copy-T100-sab-k"):
+                schedule = train.schedule_for(cfg, 120, torch.Generator()) or truncation.fixed(120, cfg.k_trunc)
+                cuts[name] = torch.nonzero(schedule.cut).flatten().tolist()
+    marker = 109  # copy T=100: the marker is at step T + 9
+    assert marker + 1 in cuts["copy-T100-sab-k5"] and marker + 1 in cuts["copy-T100-sab-k10"]
+    for k in (5, 10):
+        grid = cuts[f"copy-T100-sab-k{k}-marker"]
+        assert marker in grid and marker + 1 not in grid and set(np.diff(grid)) == {k}
+
+
+def test_suite_runs_side_by_side_and_writes_its_table(tmp_path, monkeypatch):
+    from fastrnn.experiments import suites
+
+    tiny = suites.Suite("tiny", 1.0, {"copy-a": ["copy", "--method", "sab", "--k-trunc", "2"],
+                                      "copy-b": ["copy", "--method", "bptt"]}, "a note")
+    monkeypatch.setitem(suites.SUITES, "tiny", tiny)
+    out = tmp_path / "res"
+    assert suites.main(["tiny", "--out", str(out), "--budget", "0", "--seed", "3", "--max-iters", "4",
+                        *[a for a in TINY if a not in ("--budget", "0")]]) == 0
+    text = (out / "suite_tiny.md").read_text()
+    assert "| copy-a-s3 | sab | 4 |" in text and "| copy-b-s3 | bptt | 4 |" in text and "a note" in text
+    assert "- copy-a-s3: attention of the output steps on the digits (steps 0-9) at iteration 4: " in text
+    assert "copy-b-s3: attention" not in text  # bptt has no attention
+    assert_png(out / "curves_tiny.png")
+    assert suites.main(["list"]) == 0
+
+
+@pytest.mark.parametrize("method", ["sab", "bptt"])
+def test_forget_bias_sets_only_the_forget_gate(method):
+    task = train.adapters.make_task("copy", 5)
+    torch.manual_seed(0)
+    default = train.SeqModel(tiny_config(method=method), task)
+    torch.manual_seed(0)
+    model = train.SeqModel(tiny_config(method=method, forget_bias=1.0), task)
+    H = 8
+    total = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
+    assert torch.equal(total[H:2 * H], torch.ones(H))
+    for gate in (0, 2, 3):  # i, g, o keep nn.LSTM's init
+        rows = slice(gate * H, (gate + 1) * H)
+        assert torch.equal(model.rnn.bias_ih_l0[rows], default.rnn.bias_ih_l0[rows])
+    assert not torch.equal((default.rnn.bias_ih_l0 + default.rnn.bias_hh_l0)[H:2 * H], torch.ones(H))
+
+
+def test_digit_attention_reads_the_output_rows_on_the_digit_columns():
+    from fastrnn.experiments.suites import digit_attention
+
+    L = 25  # copy T=5
+    m = np.zeros((L, L + 1))
+    m[-10:, 0] = 0.5      # h0 (column 0) is not a digit
+    m[-10:, 2] = 0.25     # step 1, a digit
+    m[-10:, 10] = 0.25    # step 9, the last digit
+    m[-11, 2] = 1.0       # the step before the outputs does not count
+    assert digit_attention(m) == pytest.approx(0.5)
+    m[-10:, 11] = 0.3     # step 10 is a blank
+    assert digit_attention(m) == pytest.approx(0.5)

@@ -18,6 +18,15 @@ def test_full_and_fixed():
     assert len(tr.full(0)) == 0
 
 
+def test_fixed_offset_shifts_the_grid():
+    # Copy T=100 with k=10: SPEC's grid cuts at 110 (the marker at 109 ends a segment); offset 5 cuts at
+    # 105 and 115, so the marker shares a segment with the first five output steps.
+    s = tr.fixed(120, 10, offset=5)
+    assert torch.nonzero(s.cut).flatten().tolist() == list(range(5, 120, 10))
+    assert torch.equal(tr.fixed(9, 3, offset=3).cut, tr.fixed(9, 3).cut)
+    assert tr.fixed(7, 3, offset=-1).cut.tolist() == [False, False, True, False, False, True, False]
+
+
 def test_artbp_rule_and_determinism():
     g = torch.Generator().manual_seed(0)
     s = tr.artbp(200, 5.0, alpha=4.0, generator=g)
@@ -41,7 +50,7 @@ def test_artbp_mean_segment_length_is_about_L0():
 
 
 @pytest.mark.parametrize("bad", [
-    lambda: tr.fixed(5, -1), lambda: tr.fixed(-1, 2), lambda: tr.artbp(5, 1.0), lambda: tr.artbp(5, 4.0, alpha=2.0),
+    lambda: tr.fixed(5, -1), lambda: tr.fixed(-1, 2), lambda: tr.fixed(5, 2, offset=1.5), lambda: tr.artbp(5, 1.0), lambda: tr.artbp(5, 4.0, alpha=2.0),
     lambda: tr.Schedule(torch.zeros(3), torch.ones(3)), lambda: tr.Schedule(torch.zeros(3, dtype=torch.bool),
                                                                          torch.ones(4)),
     lambda: tr.Schedule(torch.zeros(2, dtype=torch.bool), torch.tensor([1.0, float("nan")])),

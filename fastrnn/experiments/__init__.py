@@ -2,6 +2,7 @@
 
     python -m fastrnn.experiments copy --method sab --T 100 --budget 120     one run
     python -m fastrnn.experiments main                                      README command 1
+    python -m fastrnn.experiments suite NAME                                a reproduction suite (suites.py)
     python -m fastrnn.experiments report                                    table + plots of all runs
 """
 from fastrnn.experiments.train import METHODS, Config, Run, run

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastrnn.experiments import adapters, main_job, plots, records
+from fastrnn.experiments import adapters, main_job, plots, records, suites
 from fastrnn.experiments.train import METHODS, Config, run
 
 
@@ -16,6 +16,8 @@ HELP = {
     "T": "copy: delay (sequence T+20); adding: length; ptb: window length; ignored for mnist",
     "encoding": "copy input: scalar symbol value (original code) or one-hot",
     "k_trunc": "truncation length of sab and tbptt (0 = none)",
+    "forget_bias": "initial forget-gate bias (b_ih + b_hh); default: nn.LSTM's uniform init",
+    "trunc_offset": "shift of the truncation grid: cuts where (t - offset) %% k_trunc == 0",
     "L0": "artbp: mean truncation length", "alpha": "artbp: alpha of the cut probability",
     "budget": "wall-clock seconds of training (0 = no limit; then give --max-iters)",
     "max_iters": "stop after this many iterations in total (0 = budget only)",
@@ -67,10 +69,8 @@ def report(out, *, quiet: bool = False) -> None:
         print(f"table: {table}; plots: {out}/*.png")
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "main":
-        return main_job.main(argv[1:])
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of one run (`python -m fastrnn.experiments TASK ...`) and of `report`."""
     parser = argparse.ArgumentParser(prog="python -m fastrnn.experiments",
                                      description="Train one run (or `main` for README command 1).")
     parser.add_argument("task", choices=[*adapters.TASKS, "report"])
@@ -81,7 +81,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no-report", action="store_true", help="skip rewriting the table and plots")
     parser.add_argument("--position", type=int, default=0, help=argparse.SUPPRESS)  # tqdm line, parallel runs
     add_config_arguments(parser, Config())
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "main":
+        return main_job.main(argv[1:])
+    if argv and argv[0] == "suite":
+        return suites.main(argv[1:])
+    args = build_parser().parse_args(argv)
     if args.task == "report":
         report(args.out)
         return 0

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import fastrnn
 from fastrnn.experiments import plots, records
+from fastrnn.experiments.suites import run_all
 from fastrnn.tasks import copying
 
 METHOD_ARGS = {
@@ -42,21 +42,6 @@ def commands(budget: float, out: Path, seed: int, backend: str, extra: list) -> 
                      "--budget", str(budget), "--seed", str(seed), "--backend", backend, "--out", str(out),
                      "--position", str(position), "--no-report", *extra])
     return cmds
-
-
-def run_all(cmds: list, workers: int) -> None:
-    """Runs the commands, at most ``workers`` at a time; fails if any fails."""
-    pending, running = list(cmds), []
-    while pending or running:
-        while pending and len(running) < workers:
-            running.append(subprocess.Popen(pending.pop(0)))
-        time.sleep(0.5)
-        for p in [p for p in running if p.poll() is not None]:
-            running.remove(p)
-            if p.returncode != 0:
-                for other in running:
-                    other.terminate()
-                raise SystemExit(f"main job: `{' '.join(p.args)}` failed with exit code {p.returncode}")
 
 
 def main(argv=None) -> int:

@@ -47,11 +47,13 @@ class Config:
     k_top: int = 5
     k_att: int = 2
     k_trunc: int = 20  # sab and tbptt (0 = none)
+    trunc_offset: int = 0  # shifts the cut grid: cuts where (t - offset) % k_trunc == 0 (sab and tbptt)
     slot_state: str = "provisional"
     attention: str = "linear"  # the scorer of the SPEC's copy measurement (paper eq. 1)
     L0: float = 20.0  # artbp mean truncation length
     alpha: float = 4.0
     lr: float = 1e-3
+    forget_bias: float = float("nan")  # nan: nn.LSTM's init; else b_ih+b_hh of the forget gate start here
     clip: float = 1.0
     budget: float = 60.0  # seconds of training
     max_iters: int = 0  # 0 = until the budget is spent
@@ -91,6 +93,11 @@ class SeqModel(nn.Module):
         else:
             self.rnn = fastrnn.LSTM(rnn_in, cfg.hidden, backend=cfg.backend)
         self.head = nn.Linear(cfg.hidden, task.n_out)
+        if not math.isnan(cfg.forget_bias):
+            H = cfg.hidden
+            with torch.no_grad():  # the forget gate is the second quarter of the gates (i, f, g, o)
+                self.rnn.bias_ih_l0[H:2 * H].fill_(cfg.forget_bias)
+                self.rnn.bias_hh_l0[H:2 * H].zero_()
 
     def forward(self, x, schedule=None, return_attention=False):
         if self.embedding is not None:
@@ -105,8 +112,8 @@ class SeqModel(nn.Module):
 
 def schedule_for(cfg: Config, length: int, generator: torch.Generator):
     """The truncation schedule of one iteration (None: the module's own k_trunc, for sab)."""
-    if cfg.method == "tbptt":
-        return truncation.fixed(length, cfg.k_trunc)
+    if cfg.method == "tbptt" or (cfg.method == "sab" and cfg.trunc_offset):
+        return truncation.fixed(length, cfg.k_trunc, cfg.trunc_offset)
     if cfg.method == "bptt":
         return truncation.full(length)
     if cfg.method == "artbp":
@@ -163,11 +170,12 @@ class Run:
         if not self.checkpoint_path.exists():
             return False
         state = torch.load(self.checkpoint_path, weights_only=True)
-        mine = dataclasses.asdict(self.cfg)
-        for key in ("task", "method", "T", "encoding", "hidden", "k_top", "k_att", "k_trunc", "slot_state",
-                    "attention", "batch_size", "seed"):
-            if state["config"][key] != mine[key]:
-                raise ValueError(f"{self.checkpoint_path}: checkpoint has {key}={state['config'][key]!r}, "
+        mine, defaults = dataclasses.asdict(self.cfg), dataclasses.asdict(Config())
+        for key in ("task", "method", "T", "encoding", "hidden", "k_top", "k_att", "k_trunc", "trunc_offset",
+                    "slot_state", "attention", "batch_size", "seed"):
+            theirs = state["config"].get(key, defaults[key])  # a field newer than the checkpoint: its default
+            if theirs != mine[key]:
+                raise ValueError(f"{self.checkpoint_path}: checkpoint has {key}={theirs!r}, "
                                  f"this run {key}={mine[key]!r}; use another --out or --name")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
