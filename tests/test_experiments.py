@@ -200,8 +200,10 @@ def test_suite_runs_side_by_side_and_writes_its_table(tmp_path, monkeypatch):
                         *[a for a in TINY if a not in ("--budget", "0")]]) == 0
     text = (out / "suite_tiny.md").read_text()
     assert "| copy-a-s3 | sab | 4 |" in text and "| copy-b-s3 | bptt | 4 |" in text and "a note" in text
-    assert "- copy-a-s3: attention of the output steps on the digits (steps 0-9) at iteration 4: " in text
-    assert "copy-b-s3: attention" not in text  # bptt has no attention
+    assert "- copy-a-s3: at the plateau from iteration " in text
+    assert "; attention of the output steps on the digits at iteration 4: " in text
+    bptt_line = next(line for line in text.splitlines() if line.startswith("- copy-b-s3"))
+    assert "attention" not in bptt_line  # bptt has no attention
     assert_png(out / "curves_tiny.png")
     assert suites.main(["list"]) == 0
 
@@ -234,3 +236,14 @@ def test_digit_attention_reads_the_output_rows_on_the_digit_columns():
     assert digit_attention(m) == pytest.approx(0.5)
     m[-10:, 11] = 0.3     # step 10 is a blank
     assert digit_attention(m) == pytest.approx(0.5)
+
+
+def test_copy_milestones():
+    from fastrnn.experiments.suites import copy_milestones
+
+    plateau = 10 * np.log(8) / 120  # copy T=100
+    history = [{"iter": 10, "loss": 0.45, "acc": 0.0}, {"iter": 20, "loss": 1.05 * plateau, "acc": 0.12},
+               {"iter": 30, "loss": 0.9 * plateau, "acc": 0.24}, {"iter": 40, "loss": 0.1, "acc": 0.3}]
+    record = {"config": {"T": 100}, "history": history}
+    assert copy_milestones(record) == (20, 40)
+    assert copy_milestones({"config": {"T": 100}, "history": history[:1]}) == (None, None)

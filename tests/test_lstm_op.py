@@ -156,6 +156,23 @@ def test_deterministic():
         assert torch.equal(a, b)
 
 
+# The backward folds the weight gradients in chunks of at most 64 steps per thread (fewer for wide blocks:
+# 29 for B=33, H=33 in float64 on 2 threads; csrc/cpu/lstm_backward.cpp, chunk_steps). T = 197 = 3 * 64 + 5
+# is prime: several chunks, the first one swept partial, and a multiple of no chunk length. float32 only on
+# the small shape: over 197 * 33 rows the float32 sums of dW_ih cancel to beyond TOL on both sides.
+@pytest.mark.parametrize("cfg", [(197, 3, 4, 8, True, torch.float64), (197, 3, 4, 8, True, torch.float32),
+                                 (197, 33, 5, 33, False, torch.float64)],
+                         ids=lambda c: "T{}B{}I{}H{}{}-{}".format(*c[:4], "" if c[4] else "-nobias", c[5]))
+def test_several_chunks(cfg):
+    T, B, I, H, bias, dtype = cfg
+    args = lstm_args(T, B, I, H, bias, dtype)
+    sched = tr.artbp(T, 8.0, generator=torch.Generator().manual_seed(0))
+    _, grads = compare(args, sched, dtype)
+    _, again = run_with_grads(cpu_lstm.lstm_layer, args, schedule_args(sched, dtype))
+    for name in grads:
+        assert torch.equal(grads[name], again[name]), name
+
+
 def _op_args(T=5, B=3, I=4, H=6, bias=True, dtype=torch.float64, requires_grad=True):
     a = lstm_args(T, B, I, H, bias, dtype)
     if not requires_grad:

@@ -120,6 +120,33 @@ def test_deterministic():
         assert torch.equal(g1[name], g2[name]), name
 
 
+# The backward folds the weight gradients (and d att_wh) in chunks of at most 64 steps per thread
+# (csrc/cpu/sab_backward.cpp, chunk_steps). T = 197 = 3 * 64 + 5 is prime: several chunks, the first one
+# swept partial, and a multiple of no chunk length. The shapes stay small (64-step chunks): at this T, wider
+# ones (B=33, H=33) or final slots already put the float64 forward (y) or dc0 beyond 1e-9 of the reference.
+LONG_CONFIGS = [
+    (197, 3, 4, 8, 6, 5, 2, "mlp", True, "fixed10", True),
+    (197, 4, 3, 8, 8, 3, 3, "mlp", True, "artbp", False),
+    (197, 2, 3, 6, None, 5, 2, "linear", False, "artbp", True),
+]
+
+
+@pytest.mark.parametrize("cfg", LONG_CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_several_chunks_match_reference(cfg, poison):
+    compare(*run_both(cfg, torch.float64), TOL64)
+
+
+def test_several_chunks_deterministic():
+    T = 197
+    args = layer_args(T, 5, 4, 16, A=16, scorer="mlp", dtype=torch.float32)
+    s = schedule_args(make_schedule("artbp", T), torch.float32)
+    kw = dict(k_top=5, k_att=2, scorer="mlp", provisional=True)
+    _, g1 = run_with_grads(cpu_sab.sab_layer, args, s, **kw)
+    _, g2 = run_with_grads(cpu_sab.sab_layer, args, s, **kw)
+    for name in g1:
+        assert torch.equal(g1[name], g2[name]), name
+
+
 @pytest.mark.parametrize("used", ["y", "h_n", "c_n"])
 def test_unused_outputs(used):
     """Gradients of unused outputs arrive as None (not materialized) and count as zero."""

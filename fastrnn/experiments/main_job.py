@@ -24,7 +24,7 @@ from pathlib import Path
 
 import fastrnn
 from fastrnn.experiments import plots, records
-from fastrnn.experiments.suites import run_all
+from fastrnn.experiments.suites import copy_section, run_all
 from fastrnn.tasks import copying
 
 METHOD_ARGS = {
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         "\nacc (held-out): accuracy on the 10 output steps of 640 fresh sequences; loss: their cross-entropy "
         "per step over all 120 steps (memoryless baseline: acc 0.125, loss "
         f"{copying.memoryless_cross_entropy(100):.4f}); acc (last 10 logs): training accuracy of the last "
-        "100 iterations.\n")
+        "100 iterations.\n" + copy_section(out, mine))
     (out / "main.md").write_text(table)
     print()
     print(table, end="")

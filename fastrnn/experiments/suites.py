@@ -65,7 +65,7 @@ SUITES = {
         "adding-T200-bptt": ["adding", "--T", "200", "--method", "bptt", "--hidden", "128", "--batch-size", "64"],
     }, "MSE of predicting the mean: 0.1667."),
     # Table 8 (pixel MNIST): hidden 128, lr 1e-3; SAB k_trunc = k_att = 14, k_top = 10.
-    "mnist": Suite("pixel MNIST (784 steps): SAB vs TBPTT vs BPTT", 900.0, {
+    "mnist": Suite("pixel MNIST (784 steps): SAB vs TBPTT vs BPTT", 600.0, {
         "mnist-sab": ["mnist", "--method", "sab", "--slot-state", "provisional", "--attention", "linear",
                       "--k-top", "10", "--k-att", "14", "--k-trunc", "14", "--hidden", "128",
                       "--batch-size", "64"],
@@ -74,7 +74,7 @@ SUITES = {
     }, "the paper trains ~100 epochs; this budget is a fraction of one epoch per run."),
     # Table 6 (char PTB): windows of 100, batch 32, lr 2e-3; SAB k_trunc=5, k_top=5, k_att=2. Hidden 256
     # instead of the paper's 1000 (a 1000-unit LSTM does ~1 iteration/s on one core).
-    "ptb": Suite("char-level PTB (windows of 100): SAB vs TBPTT vs BPTT", 900.0, {
+    "ptb": Suite("char-level PTB (windows of 100): SAB vs TBPTT vs BPTT", 600.0, {
         "ptb-sab": ["ptb", *_SAB, "--k-top", "5", "--k-trunc", "5", "--T", "100", "--hidden", "256",
                     "--batch-size", "32", "--lr", "0.002"],
         "ptb-tbptt": ["ptb", "--method", "tbptt", "--k-trunc", "5", "--T", "100", "--hidden", "256",
@@ -121,32 +121,60 @@ def digit_attention(matrix: np.ndarray) -> float:
     return float(outputs[:, 1:copying.N_DIGITS + 1].sum(axis=1).mean())
 
 
-def attention_lines(out: Path, run_names: list) -> list:
-    """One line per copy SAB run with snapshots: digit_attention at each snapshot iteration."""
+def copy_milestones(record: dict) -> tuple:
+    """Copy task: (first iteration at the memoryless plateau, first iteration off it), None if never.
+
+    At the plateau: training loss <= 1.1x the memoryless cross-entropy (blanks right, the output phase
+    found, digits guessed). Off it: training accuracy on the copy >= 0.25, twice chance."""
+    baseline = copying.memoryless_cross_entropy(record["config"]["T"])
+    reached = next((h["iter"] for h in record["history"] if h["loss"] <= 1.1 * baseline), None)
+    left = next((h["iter"] for h in record["history"] if h["acc"] >= 0.25), None)
+    return reached, left
+
+
+def copy_lines(out: Path, mine: list) -> list:
+    """One line per copy run: its milestones, and for SAB the digit attention at each snapshot."""
     lines = []
-    for n in run_names:
-        path = out / "runs" / n / "attention.npz"
-        if not n.startswith("copy") or not path.exists():
+    for r in mine:
+        if r["config"]["task"] != "copy":
             continue
-        with np.load(path) as z:
-            snaps = sorted(z.items(), key=lambda kv: int(re.sub(r"\D", "", kv[0])))
-            cells = ", ".join(f"{k.split('_')[1]}: {digit_attention(v):.2f}" for k, v in snaps)
-        lines.append(f"- {n}: attention of the output steps on the digits (steps 0-9) at iteration {cells}")
+        reached, left = copy_milestones(r)
+        text = (f"- {r['name']}: at the plateau from iteration {reached or 'never'}, off it from "
+                f"{left or 'never'} (of {r['iterations']:,})")
+        path = out / "runs" / r["name"] / "attention.npz"
+        if path.exists():
+            with np.load(path) as z:
+                snaps = sorted(z.items(), key=lambda kv: int(re.sub(r"\D", "", kv[0])))
+                cells = ", ".join(f"{k.split('_')[1]}: {digit_attention(v):.2f}" for k, v in snaps)
+            text += f"; attention of the output steps on the digits at iteration {cells}"
+        lines.append(text)
     return lines
+
+
+def copy_section(out: Path, mine: list) -> str:
+    """The copy milestones of ``mine`` as a markdown paragraph ("" without copy runs)."""
+    lines = copy_lines(out, mine)
+    if not lines:
+        return ""
+    return ("\nCopy milestones (at the plateau: training loss <= 1.1x the memoryless cross-entropy; off it: "
+            "training accuracy >= 0.25):\n" + "\n".join(lines) + "\n")
 
 
 def write_results(name: str, suite: Suite, run_names: list, out: Path, wall_seconds: float) -> Path:
     """``out/suite_NAME.md`` (table of the suite's runs) and ``out/curves_NAME.png``."""
     by_name = {r["name"]: r for r in records.load_records(out)}
     mine = [by_name[n] for n in run_names if n in by_name]
-    attention = attention_lines(out, run_names)
     text = (f"## {suite.title}\n\n" + records.markdown_table(mine)
             + f"\n{len(mine)} runs, {wall_seconds / 60:.1f} min of wall time in all."
             + (f" {suite.note}" if suite.note else "") + "\n"
-            + ("\n" + "\n".join(attention) + "\n" if attention else ""))
+            + copy_section(out, mine))
     path = out / f"suite_{name}.md"
     path.write_text(text)
-    plots.learning_curves(mine, out / f"curves_{name}.png", title=suite.title)
+    Ts = {r["config"]["T"] for r in mine if r["config"]["task"] == "copy"}
+    chance = None
+    if len(Ts) == 1 and all(r["config"]["task"] == "copy" for r in mine):  # draw the memoryless baseline
+        chance = {"acc": 1 / 8, "loss": copying.memoryless_cross_entropy(Ts.pop())}
+    plots.learning_curves(mine, out / f"curves_{name}.png", title=suite.title, chance=chance)
     return path
 
 
