@@ -28,6 +28,7 @@
 #include "fastrnn/lstm_rows.h"
 #include "fastrnn/cpu_blas.h"
 #include "backward_chunks.h"
+#include "huge_pages.h"
 
 namespace fastrnn {
 namespace {
@@ -58,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto acc_ih = at::zeros({nblocks, G, I}, x.options());
   auto acc_hh = at::zeros({nblocks, G, H}, x.options());
   auto acc_b = at::zeros({nblocks, G}, x.options());
-  auto dx = at::empty({T, B, I}, x.options());
+  auto dx = cpu::empty_huge({T, B, I}, x.options());
   auto dh = dy[T - 1] + dh_n;  // dL/dh_{T-1}, all paths; then reused as the carried dh buffer
   auto dc = dc_n.clone();      // dL/dc carried from step t+1, updated in place by each pointwise pass
   auto dh0 = at::empty({B, H}, x.options());

@@ -17,6 +17,7 @@
 #include "fastrnn/lstm_checks.h"
 #include "fastrnn/lstm_rows.h"
 #include "fastrnn/cpu_blas.h"
+#include "huge_pages.h"
 
 namespace fastrnn {
 namespace {
@@ -32,9 +33,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   const int64_t T = d.T, B = d.B, H = d.H, G = 4 * H;
   const auto opts = x.options();
 
-  auto gates = at::empty({T, B, G}, opts);
-  auto y = at::empty({T, B, H}, opts);
-  auto cs = at::empty({T, B, H}, opts);
+  auto gates = cpu::empty_huge({T, B, G}, opts);
+  auto y = cpu::empty_huge({T, B, H}, opts);
+  auto cs = cpu::empty_huge({T, B, H}, opts);
   auto gates2d = gates.view({T * B, G});
   const auto x2d = x.view({T * B, d.I});
   if (b_ih.has_value()) {

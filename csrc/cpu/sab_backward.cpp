@@ -25,6 +25,7 @@
 // bit-identical.
 #include "sab_common.h"
 #include "backward_chunks.h"
+#include "huge_pages.h"
 
 #include <fastrnn/sparse_attention.h>
 
@@ -213,7 +214,7 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
   at::Tensor acc_ih = at::zeros({nblocks, G, I}, opt), acc_hh = at::zeros({nblocks, G, H}, opt);
   at::Tensor acc_b = at::zeros({nblocks, G}, opt), acc_att_wh = at::zeros({nblocks, A, H}, opt);
   at::Tensor q = at::empty({B, A}, opt);
-  at::Tensor dM = at::zeros({B, S, H}, opt);
+  at::Tensor dM = empty_huge({B, S, H}, opt).zero_();
   at::Tensor dP = at::zeros({mlp ? B : 0, S, A}, opt);
   at::Tensor carry_h = at::empty({B, H}, opt), carry_c = at::empty({B, H}, opt), dhh = at::empty({B, H}, opt);
   // Per-row accumulators of the attention parameter gradients (summed over rows at the end, so the
@@ -221,7 +222,7 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
   at::Tensor acc1 = at::zeros({B, mlp ? A : H}, opt);
   at::Tensor acc2 = at::zeros({mlp ? 0 : B, H}, opt);
   at::Tensor acc3 = at::zeros({mlp ? 0 : B}, opt);
-  at::Tensor dx = at::empty({steps, B, I}, opt);
+  at::Tensor dx = empty_huge({steps, B, I}, opt);
   at::Tensor datt_wh, datt_wm = at::empty_like(att_wm);
   at::Tensor datt_s, dh0, dc0;
   at::Tensor dw_da = at::empty({B, 2 * k_top}, opt);

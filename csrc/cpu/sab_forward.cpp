@@ -13,6 +13,7 @@
 // Nothing is allocated inside the loop; what the backward needs is O(T·B·H) plus
 // O(T·B·k_top) indices and weights; never O(T·|M|) scores.
 #include "sab_common.h"
+#include "huge_pages.h"
 
 #include <fastrnn/sparse_attention.h>
 
@@ -168,10 +169,10 @@ SabForwardOut sab_forward_impl(const at::Tensor& x, const at::Tensor& w_ih, cons
   const int64_t A = mlp ? att_wh.size(0) : 0, S = num_slots(steps, k_att), K = k_top;
   const auto opt = x.options();
   const auto lopt = opt.dtype(at::kLong);
-  at::Tensor gates = at::empty({steps, B, 4 * H}, opt);
-  at::Tensor c = at::empty({steps, B, H}, opt);
-  at::Tensor hhat = at::empty({steps, B, H}, opt);
-  at::Tensor y = at::empty({steps, B, H}, opt);
+  at::Tensor gates = empty_huge({steps, B, 4 * H}, opt);
+  at::Tensor c = empty_huge({steps, B, H}, opt);
+  at::Tensor hhat = empty_huge({steps, B, H}, opt);
+  at::Tensor y = empty_huge({steps, B, H}, opt);
   at::Tensor idx = at::empty({steps, B, K}, lopt);
   at::Tensor w = at::empty({steps, B, K}, opt);
   at::Tensor thr = at::empty({steps, B}, lopt);
