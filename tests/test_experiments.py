@@ -247,3 +247,11 @@ def test_copy_milestones():
     record = {"config": {"T": 100}, "history": history}
     assert copy_milestones(record) == (20, 40)
     assert copy_milestones({"config": {"T": 100}, "history": history[:1]}) == (None, None)
+
+
+def test_bpc_line_lists_language_model_runs_only():
+    from fastrnn.experiments.suites import bpc_line
+
+    runs = [{"name": "ptb-a", "eval": {"loss": 1.0, "bpc": 1.4427}}, {"name": "copy-b", "eval": {"loss": 0.1}}]
+    assert bpc_line(runs) == "\nHeld-out bits per character: ptb-a 1.443\n"
+    assert bpc_line(runs[1:]) == ""

@@ -151,6 +151,12 @@ def copy_lines(out: Path, mine: list) -> list:
     return lines
 
 
+def bpc_line(mine: list) -> str:
+    """Language-model runs: their held-out bits per character ("" if none has one)."""
+    cells = [f"{r['name']} {r['eval']['bpc']:.3f}" for r in mine if "bpc" in r["eval"]]
+    return "\nHeld-out bits per character: " + ", ".join(cells) + "\n" if cells else ""
+
+
 def copy_section(out: Path, mine: list) -> str:
     """The copy milestones of ``mine`` as a markdown paragraph ("" without copy runs)."""
     lines = copy_lines(out, mine)
@@ -167,7 +173,7 @@ def write_results(name: str, suite: Suite, run_names: list, out: Path, wall_seco
     text = (f"## {suite.title}\n\n" + records.markdown_table(mine)
             + f"\n{len(mine)} runs, {wall_seconds / 60:.1f} min of wall time in all."
             + (f" {suite.note}" if suite.note else "") + "\n"
-            + copy_section(out, mine))
+            + bpc_line(mine) + copy_section(out, mine))
     path = out / f"suite_{name}.md"
     path.write_text(text)
     Ts = {r["config"]["T"] for r in mine if r["config"]["task"] == "copy"}
