@@ -179,7 +179,7 @@ def test_suites_parse_and_the_study_moves_the_cut_onto_the_marker():
         for name, args in suite.runs.items():
             parsed = build_parser().parse_args([*args, "--budget", "1"])
             cfg = config_from_args(parsed, parsed.task, parsed.method)
-            if name.startswith("copy-T100-sab-k"):
+            if name.startswith(("copy-T100-sab-k", "copy-T100-sab-mlp-k")):
                 schedule = train.schedule_for(cfg, 120, torch.Generator()) or truncation.fixed(120, cfg.k_trunc)
                 cuts[name] = torch.nonzero(schedule.cut).flatten().tolist()
     marker = 109  # copy T=100: the marker is at step T + 9
@@ -187,6 +187,8 @@ def test_suites_parse_and_the_study_moves_the_cut_onto_the_marker():
     for k in (5, 10):
         grid = cuts[f"copy-T100-sab-k{k}-marker"]
         assert marker in grid and marker + 1 not in grid and set(np.diff(grid)) == {k}
+    assert cuts["copy-T100-sab-mlp-k5"] == cuts["copy-T100-sab-k5"]
+    assert cuts["copy-T100-sab-mlp-k5-marker"] == cuts["copy-T100-sab-k5-marker"]
 
 
 def test_suite_runs_side_by_side_and_writes_its_table(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from fastrnn.tasks import copying
 
 # The SAB configuration of the main job: provisional slots, linear scorer (SPEC section 1).
 _SAB = ["--method", "sab", "--slot-state", "provisional", "--attention", "linear", "--k-att", "2"]
+_MLP = ["--method", "sab", "--slot-state", "provisional", "--attention", "mlp", "--k-att", "2"]
 _COPY = ["copy", "--batch-size", "64", "--hidden", "128", "--encoding", "scalar"]
 
 
@@ -56,6 +57,13 @@ SUITES = {
         ]),
         "offset 4 (k=5) and 9 (k=10) put a cut at step 109, so the segment starting at the marker "
         "holds the first 4 (9) output steps."),
+    # The same question with the mlp scorer, whose selection depends on the query (SPEC step 4): does a
+    # query-dependent top-k let k_trunc=5 leave the plateau?
+    "copy-trunc-mlp": Suite(
+        "copy T=100, SAB k_top=5, k_trunc=5, mlp scorer: truncation grid vs. the marker", 600.0, dict([
+            _copy(100, "sab-mlp-k5", [*_MLP, "--k-top", "5", "--k-trunc", "5"]),
+            _copy(100, "sab-mlp-k5-marker", [*_MLP, "--k-top", "5", "--k-trunc", "5", "--trunc-offset", "4"]),
+        ])),
     # Table 4 of the SAB paper (adding, T=200): SAB k_trunc=5, k_top=10 against TBPTT k=20 and BPTT.
     "adding": Suite("adding T=200: SAB vs TBPTT vs BPTT", 600.0, {
         "adding-T200-sab": ["adding", "--T", "200", *_SAB, "--k-top", "10", "--k-trunc", "5",
@@ -196,7 +204,7 @@ def main(argv=None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.name == "list":
         for name, suite in SUITES.items():
-            print(f"{name:12s} {len(suite.runs)} runs x {suite.budget:.0f} s  {suite.title}")
+            print(f"{name:15s} {len(suite.runs)} runs x {suite.budget:.0f} s  {suite.title}")
         return 0
     suite, out = SUITES[args.name], Path(args.out)
     workers = args.workers if args.workers is not None else (len(suite.runs) if len(suite.runs) <= 3 else 2)
