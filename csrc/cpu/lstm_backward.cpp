@@ -14,12 +14,9 @@
 // backward's memory) whose fresh pages were faulted in and zeroed on every call, so the time per step grew
 // with T. Instead each thread keeps the dgates of its rows for C steps only (a chunk, step-major), and when
 // the sweep has filled it folds it into its block's own dW_ih, dW_hh, db accumulators and writes the block's
-// dx rows, with single-threaded GEMMs while the chunk is still in cache. A block's rows of x and h_{t-1} are
-// not one strided matrix across steps ([T, B, .] layout), so these GEMMs go step by step (K = rows): copying
-// the chunk's rows into one matrix for a single GEMM with K = C * rows measured slower (39 against 34 ms
-// per 1000 steps of a 16-row block at H = 128, float32; MKL's small-K GEMM beats copy plus packing). The
-// accumulators are summed in block order after the sweep, so reruns at the same thread count are
-// bit-identical.
+// dx rows, with single-threaded GEMMs while the chunk is still in cache (backward_chunks.h, shared with the
+// SAB backward). The accumulators are summed in block order after the sweep, so reruns at the same thread
+// count are bit-identical.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -110,21 +107,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
             // beta = 0 at t = 0: dh0 is written, never read
             gemm<scalar_t>(false, false, nb, H, G, s, dg_ptr, G, w, H, scalar_t(t > 0), target, H);
           }
-          if (t > t0) continue;
-          // The chunk, steps [t0, t0 + n), is complete: fold it into the block's weight gradients.
-          const int64_t n = std::min(T, t0 + C) - t0;
-          for (int64_t i = 0; i < n; ++i) {
-            const int64_t ts = t0 + i;
-            const scalar_t* dg_s = dgc + i * nb * G;
-            const scalar_t* h_prev = (ts == 0 ? h0_p : y_all + (ts - 1) * B * H) + b0 * H;
-            gemm<scalar_t>(true, false, G, I, nb, scalar_t(1), dg_s, G, x_all + (ts * B + b0) * I, I,
-                           scalar_t(1), dw_ih, I);
-            gemm<scalar_t>(true, false, G, H, nb, scalar_t(1), dg_s, G, h_prev, H, scalar_t(1), dw_hh, H);
-            gemm<scalar_t>(false, false, nb, I, G, scalar_t(1), dg_s, G, wi, I, scalar_t(0),
-                           dx_all + (ts * B + b0) * I, I);
-          }
-          for (int64_t r = 0; r < n * nb; ++r)
-            for (int64_t g = 0; g < G; ++g) db[g] += dgc[r * G + g];
+          if (t == t0)  // the chunk [t0, t0 + C) is complete: fold it into the block's weight gradients
+            cpu::fold_lstm_chunk<scalar_t>(dgc, t0, std::min(T, t0 + C) - t0, b0, nb, B, I, H, x_all, h0_p,
+                                           y_all, wi, dx_all, dw_ih, dw_hh, db);
         }
       }
     });

@@ -12,7 +12,6 @@ single runs, so ``report`` and resuming work on them too (``--resume`` continues
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -152,7 +151,7 @@ def copy_lines(out: Path, mine: list) -> list:
         path = out / "runs" / r["name"] / "attention.npz"
         if path.exists():
             with np.load(path) as z:
-                snaps = sorted(z.items(), key=lambda kv: int(re.sub(r"\D", "", kv[0])))
+                snaps = sorted(z.items(), key=lambda kv: int(kv[0].split("_")[1]))  # keys "iter_N"
                 cells = ", ".join(f"{k.split('_')[1]}: {digit_attention(v):.2f}" for k, v in snaps)
             text += f"; attention of the output steps on the digits at iteration {cells}"
         lines.append(text)
