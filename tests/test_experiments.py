@@ -203,7 +203,7 @@ def test_suite_runs_side_by_side_and_writes_its_table(tmp_path, monkeypatch):
     text = (out / "suite_tiny.md").read_text()
     assert "| copy-a-s3 | sab | 4 |" in text and "| copy-b-s3 | bptt | 4 |" in text and "a note" in text
     assert "- copy-a-s3: at the plateau from iteration " in text
-    assert "; attention of the output steps on the digits at iteration 4: " in text
+    assert "; attention of the output steps on the digits / on the marker at iteration 4: " in text
     bptt_line = next(line for line in text.splitlines() if line.startswith("- copy-b-s3"))
     assert "attention" not in bptt_line  # bptt has no attention
     assert_png(out / "curves_tiny.png")
@@ -240,15 +240,31 @@ def test_digit_attention_reads_the_output_rows_on_the_digit_columns():
     assert digit_attention(m) == pytest.approx(0.5)
 
 
+def test_marker_attention_reads_the_marker_column():
+    from fastrnn.experiments.suites import marker_attention
+
+    T = 5
+    L = T + 20
+    marker = T + 9  # copy: the marker step
+    m = np.zeros((L, L + 1))
+    m[-10:, marker + 1] = 0.6   # column s + 1 for attended step s
+    m[-10:, marker] = 0.4       # the step before the marker does not count
+    m[-11, marker + 1] = 1.0    # the marker step itself is not an output step
+    assert marker_attention(m) == pytest.approx(0.6)
+
+
 def test_copy_milestones():
     from fastrnn.experiments.suites import copy_milestones
 
     plateau = 10 * np.log(8) / 120  # copy T=100
     history = [{"iter": 10, "loss": 0.45, "acc": 0.0}, {"iter": 20, "loss": 1.05 * plateau, "acc": 0.12},
-               {"iter": 30, "loss": 0.9 * plateau, "acc": 0.24}, {"iter": 40, "loss": 0.1, "acc": 0.3}]
-    record = {"config": {"T": 100}, "history": history}
-    assert copy_milestones(record) == (20, 40)
-    assert copy_milestones({"config": {"T": 100}, "history": history[:1]}) == (None, None)
+               {"iter": 30, "loss": 0.9 * plateau, "acc": 0.24}, {"iter": 40, "loss": 0.1, "acc": 0.3},
+               {"iter": 50, "loss": 0.01, "acc": 0.979}, {"iter": 60, "loss": 0.01, "acc": 0.98}]
+    history = [{**h, "time": h["iter"] / 10} for h in history]
+    m = copy_milestones({"config": {"T": 100}, "history": history})
+    assert {k: h["iter"] for k, h in m.items()} == {"plateau": 20, "off": 40, "solved": 60}
+    assert copy_milestones({"config": {"T": 100}, "history": history[:1]}) == {
+        "plateau": None, "off": None, "solved": None}
 
 
 def test_bpc_line_lists_language_model_runs_only():
