@@ -226,6 +226,17 @@ def test_forget_bias_sets_only_the_forget_gate(method):
     assert not torch.equal((default.rnn.bias_ih_l0 + default.rnn.bias_hh_l0)[H:2 * H], torch.ones(H))
 
 
+def test_attn_size_sets_the_mlp_scorer_size_and_is_refused_for_linear():
+    task = train.adapters.make_task("copy", 5)
+    model = train.SeqModel(tiny_config(attention="mlp", attn_size=3), task)
+    assert model.rnn.att_wh_l0.shape == (3, 8) and model.rnn.att_wm_l0.shape == (3, 8)
+    assert train.SeqModel(tiny_config(attention="mlp"), task).rnn.att_wh_l0.shape == (8, 8)  # 0: A = hidden
+    with pytest.raises(ValueError, match="attn_size"):
+        tiny_config(attention="linear", attn_size=3)
+    with pytest.raises(ValueError, match="attn_size"):
+        tiny_config(attention="mlp", attn_size=-1)
+
+
 def test_digit_attention_reads_the_output_rows_on_the_digit_columns():
     from fastrnn.experiments.suites import digit_attention
 

@@ -17,6 +17,7 @@ HELP = {
     "encoding": "copy input: scalar symbol value (original code) or one-hot",
     "k_trunc": "truncation length of sab and tbptt (0 = none)",
     "forget_bias": "initial forget-gate bias (b_ih + b_hh); default: nn.LSTM's uniform init",
+    "attn_size": "sab with --attention mlp: attention size A of the scorer (0 = --hidden)",
     "trunc_offset": "shift of the truncation grid: cuts where (t - offset) %% k_trunc == 0",
     "L0": "artbp: mean truncation length", "alpha": "artbp: alpha of the cut probability",
     "budget": "wall-clock seconds of training (0 = no limit; then give --max-iters)",

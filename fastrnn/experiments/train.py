@@ -50,6 +50,7 @@ class Config:
     trunc_offset: int = 0  # shifts the cut grid: cuts where (t - offset) % k_trunc == 0 (sab and tbptt)
     slot_state: str = "provisional"
     attention: str = "linear"  # the scorer of the SPEC's copy measurement (paper eq. 1)
+    attn_size: int = 0  # the mlp scorer's attention size A (0 = hidden, SPEC's default)
     L0: float = 20.0  # artbp mean truncation length
     alpha: float = 4.0
     lr: float = 1e-3
@@ -70,6 +71,8 @@ class Config:
             raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
         if self.task not in adapters.TASKS:
             raise ValueError(f"task: expected one of {adapters.TASKS}, got {self.task!r}")
+        if self.attn_size < 0 or (self.attn_size and self.attention != "mlp"):
+            raise ValueError(f"attn_size: expected 0, or a positive size with attention='mlp'; got {self.attn_size}")
         if self.budget <= 0 and self.max_iters <= 0:
             raise ValueError("budget: give a positive budget or max_iters")
 
@@ -89,7 +92,8 @@ class SeqModel(nn.Module):
         if cfg.method == "sab":
             self.rnn = fastrnn.SABLSTM(rnn_in, cfg.hidden, k_top=cfg.k_top, k_att=cfg.k_att,
                                        k_trunc=cfg.k_trunc or None, attention=cfg.attention,
-                                       slot_state=cfg.slot_state, backend=cfg.backend)
+                                       attn_size=cfg.attn_size or None, slot_state=cfg.slot_state,
+                                       backend=cfg.backend)
         else:
             self.rnn = fastrnn.LSTM(rnn_in, cfg.hidden, backend=cfg.backend)
         self.head = nn.Linear(cfg.hidden, task.n_out)
@@ -172,7 +176,7 @@ class Run:
         state = torch.load(self.checkpoint_path, weights_only=True)
         mine, defaults = dataclasses.asdict(self.cfg), dataclasses.asdict(Config())
         for key in ("task", "method", "T", "encoding", "hidden", "k_top", "k_att", "k_trunc", "trunc_offset",
-                    "slot_state", "attention", "batch_size", "seed"):
+                    "attn_size", "slot_state", "attention", "batch_size", "seed"):
             theirs = state["config"].get(key, defaults[key])  # a field newer than the checkpoint: its default
             if theirs != mine[key]:
                 raise ValueError(f"{self.checkpoint_path}: checkpoint has {key}={theirs!r}, "
