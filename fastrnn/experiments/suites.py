@@ -64,7 +64,7 @@ SUITES = {
             _copy(100, "sab-mlp-k5-marker", [*_MLP, "--k-top", "5", "--k-trunc", "5", "--trunc-offset", "4"]),
         ])),
     # Table 4 of the SAB paper (adding, T=200): SAB k_trunc=5, k_top=10 against TBPTT k=20 and BPTT.
-    "adding": Suite("adding T=200: SAB vs TBPTT vs BPTT", 600.0, {
+    "adding": Suite("adding T=200: SAB vs TBPTT vs BPTT", 900.0, {
         "adding-T200-sab": ["adding", "--T", "200", *_SAB, "--k-top", "10", "--k-trunc", "5",
                             "--hidden", "128", "--batch-size", "64"],
         "adding-T200-tbptt": ["adding", "--T", "200", "--method", "tbptt", "--k-trunc", "20", "--hidden", "128",
