@@ -284,3 +284,15 @@ def test_bpc_line_lists_language_model_runs_only():
     runs = [{"name": "ptb-a", "eval": {"loss": 1.0, "bpc": 1.4427}}, {"name": "copy-b", "eval": {"loss": 0.1}}]
     assert bpc_line(runs) == "\nHeld-out bits per character: ptb-a 1.443\n"
     assert bpc_line(runs[1:]) == ""
+
+
+def test_copy_baseline_only_for_copy_runs_of_one_T():
+    from fastrnn.experiments.suites import copy_baseline
+
+    def rec(task, T):
+        return {"config": {"task": task, "T": T}}
+
+    assert copy_baseline([rec("copy", 100), rec("copy", 100)]) == {
+        "acc": 1 / 8, "loss": pytest.approx(10 * np.log(8) / 120)}
+    assert copy_baseline([rec("copy", 100), rec("copy", 200)]) is None
+    assert copy_baseline([rec("copy", 100), rec("adding", 100)]) is None

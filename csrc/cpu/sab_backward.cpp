@@ -181,7 +181,6 @@ void sweep(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t b0, int64
   }
 }
 
-
 }  // namespace
 
 SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn,

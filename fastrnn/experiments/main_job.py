@@ -24,7 +24,7 @@ from pathlib import Path
 
 import fastrnn
 from fastrnn.experiments import plots, records
-from fastrnn.experiments.suites import copy_section, run_all
+from fastrnn.experiments.suites import copy_baseline, copy_section, run_all
 from fastrnn.tasks import copying
 
 METHOD_ARGS = {
@@ -81,8 +81,7 @@ def main(argv=None) -> int:
     (out / "main.md").write_text(table)
     print()
     print(table, end="")
-    chance = {"acc": 1 / 8, "loss": copying.memoryless_cross_entropy(100)}
-    plots.learning_curves(mine, out / "main_curves.png", chance=chance,
+    plots.learning_curves(mine, out / "main_curves.png", chance=copy_baseline(mine),
                           title=f"copy T=100: SAB vs TBPTT vs BPTT, {args.budget:.0f} s of training each")
     report(out, quiet=True)
     print(f"main job: {time.perf_counter() - start:.0f} s; table {out / 'main.md'}, curves {out / 'main_curves.png'}, "

@@ -132,13 +132,22 @@ def marker_attention(matrix: np.ndarray) -> float:
     """Copy task: the mean attention weight the 10 output steps put on the marker's slot (step T+9).
 
     The marker is the step before the outputs, s = L - 11, so its column s + 1 is the 11th from the end of
-    the L + 1 columns. A weight near 1
-    leaves the digits' slots (the other survivors of the top-k) almost nothing of the normalised sum."""
+    the L + 1 columns. A weight near 1 leaves the other survivors of the top-k, among them the slots that
+    hold the digits, almost nothing of the normalised sum."""
     outputs = matrix[-copying.N_DIGITS:]
     return float(outputs[:, -copying.N_DIGITS - 1].mean())
 
 
 SOLVED_ACC = 0.98  # the issue's bar for the copy task: 98 % on the output steps
+
+
+def copy_baseline(records_: list) -> dict | None:
+    """The memoryless baseline of the copy task (digits guessed among 8, blanks right) in the metrics of
+    the learning curves, when every record is a copy run of one T; else None (nothing to draw)."""
+    Ts = {r["config"]["T"] for r in records_ if r["config"]["task"] == "copy"}
+    if len(Ts) != 1 or any(r["config"]["task"] != "copy" for r in records_):
+        return None
+    return {"acc": 1 / 8, "loss": copying.memoryless_cross_entropy(Ts.pop())}
 
 
 def copy_milestones(record: dict) -> dict:
@@ -155,7 +164,8 @@ def copy_milestones(record: dict) -> dict:
 
 
 def copy_lines(out: Path, mine: list) -> list:
-    """One line per copy run: its milestones, and for SAB the digit attention at each snapshot."""
+    """One line per copy run: its milestones, and for SAB the attention of the output steps on the digits
+    and on the marker at each snapshot."""
     lines = []
     for r in mine:
         if r["config"]["task"] != "copy":
@@ -204,11 +214,7 @@ def write_results(name: str, suite: Suite, run_names: list, out: Path, wall_seco
             + bpc_line(mine) + copy_section(out, mine))
     path = out / f"suite_{name}.md"
     path.write_text(text)
-    Ts = {r["config"]["T"] for r in mine if r["config"]["task"] == "copy"}
-    chance = None
-    if len(Ts) == 1 and all(r["config"]["task"] == "copy" for r in mine):  # draw the memoryless baseline
-        chance = {"acc": 1 / 8, "loss": copying.memoryless_cross_entropy(Ts.pop())}
-    plots.learning_curves(mine, out / f"curves_{name}.png", title=suite.title, chance=chance)
+    plots.learning_curves(mine, out / f"curves_{name}.png", title=suite.title, chance=copy_baseline(mine))
     return path
 
 
