@@ -8,7 +8,7 @@
 from . import reference, truncation
 from .backends import available_backends
 from .modules import LSTM, SABLSTM
-from .reference import SABAttention
+from .ops.attention import SABAttention
 from .truncation import Schedule
 
 __all__ = ["LSTM", "SABLSTM", "SABAttention", "Schedule", "available_backends", "reference", "truncation"]

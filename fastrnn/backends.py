@@ -11,7 +11,7 @@ BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
 # backend -> (module holding lstm_layer, module holding sab_layer)
 _MODULES = {
     "reference": ("fastrnn.reference", "fastrnn.reference"),
-    "cpu": ("fastrnn.ops.cpu_lstm", "fastrnn.ops.cpu_sab"),
+    "cpu": ("fastrnn.ops.lstm", "fastrnn.ops.sab"),
     "triton": ("fastrnn.ops.triton_backend", "fastrnn.ops.triton_backend"),
 }
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backends
-from .reference import SABAttention
+from .ops.attention import SABAttention
 from .truncation import Schedule, fixed
 
 __all__ = ["LSTM", "SABLSTM"]
@@ -194,10 +194,10 @@ class SABLSTM(_LSTMBase):
         In "linear" the query term is the same for every slot, so it cancels in the sparsifier: the
         selection does not depend on the current state, and att_wh, att_b get no gradient once the memory
         holds more than k_top slots (as in the original release).
-    slot_state: "final" (the paper: slots hold h_t, which already contains the summaries of earlier
-        slots, so |h_t| grows with the number of hops and the selection favours late, large slots) or
-        "provisional" (slots hold ĥ_t, so |h_t| <= 2 when |h0| <= 1; this is what learns the copying task,
-        see the README).
+    slot_state: "provisional" (default: slots hold ĥ_t, so |h_t| <= 2 when |h0| <= 1; the form that learns
+        the copying task, see the README) or "final" (the paper's model, kept to reproduce it: slots hold
+        h_t, which already contains the summaries of earlier slots, so |h_t| grows with the number of hops
+        and the selection favours late, large slots).
     attn_size: the mlp scorer's width A (default hidden_size).
 
     forward(input, hx=None, *, schedule=None, return_attention=False) -> output, (h_n, c_n)
@@ -208,7 +208,7 @@ class SABLSTM(_LSTMBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
                  k_top: int = 5, k_att: int = 2, k_trunc: Optional[int] = None, attention: str = "mlp",
-                 attn_size: Optional[int] = None, slot_state: str = "final", backend: str = "auto",
+                 attn_size: Optional[int] = None, slot_state: str = "provisional", backend: str = "auto",
                  device=None, dtype=None):
         if bidirectional:
             raise ValueError("bidirectional=True is not supported: the SAB memory is causal")

@@ -1,4 +1,4 @@
-"""The CPU LSTM sequence op (fastrnn::lstm_forward / lstm_backward via fastrnn.ops.cpu_lstm.lstm_layer)
+"""The CPU LSTM sequence op (fastrnn::lstm_forward / lstm_backward via fastrnn.ops.lstm.lstm_layer)
 against the reference and torch.nn.LSTM: outputs and every gradient, under every schedule kind; plus
 opcheck, input validation, NaN-poisoned allocations and determinism."""
 import pytest
@@ -7,7 +7,7 @@ import torch
 from fastrnn import _native
 from fastrnn import reference as R
 from fastrnn import truncation as tr
-from fastrnn.ops import cpu_lstm
+from fastrnn.ops import lstm as cpu_lstm
 
 from helpers import TOL, layer_args, run_with_grads, schedule_args
 

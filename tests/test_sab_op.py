@@ -1,4 +1,4 @@
-"""The CPU SAB layer ops (csrc/cpu/sab_*.cpp, fastrnn/ops/cpu_sab.py) against the reference oracle.
+"""The CPU SAB layer ops (csrc/cpu/sab_*.cpp, fastrnn/ops/sab.py) against the reference oracle.
 
 Outputs, every gradient and the attention record, on many random configurations, in float64 (1e-9
 relative) and float32; every freshly allocated buffer of the ops poisoned with NaN; opcheck on both ops;
@@ -9,7 +9,7 @@ import torch
 
 import fastrnn
 from fastrnn import reference, truncation
-from fastrnn.ops import cpu_sab
+from fastrnn.ops import sab as cpu_sab
 
 from helpers import layer_args, run_with_grads, schedule_args
 

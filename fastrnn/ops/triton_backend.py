@@ -14,7 +14,8 @@ import importlib.util
 
 import torch
 
-from ..reference import SABAttention, slot_steps
+from . import glue
+from .attention import SABAttention, slot_steps
 
 _K = None
 
@@ -145,15 +146,19 @@ class _LSTMLayer(torch.autograd.Function):
         cs = x.new_empty(T, B, H)
         y = x.new_empty(T, B, H)
         _lstm_forward(x, w_hh, xg, h0, c0, gates, cs, y, cfg)
-        ctx.save_for_backward(x, w_ih, w_hh, h0, c0, gates, cs, y)
+        ctx.save_for_backward(x, w_ih, w_hh, h0, c0, gates, cs, y, b_ih, b_hh)
         ctx.schedule = (cut, scale)
         ctx.has_bias = b_ih is not None
         return y, y[T - 1].clone(), cs[T - 1].clone()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
-        x, w_ih, w_hh, h0, c0, gates, cs, y = ctx.saved_tensors
+        x, w_ih, w_hh, h0, c0, gates, cs, y, b_ih, b_hh = ctx.saved_tensors
+        if glue.wants_graph():   # create_graph=True: the kernels' sweep is not differentiable
+            from .. import reference
+            return tuple(glue.differentiable_backward(
+                reference.lstm_layer, (x, w_ih, w_hh, b_ih, b_hh, h0, c0, *ctx.schedule), ctx.needs_input_grad,
+                (dy, dh_n, dc_n)))
         k = _kernels().lstm_step
         T, B, _ = x.shape
         H = h0.shape[1]
@@ -171,7 +176,8 @@ class _LSTMLayer(torch.autograd.Function):
         dh0 = f[0] * (dgates[0] @ w_hh.to(g))
         h_in = torch.cat([h0.unsqueeze(0), y[:-1]])
         dx, dw_ih, dw_hh, db = _weight_grads(ctx, dgates, x, w_ih, h_in)
-        return dx, dw_ih, dw_hh, db, db, dh0.to(x.dtype), dc.to(x.dtype), None, None
+        return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), dh0.to(x.dtype), dc.to(x.dtype),
+                None, None)
 
 
 def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale):
@@ -233,7 +239,7 @@ class _SABLayer(torch.autograd.Function):
                 **cfg.common())
             h, c = y[t], cs[t]
         ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, gates, cs, hhat, y, mem, key,
-                              q, idx, w, thr, z)
+                              q, idx, w, thr, z, b_ih, b_hh)
         ctx.schedule = (cut, scale)
         ctx.has_bias = b_ih is not None
         ctx.sab = (k_top, k_att, scorer, provisional, k_pad)
@@ -242,11 +248,18 @@ class _SABLayer(torch.autograd.Function):
         return y, y[T - 1].clone(), cs[T - 1].clone(), idx, weights
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dh_n, dc_n, _didx, _dw):
         (x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, gates, cs, hhat, y, mem, key,
-         q, idx, w, thr, z) = ctx.saved_tensors
+         q, idx, w, thr, z, b_ih, b_hh) = ctx.saved_tensors
         k_top, k_att, scorer, provisional, k_pad = ctx.sab
+        if glue.wants_graph():   # create_graph=True: the kernels' sweep is not differentiable
+            from .. import reference
+            grads = glue.differentiable_backward(
+                reference.sab_layer,
+                (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, *ctx.schedule),
+                ctx.needs_input_grad, (dy, dh_n, dc_n),
+                k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional)
+            return (*grads, None, None, None, None)
         K = _kernels()
         T, B, _ = x.shape
         H = h0.shape[1]
@@ -285,7 +298,7 @@ class _SABLayer(torch.autograd.Function):
         else:
             d_wh, d_wm, d_s = d_wh.reshape(H), d_wm.reshape(H), dq.sum().reshape(1)
         d_wh, d_wm, d_s, dh0, dc = (v.to(x.dtype) for v in (d_wh, d_wm, d_s, dh0, dc))
-        return (dx, dw_ih, dw_hh, db, db, d_wh, d_wm, d_s, dh0, dc,
+        return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), d_wh, d_wm, d_s, dh0, dc,
                 None, None, None, None, None, None)
 
 

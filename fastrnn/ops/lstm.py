@@ -1,12 +1,15 @@
-"""The CPU backend's `lstm_layer` (docs/CONTRACT.md) on the native ops `fastrnn::lstm_forward` and
-`fastrnn::lstm_backward` (csrc/cpu/lstm_*.cpp): the whole layer, forward and backward, runs in C++.
+"""The op `fastrnn::lstm_forward` / `lstm_backward` (schemas in csrc/ops.cpp): one LSTM layer over a
+sequence, forward and backward each one call into the device's kernels (csrc/cpu/lstm_*.cpp).
 
-This module registers the ops' autograd formula and fake (meta) kernels, so they work under autograd,
-`torch.library.opcheck` and `torch.compile`.
+`lstm_layer` follows docs/CONTRACT.md. This module registers the op's autograd formula and fake (meta)
+kernels, which hold for every device's implementation, so the op works under autograd,
+`torch.library.opcheck` and `torch.compile`. A backward asked for with a graph (create_graph=True)
+recomputes through the reference (ops/glue.py).
 """
 import torch
 
 from .. import _native
+from . import glue
 
 __all__ = ["available", "lstm_layer"]
 
@@ -37,10 +40,11 @@ def _fake_backward(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, cut, sca
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_ih, w_hh, b_ih, _, h0, c0, cut, scale = inputs
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale = inputs
     y, _, _, gates, cs = output
     ctx.has_bias = b_ih is not None
-    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale)
+    # the biases are not needed by the kernels' backward, only by the differentiable one (glue.py)
+    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale, b_ih, b_hh)
     ctx.mark_non_differentiable(gates, cs)
     # Unused outputs arrive as None instead of zero tensors: materialising zeros for gates [T,B,4H] and
     # cs [T,B,H] on every backward was ~6% of a fwd+bwd step.
@@ -48,16 +52,16 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
-    x, _, w_hh, h0 = ctx.saved_tensors[:4]
-    T, B, H = x.shape[0], x.shape[1], w_hh.shape[1]
-    # Autograd may hand over expanded or strided gradients (e.g. from .sum()); the op indexes raw memory.
-    dy = x.new_zeros(T, B, H) if dy is None else dy.contiguous()
-    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
-    dc_n = torch.zeros_like(h0) if dc_n is None else dc_n.contiguous()
-    dx, dw_ih, dw_hh, db, dh0, dc0 = torch.ops.fastrnn.lstm_backward(dy, dh_n, dc_n, *ctx.saved_tensors)
-    # b_ih and b_hh get equal gradients, but not one shared tensor: each .grad must own its storage.
-    db_ih, db_hh = (db, db.clone()) if ctx.has_bias else (None, None)
-    return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, None, None
+    x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale, b_ih, b_hh = ctx.saved_tensors
+    if glue.wants_graph():
+        from .. import reference
+        return tuple(glue.differentiable_backward(
+            reference.lstm_layer, (x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale), ctx.needs_input_grad,
+            (dy, dh_n, dc_n)))
+    dx, dw_ih, dw_hh, db, dh0, dc0 = torch.ops.fastrnn.lstm_backward(
+        glue.grad_or_zeros(dy, y), glue.grad_or_zeros(dh_n, h0), glue.grad_or_zeros(dc_n, c0),
+        x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale)
+    return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), dh0, dc0, None, None)
 
 
 def _register() -> None:
