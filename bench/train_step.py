@@ -1,9 +1,10 @@
 """Time of one training iteration of the experiment runner, split by phase, on one thread.
 
 The main job's question is how many iterations a method gets in its share of the machine; this times
-the runner's own step (data, forward, loss, backward, clip, Adam) for the main job's configurations
-(copy T=100, batch 64, hidden 128), each method in turn for several rounds, and prints the best round's
-milliseconds per phase (best: the machine's load drifts).
+the runner's own iteration (`Run.step`, i.e. `fastrnn.training.train_step`: data, forward, loss,
+backward, clip, optimiser update) through its phase hook, for the main job's configurations (copy T=100,
+batch 64, hidden 128), each method in turn for several rounds, and prints the best round's milliseconds
+per phase (best: the machine's load drifts).
 
     .venv/bin/python bench/train_step.py [--iters 50] [--rounds 3] [--methods sab tbptt bptt sab-mlp32]
 """
@@ -12,9 +13,9 @@ import tempfile
 import time
 
 import torch
-from torch import nn
 
 from fastrnn.experiments import train
+from fastrnn.training import PHASES
 
 SAB = dict(method="sab", slot_state="provisional", k_top=5, k_att=2, k_trunc=20)
 CONFIGS = {
@@ -23,32 +24,22 @@ CONFIGS = {
     "tbptt": dict(method="tbptt", k_trunc=20),
     "bptt": dict(method="bptt"),
 }
-PHASES = ("data", "forward", "loss", "backward", "clip", "step")
 
 
 def time_iterations(run: train.Run, iters: int) -> dict:
     """Milliseconds per iteration of each phase, over ``iters`` iterations of ``run``."""
-    c, task, model, opt = run.cfg, run.task, run.model, run.opt
     total = dict.fromkeys(PHASES, 0.0)
+    last = 0.0
+
+    def phase_end(phase):
+        nonlocal last
+        now = time.perf_counter()
+        total[phase] += now - last
+        last = now
+
     for _ in range(iters):
-        marks = [time.perf_counter()]
-        x, y = task.batch(c.batch_size, run.gen)
-        schedule = train.schedule_for(c, task.length, run.gen)
-        marks.append(time.perf_counter())
-        logits, _ = model(x, schedule)
-        marks.append(time.perf_counter())
-        loss, _ = task.loss(logits, y)
-        marks.append(time.perf_counter())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        marks.append(time.perf_counter())
-        nn.utils.clip_grad_norm_(model.parameters(), c.clip)
-        marks.append(time.perf_counter())
-        opt.step()
-        loss.item()
-        marks.append(time.perf_counter())
-        for phase, a, b in zip(PHASES, marks, marks[1:]):
-            total[phase] += b - a
+        last = time.perf_counter()
+        run.step(on_phase_end=phase_end)
     return {phase: 1e3 * s / iters for phase, s in total.items()}
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastrnn import truncation
+from fastrnn import training, truncation
 from fastrnn.experiments import main_job, records, train
 from fastrnn.experiments.__main__ import main as cli
 from fastrnn.reference import SABAttention
@@ -145,14 +145,13 @@ def test_main_job_end_to_end(tmp_path):
 
 
 def other_tasks():
-    from fastrnn.experiments import adapters
     from fastrnn.tasks import CharPTB, PixelMNIST
 
     rng = np.random.default_rng(0)
     images, labels = rng.random((16, 784), dtype=np.float32), rng.integers(0, 10, 16)
     texts = {"train": " the cat sat on the mat \n" * 4, "valid": " the mat \n", "test": " a cat \n"}
-    return {"adding": adapters.AddingTask(6), "pmnist": adapters.MNISTTask(True, PixelMNIST(images, labels, permute=True)),
-            "ptb": adapters.PTBTask(7, CharPTB(texts))}
+    return {"adding": training.AddingTask(6), "pmnist": training.MNISTTask(True, PixelMNIST(images, labels, permute=True)),
+            "ptb": training.PTBTask(7, CharPTB(texts))}
 
 
 @pytest.mark.parametrize("name", ["adding", "pmnist", "ptb"])
@@ -212,11 +211,11 @@ def test_suite_runs_side_by_side_and_writes_its_table(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("method", ["sab", "bptt"])
 def test_forget_bias_sets_only_the_forget_gate(method):
-    task = train.adapters.make_task("copy", 5)
+    task = training.make_task("copy", 5)
     torch.manual_seed(0)
-    default = train.SeqModel(tiny_config(method=method), task)
+    default = train.build_model(tiny_config(method=method), task)
     torch.manual_seed(0)
-    model = train.SeqModel(tiny_config(method=method, forget_bias=1.0), task)
+    model = train.build_model(tiny_config(method=method, forget_bias=1.0), task)
     H = 8
     total = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
     assert torch.equal(total[H:2 * H], torch.ones(H))
@@ -227,10 +226,10 @@ def test_forget_bias_sets_only_the_forget_gate(method):
 
 
 def test_attn_size_sets_the_mlp_scorer_size_and_is_refused_for_linear():
-    task = train.adapters.make_task("copy", 5)
-    model = train.SeqModel(tiny_config(attention="mlp", attn_size=3), task)
+    task = training.make_task("copy", 5)
+    model = train.build_model(tiny_config(attention="mlp", attn_size=3), task)
     assert model.rnn.att_wh_l0.shape == (3, 8) and model.rnn.att_wm_l0.shape == (3, 8)
-    assert train.SeqModel(tiny_config(attention="mlp"), task).rnn.att_wh_l0.shape == (8, 8)  # 0: A = hidden
+    assert train.build_model(tiny_config(attention="mlp"), task).rnn.att_wh_l0.shape == (8, 8)  # 0: A = hidden
     with pytest.raises(ValueError, match="attn_size"):
         tiny_config(attention="linear", attn_size=3)
     with pytest.raises(ValueError, match="attn_size"):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastrnn.experiments import adapters, main_job, plots, records, suites
+from fastrnn import training
+from fastrnn.experiments import main_job, plots, records, suites
 from fastrnn.experiments.train import METHODS, Config, run
 
 
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of one run (`python -m fastrnn.experiments TASK ...`) and of `report`."""
     parser = argparse.ArgumentParser(prog="python -m fastrnn.experiments",
                                      description="Train one run (or `main` for README command 1).")
-    parser.add_argument("task", choices=[*adapters.TASKS, "report"])
+    parser.add_argument("task", choices=[*training.TASKS, "report"])
     parser.add_argument("--method", choices=METHODS, default="sab")
     parser.add_argument("--out", default="results", help="results directory (runs/, results.md, PNGs)")
     parser.add_argument("--name", default=None, help="run directory name (default from the config)")

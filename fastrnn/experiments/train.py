@@ -1,6 +1,9 @@
-"""The training loop of the experiments: one run = one task, one method, one wall-clock budget.
+"""The runs of the experiments: one run = one task, one method, one wall-clock budget.
 
-Model: (embedding for token tasks) -> `fastrnn.SABLSTM` or `fastrnn.LSTM` -> linear head. Methods:
+A `Config` names the task, the method and its hyperparameters; `build_model` turns it into a
+`fastrnn.training.SequenceModel` (embedding for token tasks -> `fastrnn.SABLSTM` or `fastrnn.LSTM` ->
+linear head) and `schedule_for` into each iteration's truncation schedule. `Run` repeats
+`fastrnn.training.train_step` around the progress bar, history, checkpoints and record. Methods:
 
     sab     SABLSTM(k_top, k_att, k_trunc, slot_state, attention); truncation = its k_trunc
     tbptt   LSTM with fastrnn.truncation.fixed(L, k_trunc)
@@ -16,6 +19,7 @@ A checkpoint (model, optimiser, generator state, history, elapsed time) is writt
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -25,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 import fastrnn
-from fastrnn import truncation
-from fastrnn.experiments import adapters, records
+from fastrnn import training, truncation
+from fastrnn.experiments import records
 
 METHODS = ("sab", "tbptt", "bptt", "artbp")
 
@@ -69,8 +72,8 @@ class Config:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
-        if self.task not in adapters.TASKS:
-            raise ValueError(f"task: expected one of {adapters.TASKS}, got {self.task!r}")
+        if self.task not in training.TASKS:
+            raise ValueError(f"task: expected one of {training.TASKS}, got {self.task!r}")
         if self.attn_size < 0 or (self.attn_size and self.attention != "mlp"):
             raise ValueError(f"attn_size: expected 0, or a positive size with attention='mlp'; got {self.attn_size}")
         if self.budget <= 0 and self.max_iters <= 0:
@@ -82,36 +85,16 @@ class Config:
         return f"{self.task}{T}-{self.method}-s{self.seed}"
 
 
-class SeqModel(nn.Module):
-    """Input (embedding for tokens, raw features otherwise) -> recurrent core -> per-step linear head."""
-
-    def __init__(self, cfg: Config, task):
-        super().__init__()
-        self.embedding = nn.Embedding(task.input_size, cfg.embed) if task.tokens else None
-        rnn_in = cfg.embed if task.tokens else task.input_size
-        if cfg.method == "sab":
-            self.rnn = fastrnn.SABLSTM(rnn_in, cfg.hidden, k_top=cfg.k_top, k_att=cfg.k_att,
-                                       k_trunc=cfg.k_trunc or None, attention=cfg.attention,
-                                       attn_size=cfg.attn_size or None, slot_state=cfg.slot_state,
-                                       backend=cfg.backend)
-        else:
-            self.rnn = fastrnn.LSTM(rnn_in, cfg.hidden, backend=cfg.backend)
-        self.head = nn.Linear(cfg.hidden, task.n_out)
-        if not math.isnan(cfg.forget_bias):
-            H = cfg.hidden
-            with torch.no_grad():  # the forget gate is the second quarter of the gates (i, f, g, o)
-                self.rnn.bias_ih_l0[H:2 * H].fill_(cfg.forget_bias)
-                self.rnn.bias_hh_l0[H:2 * H].zero_()
-
-    def forward(self, x, schedule=None, return_attention=False):
-        if self.embedding is not None:
-            x = self.embedding(x)
-        kwargs = {"schedule": schedule}
-        if return_attention:
-            out, _, attention = self.rnn(x, **kwargs, return_attention=True)
-            return self.head(out), attention[0]
-        out, _ = self.rnn(x, **kwargs)
-        return self.head(out), None
+def build_model(cfg: Config, task) -> training.SequenceModel:
+    """The model of a run: SABLSTM for sab, LSTM for the other methods, sized for ``task``."""
+    sab = {}
+    if cfg.method == "sab":
+        sab = dict(k_top=cfg.k_top, k_att=cfg.k_att, k_trunc=cfg.k_trunc or None, attention=cfg.attention,
+                   attn_size=cfg.attn_size or None, slot_state=cfg.slot_state)
+    return training.SequenceModel(task.input_size, cfg.hidden, task.n_out, core="sab" if sab else "lstm",
+                                  embedding_size=cfg.embed if task.tokens else None,
+                                  forget_bias=None if math.isnan(cfg.forget_bias) else cfg.forget_bias,
+                                  backend=cfg.backend, **sab)
 
 
 def schedule_for(cfg: Config, length: int, generator: torch.Generator):
@@ -145,9 +128,9 @@ class Run:
 
     def __init__(self, cfg: Config, run_dir: Path, *, task=None):
         self.cfg, self.dir = cfg, Path(run_dir)
-        self.task = task if task is not None else adapters.make_task(cfg.task, cfg.T, cfg.encoding)
+        self.task = task if task is not None else training.make_task(cfg.task, cfg.T, cfg.encoding)
         torch.manual_seed(cfg.seed)
-        self.model = SeqModel(cfg, self.task)
+        self.model = build_model(cfg, self.task)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.iteration, self.elapsed, self.history, self.snapshots = 0, 0.0, [], {}
@@ -197,6 +180,13 @@ class Run:
             _, attention = self.model(x, return_attention=True)
         self.snapshots[f"iter_{self.iteration}"] = attention_matrix(attention, self.task.length).astype(np.float32)
 
+    def step(self, on_phase_end=None) -> training.StepResult:
+        """One training iteration of this run (``on_phase_end``: see `fastrnn.training.train_step`)."""
+        c = self.cfg
+        return training.train_step(self.model, self.task, self.opt, self.gen, batch_size=c.batch_size,
+                                   truncation=functools.partial(schedule_for, c), clip=c.clip,
+                                   on_phase_end=on_phase_end)
+
     def _done(self) -> bool:
         c = self.cfg
         return (c.budget > 0 and self.elapsed >= c.budget) or (c.max_iters > 0 and self.iteration >= c.max_iters)
@@ -215,17 +205,10 @@ class Run:
         self._bar_update(bar)
         while not self._done():
             start, cpu_start = time.perf_counter(), time.process_time()
-            x, y = self.task.batch(c.batch_size, self.gen)
-            logits, _ = self.model(x, schedule_for(c, self.task.length, self.gen))
-            loss, metrics = self.task.loss(logits, y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
-            self.opt.step()
+            loss_value, metrics = self.step()
             self.elapsed += time.perf_counter() - start
             self.cpu_seconds += time.process_time() - cpu_start
             self.iteration += 1
-            loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"{c.name}: loss is {loss_value} at iteration {self.iteration}")
             self.window["loss"] += loss_value
@@ -259,7 +242,7 @@ class Run:
         bar.update(target - bar.n)
 
     def record(self, resumed: bool) -> dict:
-        final = adapters.evaluate(self.model, self.task, self.eval_set)
+        final = training.evaluate(self.model, self.task, self.eval_set)
         tokens = self.cfg.batch_size * self.task.length * self.iteration
         return {
             "name": self.dir.name, "config": dataclasses.asdict(self.cfg),

@@ -1,13 +1,20 @@
-"""What the training loop needs to know about each task: batches, sizes, loss and metrics.
+"""Tasks as training sees them: where batches come from, the loss on the model's logits, the metrics.
 
-Every task exposes the same small interface so `train.py` stays task-agnostic:
-``input_size``, ``n_out``, ``tokens`` (embedding input), ``length`` (steps per sequence),
-``batch(batch_size, generator) -> (x, y)`` (training), ``eval_batch`` (held out: fresh sequences, or
-the validation split of a data set) and ``loss(logits, y) -> (loss, {"acc": ..., ...})``.
+`fastrnn.tasks` makes the data (sequence generators and data sets); a `Task` here binds that data to a
+model with ``output_size = n_out`` outputs per step and says which steps the loss reads:
+
+    CopyTask      copy memory: cross-entropy over all steps; accuracy on the last 10 (SPEC section 5)
+    AddingTask    adding problem: mean squared error of the last step; accuracy = within 0.04 of the sum
+    MNISTTask     pixel / permuted MNIST: cross-entropy and accuracy of the last step
+    PTBTask       char-level Penn Treebank: next-character cross-entropy over all steps, accuracy and
+                  bits per character
+
+``make_task(name, T)`` builds one by its command-line name (`TASKS`). Inputs and targets are time-major,
+like ``nn.LSTM``: x [T, B, input_size] (token ids [T, B] when ``tokens``).
 """
 from __future__ import annotations
 
-import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +22,24 @@ import torch.nn.functional as F
 from fastrnn.tasks import adding, copying, mnist, ptb
 
 TASKS = ("copy", "adding", "mnist", "pmnist", "ptb")
+
+
+class Task(Protocol):
+    """What a training loop needs from a task; every task here has these."""
+
+    tokens: bool      # inputs are token ids (the model embeds them) rather than features
+    input_size: int   # features per step, or the vocabulary size when ``tokens``
+    n_out: int        # model outputs per step
+    length: int       # steps per sequence
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch (x, y), drawn with ``generator``."""
+
+    def eval_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A held-out batch: fresh sequences, or the validation split of a data set."""
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The training loss (a scalar tensor) and metrics as floats; always ``"acc"``."""
 
 
 class CopyTask:
@@ -104,10 +129,11 @@ class PTBTask:
     def loss(self, logits, y):
         loss = F.cross_entropy(logits.reshape(-1, self.n_out), y.reshape(-1))
         acc = (logits.argmax(-1) == y).float().mean().item()
-        return loss, {"acc": acc, "bpc": loss.item() / math.log(2)}
+        return loss, {"acc": acc, "bpc": ptb.bits_per_character(loss.item())}
 
 
-def make_task(name: str, T: int, encoding: str = "scalar"):
+def make_task(name: str, T: int, encoding: str = "scalar") -> Task:
+    """The task called ``name`` (one of `TASKS`); ``T``: copy delay, adding length, PTB window length."""
     if name == "copy":
         return CopyTask(T, encoding)
     if name == "adding":
@@ -117,16 +143,3 @@ def make_task(name: str, T: int, encoding: str = "scalar"):
     if name == "ptb":
         return PTBTask(T)
     raise ValueError(f"task: unknown {name!r}; choose from {TASKS}")
-
-
-def evaluate(model, task, batches):
-    """Mean loss and metrics over held-out ``batches`` (a list of (x, y))."""
-    totals, n = {}, 0
-    with torch.no_grad():
-        for x, y in batches:
-            logits, _ = model(x)
-            loss, metrics = task.loss(logits, y)
-            for k, v in {"loss": loss.item(), **metrics}.items():
-                totals[k] = totals.get(k, 0.0) + v
-            n += 1
-    return {k: v / n for k, v in totals.items()}

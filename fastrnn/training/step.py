@@ -1,0 +1,78 @@
+"""One training iteration, and the held-out evaluation that uses the same forward pass and loss.
+
+`train_step` is the iteration every trainer and benchmark here runs, in phases (`PHASES`):
+
+    data      draw the batch from the task, then the truncation schedule (same generator, that order)
+    forward   the model over the whole sequence under the schedule
+    loss      the task's loss and metrics on the logits
+    backward  zero the gradients, backpropagate (truncated and scaled as the schedule says)
+    clip      rescale the gradients to a total norm of at most ``clip``
+    update    the optimiser's step; then the loss as a float
+
+``on_phase_end(name)``, when given, is called as each phase ends, so a caller can time the phases
+(bench/train_step.py) without a second copy of the iteration.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from fastrnn.truncation import Schedule
+
+PHASES = ("data", "forward", "loss", "backward", "clip", "update")
+
+# A truncation choice: (sequence length, generator) -> the iteration's schedule, or None for the
+# model's own (SABLSTM's k_trunc, or full BPTT).
+Truncation = Callable[[int, torch.Generator], Optional[Schedule]]
+
+
+class StepResult(NamedTuple):
+    loss: float    # the training loss of the batch, before the update
+    metrics: dict  # the task's metrics of the batch ("acc", ...)
+
+
+def train_step(model: nn.Module, task, optimizer: torch.optim.Optimizer, generator: torch.Generator, *,
+               batch_size: int, truncation: Optional[Truncation] = None, clip: Optional[float] = None,
+               on_phase_end: Optional[Callable[[str], None]] = None) -> StepResult:
+    """One iteration on a fresh batch of ``task`` (a `fastrnn.training.tasks.Task`); returns its loss.
+
+    ``model(x, schedule) -> (logits, _)``; ``truncation`` draws the schedule after the batch from the
+    same ``generator`` (None: no schedule). ``clip``: the maximal gradient norm (None: no clipping).
+    """
+    phase_end = on_phase_end if on_phase_end is not None else _nothing
+    x, y = task.batch(batch_size, generator)
+    schedule = truncation(task.length, generator) if truncation is not None else None
+    phase_end("data")
+    logits, _ = model(x, schedule)
+    phase_end("forward")
+    loss, metrics = task.loss(logits, y)
+    phase_end("loss")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    phase_end("backward")
+    if clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    phase_end("clip")
+    optimizer.step()
+    loss_value = loss.item()
+    phase_end("update")
+    return StepResult(loss_value, metrics)
+
+
+def evaluate(model: nn.Module, task, batches) -> dict:
+    """Mean loss and metrics of ``task`` over ``batches`` (a list of (x, y)), without gradients."""
+    totals, n = {}, 0
+    with torch.no_grad():
+        for x, y in batches:
+            logits, _ = model(x)
+            loss, metrics = task.loss(logits, y)
+            for k, v in {"loss": loss.item(), **metrics}.items():
+                totals[k] = totals.get(k, 0.0) + v
+            n += 1
+    return {k: v / n for k, v in totals.items()}
+
+
+def _nothing(phase: str) -> None:
+    pass
