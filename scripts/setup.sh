@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 PY="$PWD/.venv/bin/python"   # absolute: the native build runs tools from other directories
 
 # torch is pinned to the CPU build ("+cpu"): a bare "torch" would pull a CUDA build of several GB.
-deps=("torch==2.13.0+cpu" numpy triton tqdm matplotlib pytest pytest-benchmark ninja "setuptools>=64")
-if ! "$PY" -c "import torch, triton, numpy, tqdm, matplotlib, pytest, pytest_benchmark, ninja" 2>/dev/null; then
+deps=("torch==2.13.0+cpu" numpy triton tqdm matplotlib pytest pytest-benchmark hypothesis ninja "setuptools>=64")
+if ! "$PY" -c "import torch, triton, numpy, tqdm, matplotlib, pytest, pytest_benchmark, hypothesis, ninja" 2>/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check "${deps[@]}"
 fi
 if ! "$PY" -c "import fastrnn.kernels" 2>/dev/null; then

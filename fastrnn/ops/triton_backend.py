@@ -99,7 +99,7 @@ def _input_projection(x, w_ih, b_ih, b_hh):
     xg = x.reshape(T * B, I) @ w_ih.t()
     if b_ih is not None:
         xg = xg + (b_ih + b_hh)
-    return xg.reshape(T, B, -1).contiguous()
+    return xg.reshape(T, B, w_ih.shape[0]).contiguous()   # not -1: ambiguous when B = 0
 
 
 def _schedule(cut, scale, dtype):
@@ -126,11 +126,11 @@ def _weight_grads(ctx, dgates, x, w_ih, h_in):
     dgates' dtype and returned in x's."""
     T, B, I = x.shape
     g, dt = dgates.dtype, x.dtype
-    dG = dgates.reshape(T * B, -1)
+    dG = dgates.flatten(0, 1)   # flatten: reshape(T * B, -1) fails at B = 0
     need = ctx.needs_input_grad
     dx = (dG @ w_ih.to(g)).reshape(T, B, I).to(dt) if need[0] else None
     dw_ih = (dG.t() @ x.reshape(T * B, I).to(g)).to(dt) if need[1] else None
-    dw_hh = (dG.t() @ h_in.reshape(T * B, -1).to(g)).to(dt) if need[2] else None
+    dw_hh = (dG.t() @ h_in.flatten(0, 1).to(g)).to(dt) if need[2] else None
     db = dG.sum(0).to(dt) if ctx.has_bias else None
     return dx, dw_ih, dw_hh, db
 
@@ -292,7 +292,7 @@ class _SABLayer(torch.autograd.Function):
         h_in = torch.cat([h0.unsqueeze(0), y[:-1]])
         dx, dw_ih, dw_hh, db = _weight_grads(ctx, dgates, x, w_ih, h_in)
         d_wh = dq.reshape(T * B, A).t() @ hhat.reshape(T * B, H).to(g)
-        d_wm = dkey.reshape(-1, A).t() @ mem.reshape(-1, H).to(g)
+        d_wm = dkey.flatten(0, 1).t() @ mem.flatten(0, 1).to(g)   # flatten: reshape(-1, A) fails at B = 0
         if scorer == "mlp":
             d_s = dv.sum(0)
         else:
