@@ -8,6 +8,9 @@ pass never depends on a schedule, and SAB memory slots are never cut.
     full(T)                       full BPTT: no cuts, scale 1
     fixed(T, k)                   truncated BPTT: segments [0, k), [k, 2k), ... (this is `k_trunc`)
     artbp(T, L0, alpha=4.0)       ARTBP (Tallec & Ollivier, eq. 11 and 14): random cuts, unbiased scales
+
+`artbp_cut_probability(delta, L0, alpha)` is eq. (14)'s c_t on its own, shared by `artbp` and the online
+loop of `fastrnn.training.artbp` (which draws the cuts one subsequence at a time).
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -15,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Schedule", "full", "fixed", "artbp"]
+__all__ = ["Schedule", "full", "fixed", "artbp", "artbp_cut_probability", "check_artbp"]
 
 
 @dataclass(frozen=True)
@@ -74,26 +77,43 @@ def fixed(T: int, k: Optional[int], offset: int = 0) -> Schedule:
     return Schedule((t > 0) & ((t - offset) % k == 0), torch.ones(T, dtype=torch.float64))
 
 
-def artbp(T: int, L0: float, alpha: float = 4.0, generator: Optional[torch.Generator] = None) -> Schedule:
-    """Anticipated Reweighted Truncated BPTT (seed 002, eq. 11 and 14).
-
-    With δ the steps since the last cut (the sequence start counts as a cut), step t is cut from step t-1
-    with probability c_t = (alpha - 1) / ((alpha - 2) * L0 + δ); where it is not cut, the gradient into
-    step t-1 is scaled by 1 / (1 - c_t). Over draws, the expected gradient is the full-BPTT gradient.
-    The mean segment length is about L0; alpha > 3 keeps its variance finite (the paper uses 4 or 6).
-    Requires c_t < 1 for every δ >= 1, i.e. (alpha - 2) * L0 + 1 > alpha - 1.
-    """
-    T = _check_length(T)
+def check_artbp(L0: float, alpha: float) -> None:
+    """Raises ValueError unless ARTBP's (L0, alpha) give a cut probability c_t < 1 for every δ >= 1."""
     if not alpha > 2:
         raise ValueError(f"alpha must be > 2, got {alpha!r}")
     if not L0 > 0 or (alpha - 2) * L0 + 1 <= alpha - 1:
         raise ValueError(f"L0 must make every cut probability < 1, i.e. L0 > 1 for alpha > 2; got L0={L0!r}")
+
+
+def artbp_cut_probability(delta: int, L0: float, alpha: float) -> float:
+    """ARTBP's truncation probability, seed 002 eq. (14): c_t = (alpha - 1) / ((alpha - 2) * L0 + δt).
+
+    δt = ``delta`` >= 1 is the number of steps since the last truncation: in `artbp`'s indexing, with the
+    current subsequence starting at step ``last``, c_t is the probability that step t = last + δt is cut
+    from step t - 1 (δt = 1: the subsequence ends after one step). Where the truncation is not taken,
+    eq. (11) scales the gradient backpropagated from step t into step t - 1 by 1 / (1 - c_t). The caller
+    checks (L0, alpha) once with `check_artbp`.
+    """
+    return (alpha - 1) / ((alpha - 2) * L0 + delta)
+
+
+def artbp(T: int, L0: float, alpha: float = 4.0, generator: Optional[torch.Generator] = None) -> Schedule:
+    """Anticipated Reweighted Truncated BPTT (seed 002, eq. 11 and 14).
+
+    With δ the steps since the last cut (the sequence start counts as a cut), step t is cut from step t-1
+    with probability c_t = (alpha - 1) / ((alpha - 2) * L0 + δ) (`artbp_cut_probability`); where it is
+    not cut, the gradient into step t-1 is scaled by 1 / (1 - c_t). Over draws, the expected gradient is
+    the full-BPTT gradient. The mean segment length is about L0; alpha > 3 keeps its variance finite (the
+    paper uses 4 or 6). Requires c_t < 1 for every δ >= 1, i.e. (alpha - 2) * L0 + 1 > alpha - 1.
+    """
+    T = _check_length(T)
+    check_artbp(L0, alpha)
     u = torch.rand(T, generator=generator, dtype=torch.float64)
     cut = torch.zeros(T, dtype=torch.bool)
     scale = torch.ones(T, dtype=torch.float64)
     last = 0
     for t in range(1, T):
-        c_t = (alpha - 1) / ((alpha - 2) * L0 + (t - last))
+        c_t = artbp_cut_probability(t - last, L0, alpha)
         if u[t] < c_t:
             cut[t] = True
             last = t

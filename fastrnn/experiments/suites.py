@@ -2,6 +2,7 @@
 
     python -m fastrnn.experiments suite NAME [--budget S] [--workers N] [--seed 0] [--out results]
     python -m fastrnn.experiments suite list
+    python -m fastrnn.experiments suite influence|cycleworld ...   the online-method suites (methods.py)
 
 Each run is its own process with one thread, trained for the same wall-clock budget. By default a suite
 of up to 3 runs runs them all at once (on 2 cores they share the machine equally and no core idles, as
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastrnn.experiments import plots, records
+from fastrnn.experiments import methods, plots, records
 from fastrnn.tasks import copying
 
 # The SAB configuration of the main job: provisional slots, linear scorer (SPEC section 1).
@@ -219,6 +220,9 @@ def write_results(name: str, suite: Suite, run_names: list, out: Path, wall_seco
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in methods.SUITES:  # online training methods (ARTBP, FPP): their own runner
+        return methods.main(argv)
     parser = argparse.ArgumentParser(prog="python -m fastrnn.experiments suite", description=__doc__.split("\n")[0])
     parser.add_argument("name", choices=[*SUITES, "list"])
     parser.add_argument("--budget", type=float, default=None, help="training seconds per run (default: the suite's)")
@@ -231,6 +235,8 @@ def main(argv=None) -> int:
     if args.name == "list":
         for name, suite in SUITES.items():
             print(f"{name:15s} {len(suite.runs)} runs x {suite.budget:.0f} s  {suite.title}")
+        for name, title in methods.SUITES.items():
+            print(f"{name:15s} {title} (methods.py)")
         return 0
     suite, out = SUITES[args.name], Path(args.out)
     workers = args.workers if args.workers is not None else (len(suite.runs) if len(suite.runs) <= 3 else 2)
