@@ -4,12 +4,16 @@
     fastrnn.LSTM         torch.nn.LSTM's math with truncation schedules and fast backends
     fastrnn.truncation   Schedule, full, fixed, artbp
     fastrnn.reference    the specification in plain autograd (the oracle)
+    fastrnn.profiling    named ranges for Nsight Systems (NVTX) and torch.profiler
 """
-from . import reference, truncation
+from . import _native, profiling, reference, truncation
 from .backends import available_backends
 from .modules import LSTM, SABLSTM
 from .ops.attention import SABAttention
 from .truncation import Schedule
 
-__all__ = ["LSTM", "SABLSTM", "SABAttention", "Schedule", "available_backends", "reference", "truncation"]
+__all__ = ["LSTM", "SABLSTM", "SABAttention", "Schedule", "available_backends", "profiling", "reference",
+           "truncation"]
 __version__ = "0.1.0"
+
+_native.warn_if_missing()  # once, naming the fix: without it backend="auto" runs CPU tensors on the reference

@@ -295,3 +295,60 @@ def test_copy_baseline_only_for_copy_runs_of_one_T():
         "acc": 1 / 8, "loss": pytest.approx(10 * np.log(8) / 120)}
     assert copy_baseline([rec("copy", 100), rec("copy", 200)]) is None
     assert copy_baseline([rec("copy", 100), rec("adding", 100)]) is None
+
+
+# ---- progress where output is not a terminal (logs, CI) and where it is --------------------------------
+
+PROGRESS_RUN = [sys.executable, "-m", "fastrnn.experiments", "copy", "--method", "sab", "--T", "5", "--hidden", "8",
+                "--batch-size", "4", "--eval-batches", "1", "--log-every", "2", "--backend", "reference",
+                "--budget", "0", "--max-iters", "6", "--attn-at", "--no-report", "--progress-interval", "0"]
+
+
+def test_progress_without_a_terminal_is_plain_lines(tmp_path, capfd):
+    """`nohup ... > log` or CI (here: pytest's captured file descriptors): no carriage returns or escape
+    codes, one plain line per interval."""
+    assert cli([*PROGRESS_RUN[3:], "--out", str(tmp_path)]) == 0
+    out, err = capfd.readouterr()
+    text = out + err
+    assert "\r" not in text and "\x1b" not in text, repr(text[-2000:])
+    lines = [l for l in out.splitlines() if l.startswith("copy-T5-sab-s0: ") and " it (" in l]
+    assert lines[0].endswith("[started]") and lines[-1].endswith("[done]"), lines
+    assert len(lines) >= 3 and "loss " in lines[-1] and "tok_s " in lines[-1], lines  # --progress-interval 0
+
+
+def test_progress_plain_lines_wait_for_the_interval(capsys):
+    from fastrnn.experiments.progress import Progress
+
+    bar = Progress("run", 10, "it", interval=3600)
+    for i in range(1, 11):
+        bar.set_postfix(loss="0.5")
+        bar.update_to(i)
+    bar.close()
+    assert capsys.readouterr().out.splitlines() == ["run: 0/10 it (0%) [started]",
+                                                    "run: 10/10 it (100%), loss 0.5 [done]"]
+
+
+def test_progress_in_a_terminal_is_a_bar(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # tqdm sizes its bar to this
+    proc = subprocess.Popen([*PROGRESS_RUN, "--out", str(tmp_path)], stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=300) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert "\r" in text and "%|" in text and "[started]" not in text, text[-2000:]

@@ -4,6 +4,7 @@
     python -m fastrnn.experiments main                                      README command 1
     python -m fastrnn.experiments suite NAME                                a reproduction suite (suites.py)
     python -m fastrnn.experiments report                                    table + plots of all runs
+    torchrun --nproc_per_node 2 -m fastrnn.experiments copy ... --ddp       one run on 2 processes (ddp.py)
 """
 from fastrnn.experiments.train import METHODS, Config, Run, run
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from fastrnn import training
-from fastrnn.experiments import main_job, plots, records, suites
+from fastrnn.experiments import ddp, main_job, plots, records, suites
+from fastrnn.experiments.progress import DEFAULT_INTERVAL
 from fastrnn.experiments.train import METHODS, Config, run
 
 
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--no-report", action="store_true", help="skip rewriting the table and plots")
     parser.add_argument("--position", type=int, default=0, help=argparse.SUPPRESS)  # tqdm line, parallel runs
+    parser.add_argument("--progress-interval", type=float, default=DEFAULT_INTERVAL,
+                        help="seconds between progress lines where output is not a terminal (a terminal gets "
+                             "a progress bar)")
+    parser.add_argument("--ddp", action="store_true",
+                        help="data-parallel: train this run on every process torchrun started, the batch split "
+                             "between them (`torchrun --nproc_per_node 2 -m fastrnn.experiments copy ... --ddp`)")
     add_config_arguments(parser, Config())
     return parser
 
@@ -97,8 +104,20 @@ def main(argv=None) -> int:
         report(args.out)
         return 0
     cfg = config_from_args(args, args.task, args.method)
-    record = run(cfg, args.out, name=args.name, progress=not args.no_progress, position=args.position)
-    print(f"{record['name']}: {record['iterations']} iterations, held-out acc {record['eval']['acc']:.3f}, "
+    context = ddp.init() if args.ddp else None
+    try:
+        record = run(cfg, args.out, name=args.name, progress=not args.no_progress, position=args.position,
+                     progress_interval=args.progress_interval, ddp=context)
+    except BaseException:
+        if context is not None:
+            ddp.shutdown(barrier=False)
+        raise
+    if context is not None:
+        ddp.shutdown()
+    if record is None:  # a data-parallel process other than the first: process 0 reports
+        return 0
+    world = f" on {record['world_size']} processes" if "world_size" in record else ""
+    print(f"{record['name']}: {record['iterations']} iterations{world}, held-out acc {record['eval']['acc']:.3f}, "
           f"loss {record['eval']['loss']:.4f}")
     if not args.no_report:
         report(args.out, quiet=True)

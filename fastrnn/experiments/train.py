@@ -15,6 +15,8 @@ training time only (batch generation, forward, backward, update); held-out evalu
 snapshots and checkpoints are outside it, so methods given equal budgets get equal compute.
 A checkpoint (model, optimiser, generator state, history, elapsed time) is written every
 ``checkpoint_every`` seconds and at the end; a run started again in the same directory resumes from it.
+A run can also be trained by several processes (``--ddp`` under torchrun, `fastrnn.experiments.ddp`): the
+same run, its batch split between them.
 """
 from __future__ import annotations
 
@@ -22,18 +24,17 @@ import dataclasses
 import functools
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import fastrnn
 from fastrnn import training, truncation
 from fastrnn.experiments import records
+from fastrnn.experiments.progress import DEFAULT_INTERVAL, Progress
 
 METHODS = ("sab", "tbptt", "bptt", "artbp")
 
@@ -135,6 +136,7 @@ class Run:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.iteration, self.elapsed, self.history, self.snapshots = 0, 0.0, [], {}
         self.cpu_seconds = 0.0  # CPU time of the training steps: elapsed / cpu_seconds shows contention
+        self._parallel = None  # (DDP-wrapped model, this process's slice of the task) in a data-parallel run
         self.window = {"loss": 0.0, "acc": 0.0, "n": 0}  # sums since the last history entry
         eval_gen = torch.Generator().manual_seed(10_000 + cfg.seed)  # the same held-out set every time
         self.eval_set = [self.task.eval_batch(cfg.batch_size, eval_gen) for _ in range(cfg.eval_batches)]
@@ -183,7 +185,8 @@ class Run:
     def step(self, on_phase_end=None) -> training.StepResult:
         """One training iteration of this run (``on_phase_end``: see `fastrnn.training.train_step`)."""
         c = self.cfg
-        return training.train_step(self.model, self.task, self.opt, self.gen, batch_size=c.batch_size,
+        model, task = self._parallel or (self.model, self.task)
+        return training.train_step(model, task, self.opt, self.gen, batch_size=c.batch_size,
                                    truncation=functools.partial(schedule_for, c), clip=c.clip,
                                    on_phase_end=on_phase_end)
 
@@ -191,28 +194,40 @@ class Run:
         c = self.cfg
         return (c.budget > 0 and self.elapsed >= c.budget) or (c.max_iters > 0 and self.iteration >= c.max_iters)
 
-    def train(self, *, progress: bool = True, position: int = 0) -> dict:
+    def train(self, *, progress: bool = True, position: int = 0, progress_interval: float = DEFAULT_INTERVAL,
+              ddp=None) -> dict:
+        """Trains to the budget or max_iters and writes the record (returned; None on the processes other
+        than process 0 of a data-parallel run). ``progress``: a tqdm bar in a terminal, else a plain line
+        every ``progress_interval`` seconds (`fastrnn.experiments.progress`). ``ddp``: this process's
+        `fastrnn.experiments.ddp.Context` in a data-parallel run (None: one process)."""
         c = self.cfg
         torch.set_num_threads(c.threads)
         torch.set_flush_denormal(True)  # saturated gates make denormal gradients, slow on x86
         resumed = self.load_checkpoint()
+        main = ddp is None or ddp.main
+        if ddp is not None:
+            from fastrnn.experiments import ddp as parallel
+            parallel.same_across(self.iteration, "the iteration to resume from")
+            self._parallel = (parallel.wrap(self.model), parallel.ShardedTask(self.task, ddp.rank, ddp.world_size))
         tokens_per_iter = c.batch_size * self.task.length
         last_ckpt = time.perf_counter()
         unit = "s" if c.budget > 0 else "it"
-        bar = tqdm(total=c.budget if c.budget > 0 else c.max_iters, disable=not progress, desc=c.name,
-                   position=position, leave=True, mininterval=1.0 if sys.stderr.isatty() else 30.0,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n:.0f}/{total:.0f} " + unit + " {postfix}")
+        bar = Progress(c.name, c.budget if c.budget > 0 else c.max_iters, unit, enabled=progress and main,
+                       position=position, interval=progress_interval)
         self._bar_update(bar)
         while not self._done():
             start, cpu_start = time.perf_counter(), time.process_time()
             loss_value, metrics = self.step()
-            self.elapsed += time.perf_counter() - start
+            seconds, acc = time.perf_counter() - start, metrics["acc"]
             self.cpu_seconds += time.process_time() - cpu_start
+            if ddp is not None:  # every process logs the same means and stops at the same iteration
+                loss_value, acc, seconds = parallel.mean_across([loss_value, acc, seconds])
+            self.elapsed += seconds
             self.iteration += 1
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"{c.name}: loss is {loss_value} at iteration {self.iteration}")
             self.window["loss"] += loss_value
-            self.window["acc"] += metrics["acc"]
+            self.window["acc"] += acc
             self.window["n"] += 1
             if self.iteration % c.log_every == 0:
                 n = self.window.pop("n")
@@ -223,23 +238,27 @@ class Run:
                                 acc=f"{self.history[-1]['acc']:.3f}",
                                 tok_s=f"{tokens_per_iter * self.iteration / self.elapsed:,.0f}")
             self._bar_update(bar)
-            if self.iteration in c.attn_at:
+            if main and self.iteration in c.attn_at:
                 self.snapshot_attention()
-            if time.perf_counter() - last_ckpt >= c.checkpoint_every:
+            if main and time.perf_counter() - last_ckpt >= c.checkpoint_every:
                 self.save_checkpoint()
                 last_ckpt = time.perf_counter()
         bar.close()
+        self._parallel = None  # drops the DDP wrapper (collected before the process group goes)
+        if not main:
+            return None
         self.snapshot_attention()
         self.save_checkpoint()
         record = self.record(resumed)
+        if ddp is not None:
+            record["world_size"] = ddp.world_size
         records.write_record(self.dir / "record.json", record)
         if self.snapshots:
             np.savez(self.dir / "attention.npz", **self.snapshots)
         return record
 
     def _bar_update(self, bar) -> None:
-        target = min(self.elapsed, self.cfg.budget) if self.cfg.budget > 0 else self.iteration
-        bar.update(target - bar.n)
+        bar.update_to(min(self.elapsed, self.cfg.budget) if self.cfg.budget > 0 else self.iteration)
 
     def record(self, resumed: bool) -> dict:
         final = training.evaluate(self.model, self.task, self.eval_set)
@@ -257,7 +276,9 @@ class Run:
 
 
 def run(cfg: Config, out: str | os.PathLike = "results", *, name: str | None = None, progress: bool = True,
-        position: int = 0, task=None) -> dict:
-    """Train ``cfg`` in ``out/runs/<name>`` (resuming a checkpoint found there); returns the record."""
+        position: int = 0, task=None, progress_interval: float = DEFAULT_INTERVAL, ddp=None) -> dict | None:
+    """Train ``cfg`` in ``out/runs/<name>`` (resuming a checkpoint found there); returns the record (None
+    on the processes other than process 0 of a data-parallel run, ``ddp``: see `Run.train`)."""
     run_dir = Path(out) / "runs" / (name or cfg.name)
-    return Run(cfg, run_dir, task=task).train(progress=progress, position=position)
+    return Run(cfg, run_dir, task=task).train(progress=progress, position=position,
+                                              progress_interval=progress_interval, ddp=ddp)

@@ -10,7 +10,9 @@
     update    the optimiser's step; then the loss as a float
 
 ``on_phase_end(name)``, when given, is called as each phase ends, so a caller can time the phases
-(bench/train_step.py) without a second copy of the iteration.
+(bench/train_step.py) without a second copy of the iteration. Each phase also runs inside a profiler
+range ``fastrnn.train_step.<phase>`` (`fastrnn.profiling`: NVTX for Nsight Systems and torch.profiler;
+no-ops when nothing records), so a trace shows the iteration's phases (bench/profile.py).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import nn
 
+from fastrnn.profiling import range as _range
 from fastrnn.truncation import Schedule
 
 PHASES = ("data", "forward", "loss", "backward", "clip", "update")
@@ -42,21 +45,27 @@ def train_step(model: nn.Module, task, optimizer: torch.optim.Optimizer, generat
     same ``generator`` (None: no schedule). ``clip``: the maximal gradient norm (None: no clipping).
     """
     phase_end = on_phase_end if on_phase_end is not None else _nothing
-    x, y = task.batch(batch_size, generator)
-    schedule = truncation(task.length, generator) if truncation is not None else None
+    with _range("fastrnn.train_step.data"):
+        x, y = task.batch(batch_size, generator)
+        schedule = truncation(task.length, generator) if truncation is not None else None
     phase_end("data")
-    logits, _ = model(x, schedule)
+    with _range("fastrnn.train_step.forward"):
+        logits, _ = model(x, schedule)
     phase_end("forward")
-    loss, metrics = task.loss(logits, y)
+    with _range("fastrnn.train_step.loss"):
+        loss, metrics = task.loss(logits, y)
     phase_end("loss")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    with _range("fastrnn.train_step.backward"):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
     phase_end("backward")
-    if clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    with _range("fastrnn.train_step.clip"):
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
     phase_end("clip")
-    optimizer.step()
-    loss_value = loss.item()
+    with _range("fastrnn.train_step.update"):
+        optimizer.step()
+        loss_value = loss.item()
     phase_end("update")
     return StepResult(loss_value, metrics)
 
