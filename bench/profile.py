@@ -13,22 +13,23 @@ Open a trace (results/profile/trace_<config>_<device>.json) in https://ui.perfet
 Under Nsight Systems the same ranges come out as NVTX ranges (README, "Profiling").
 """
 import sys
-from pathlib import Path
 
-if __name__ == "__main__":
-    # This file shares its name with the standard library's `profile`, which cProfile (imported by torch's
-    # compiler stack) imports: take this directory off the path so that `import profile` finds that one.
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+if __name__ == "profile":
+    # This file has the name of the standard library's `profile`, which `cProfile` imports (pytest-benchmark
+    # and torch import cProfile). Where bench/ comes first on sys.path (pytest run in bench/, or this script
+    # run directly) that import finds this file: hand the importer the real module instead (the import
+    # system returns what sys.modules holds once this file has run).
+    import importlib.util
+    import sysconfig
+
+    _spec = importlib.util.spec_from_file_location("profile", f"{sysconfig.get_paths()['stdlib']}/profile.py")
+    _real = importlib.util.module_from_spec(_spec)
+    sys.modules["profile"] = _real
+    _spec.loader.exec_module(_real)
 
 import argparse  # noqa: E402
 import tempfile  # noqa: E402
-
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-from fastrnn import training  # noqa: E402
-from fastrnn.experiments import train  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 SAB = dict(method="sab", slot_state="provisional", k_top=5, k_att=2, k_trunc=20)
 CONFIGS = {  # as bench/train_step.py
@@ -55,6 +56,12 @@ class _OnDevice:
 
 def profile_device(name: str, device: str, args, out: Path) -> Path:
     """Profiles ``args.iters`` iterations on ``device`` after ``args.warmup``; writes and returns the trace."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from fastrnn import backends, training
+    from fastrnn.experiments import train
+
     cfg = train.Config(task="copy", T=args.T, batch_size=args.batch_size, hidden=args.hidden, max_iters=1,
                        backend="auto", **CONFIGS[name])
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +86,7 @@ def profile_device(name: str, device: str, args, out: Path) -> Path:
     trace = out / f"trace_{name}_{device}.json"
     prof.export_chrome_trace(str(trace))
     sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-    backend = type(model.rnn).__name__ + ", backend " + train.fastrnn.backends.resolve(cfg.backend, device)
+    backend = type(model.rnn).__name__ + ", backend " + backends.resolve(cfg.backend, device)
     print(f"\n== {name} on {device} ({backend}): {args.iters} iterations of copy T={args.T}, batch "
           f"{args.batch_size}, hidden {args.hidden}; top {args.top} ops by self time ==")
     print(prof.key_averages().table(sort_by=sort, row_limit=args.top))
@@ -101,6 +108,8 @@ def main(argv=None) -> list:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--out", default="results/profile")
     args = parser.parse_args(argv)
+    import torch
+
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the runner does
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]

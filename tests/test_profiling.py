@@ -136,3 +136,16 @@ def test_bench_profile_writes_a_chrome_trace_with_the_step_phases(tmp_path, caps
     assert "iteration 1" in names
     out = capsys.readouterr().out
     assert "Self CPU" in out and f"trace: {trace}" in out
+
+
+def test_bench_profile_stands_aside_for_the_standard_library_profile():
+    """bench/ first on sys.path (pytest run in bench/: pytest-benchmark imports cProfile, which imports
+    `profile`): the import still gets the standard library's module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import cProfile, profile; "
+            "assert 'bench' not in profile.__file__, profile.__file__; cProfile.run('1 + 1')")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "bench")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
