@@ -1,15 +1,19 @@
 """The user-facing modules: `fastrnn.LSTM` and `fastrnn.SABLSTM`, drop-in for `torch.nn.LSTM`.
 
 They hold the parameters (named and initialised as in `torch.nn.LSTM`, so its `state_dict` loads
-unchanged), check every input once, handle `batch_first`, unbatched input, `hx`, dropout between layers
-and the truncation schedule, and call one per-layer function of the chosen backend for each layer.
+unchanged), check every input once, handle `batch_first`, unbatched input, `PackedSequence` and `lengths`,
+`hx`, dtypes and autocast, dropout between layers and the truncation schedule, and call one per-layer
+function of the chosen backend for each layer (docs/CONTRACT.md).
 """
 import math
-from typing import Optional
+import operator
+import warnings
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import backends
 from .ops.attention import SABAttention
@@ -17,30 +21,92 @@ from .truncation import Schedule, fixed
 
 __all__ = ["LSTM", "SABLSTM"]
 
+# The dtypes each backend computes in. Any other floating dtype is refused at the module call
+# (_check_dtype), except under torch.autocast, where a backend without kernels for the autocast dtype
+# computes in float32 from operands rounded to it (_Precision).
+NATIVE_DTYPES = {
+    "reference": (torch.float64, torch.float32, torch.bfloat16, torch.float16),
+    "cpu": (torch.float64, torch.float32),
+    "triton": (torch.float64, torch.float32, torch.bfloat16),
+}
+
+# (backend, device type) -> the concrete backend "auto" stands for there; filled eagerly (outside any
+# torch.compile trace), as backends.layer_functions is.
+_CONCRETE = {}
+
+
+def _concrete_backend(backend: str, device_type: str) -> str:
+    key = (backend, device_type)
+    if key not in _CONCRETE:
+        _CONCRETE[key] = backends.resolve(backend, device_type)
+    return _CONCRETE[key]
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
 
 def _check_int(name: str, value, minimum: int):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+class _Precision(NamedTuple):
+    """How one call computes: `dtype` the tensors the layers see, `emulate` where the backend has no kernels
+    for the autocast dtype (it then computes in float32 from operands rounded to it), `autocast` whether
+    torch.autocast is in effect (the layers then run with autocast off: the casts are made here)."""
+    dtype: torch.dtype
+    emulate: Optional[torch.dtype]
+    autocast: bool
+
+
+class _Call(NamedTuple):
+    """One forward call's checked inputs, time-major: x [T, B, I] (zero past each length), h0/c0 [L, B, H],
+    the schedule, lengths (int64 [B] on x's device, or None when every sequence has length T), batched,
+    packed (the input PackedSequence, or None), and the precision."""
+    x: Tensor
+    h0: Tensor
+    c0: Tensor
+    cut: Tensor
+    scale: Tensor
+    lengths: Optional[Tensor]
+    batched: bool
+    packed: Optional[PackedSequence]
+    precision: _Precision
+
+
 class _LSTMBase(nn.Module):
     """Parameters, checks and the layer loop shared by LSTM and SABLSTM."""
 
-    def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, backend,
+    def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, backend,
                  device, dtype):
         super().__init__()
         _check_int("input_size", input_size, 1)
         _check_int("hidden_size", hidden_size, 1)
         _check_int("num_layers", num_layers, 1)
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
-            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+            raise ValueError(f"dropout must be a number in [0, 1] (the probability of zeroing an element), "
+                             f"got {dropout!r}")
+        _check_int("proj_size", proj_size, 0)
+        if proj_size > 0:
+            raise ValueError(f"proj_size={proj_size}: LSTM with projections (proj_size > 0) is not supported by "
+                             f"fastrnn; use proj_size=0 (a linear layer on the output projects it)")
+        if dropout > 0 and num_layers == 1:   # torch.nn.LSTM's warning, word for word
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and "
+                          f"num_layers={num_layers}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
+        self.proj_size = 0
         self.backend = backends.check_backend(backend)
         factory = {"device": device, "dtype": dtype}
         # Resolve now, outside any torch.compile trace: an unusable explicit backend fails here with its
         # reason, and forward finds its functions in the cache.
-        backends.layer_functions(backend, torch.device(device) if device is not None else torch.device("cpu"))
+        device_type = torch.device(device).type if device is not None else "cpu"
+        backends.layer_functions(backend, device_type)
+        _concrete_backend(backend, device_type)
+        if backend == "auto":   # the reference, which "auto" falls back to for dtypes the others lack
+            backends.layer_functions("reference", device_type)
         H = hidden_size
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else H
@@ -77,42 +143,149 @@ class _LSTMBase(nn.Module):
 
     # ---- input handling -------------------------------------------------------------------------
 
-    def _prepare(self, input, hx, schedule, default_trunc):
-        """Checks the inputs; returns (x [T, B, I] contiguous, h0 [L, B, H], c0, cut, scale, batched)."""
+    def _prepare(self, input, hx, lengths, schedule, default_trunc) -> _Call:
+        """Checks every input once (errors name the argument and what was expected)."""
         ref = self.weight_ih_l0
-        if not isinstance(input, Tensor):
-            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (2, 3):
-            raise ValueError(f"input must be 2-D (unbatched) or 3-D, got shape {tuple(input.shape)}")
-        if input.shape[-1] != self.input_size:
+        packed = input if isinstance(input, PackedSequence) else None
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError("lengths: a PackedSequence input carries its own lengths; pass lengths only "
+                                 "with a padded tensor input")
+            data = packed.data
+            if not isinstance(data, Tensor) or data.dim() != 2:
+                raise ValueError("input: a PackedSequence must hold [N, input_size] data, got "
+                                 f"{getattr(data, 'shape', type(data).__name__)}")
+        elif not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+        else:
+            data = input
+            if input.dim() not in (2, 3):
+                raise ValueError(f"input must be 2-D (unbatched) or 3-D, got shape {tuple(input.shape)}")
+        if data.shape[-1] != self.input_size:
             raise ValueError(f"input: last dimension must be input_size={self.input_size}, "
-                             f"got shape {tuple(input.shape)}")
-        if input.dtype != ref.dtype:
-            raise TypeError(f"input dtype {input.dtype} does not match the parameters' dtype {ref.dtype}")
-        if input.device != ref.device:
-            raise ValueError(f"input is on {input.device} but the parameters are on {ref.device}")
-        batched = input.dim() == 3
-        x = input if batched else input.unsqueeze(1)
-        if self.batch_first and batched:
-            x = x.transpose(0, 1)
-        x = x.contiguous()
+                             f"got shape {tuple(data.shape)}")
+        if data.device != ref.device:
+            raise ValueError(f"input is on {data.device} but the parameters are on {ref.device}")
+        precision = self._precision(data.dtype, ref.dtype, data.device)
+        if packed is not None:
+            x, lens = pad_packed_sequence(packed)              # original batch order, zero padding
+            batched, lengths = True, lens.to(x.device)
+        else:
+            batched = input.dim() == 3
+            x = input if batched else input.unsqueeze(1)
+            if self.batch_first and batched:
+                x = x.transpose(0, 1)
         T, B = x.shape[0], x.shape[1]
-        h0, c0 = self._initial_state(hx, B, batched, x)
+        if lengths is not None and packed is None:
+            if not batched:
+                raise ValueError("lengths: only batched (3-D) input takes lengths; got 2-D (unbatched) input "
+                                 "of one sequence")
+            lengths = self._check_lengths(lengths, T, B, x.device)
+        if lengths is not None:
+            # the input past each length is ignored: zero it, so that whatever the padding holds (NaN and
+            # inf included) can never reach an output or, through 0 * NaN, a gradient
+            live = torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
+            x = torch.where(live.unsqueeze(2), x, torch.zeros((), dtype=x.dtype, device=x.device))
+            if not torch.compiler.is_compiling() and B > 0 and bool((lengths == T).all()):
+                lengths = None                                 # every sequence is full: nothing to stop
+        x = x.contiguous()
+        h0, c0 = self._initial_state(hx, B, batched, x, precision)
         if not torch.compiler.is_compiling():
-            if torch.isnan(x).any():
-                raise ValueError("input contains NaN")
-            if torch.isnan(h0).any() or torch.isnan(c0).any():
-                raise ValueError("hx contains NaN")
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("input contains NaN or inf" + (" (within the sequences' lengths)"
+                                                                 if lengths is not None else ""))
+            for name, state in (("h_0", h0), ("c_0", c0)):
+                if not bool(torch.isfinite(state).all()):
+                    raise ValueError(f"hx contains NaN or inf ({name})")
         if schedule is None:
             schedule = fixed(T, default_trunc)
         elif not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a fastrnn.truncation.Schedule, got {type(schedule).__name__}")
         elif len(schedule) != T:
             raise ValueError(f"schedule has length {len(schedule)} but the input has T={T} steps")
-        schedule = schedule.to(device=x.device, dtype=x.dtype)
-        return x, h0, c0, schedule.cut, schedule.scale, batched
+        compute = precision.emulate or precision.dtype
+        schedule = schedule.to(device=x.device, dtype=compute)
+        x, h0, c0 = (self._cast(t, precision) for t in (x, h0, c0))
+        return _Call(x, h0, c0, schedule.cut, schedule.scale, lengths, batched, packed, precision)
 
-    def _initial_state(self, hx, B, batched, x):
+    def _precision(self, input_dtype, param_dtype, device) -> _Precision:
+        """The dtype this call computes in, with ONE clear error for an unsupported (dtype, backend) pair.
+
+        torch.autocast (measured on torch.nn.LSTM, torch 2.13, CPU, bfloat16): input, hx and the weights are
+        cast to the autocast dtype unless float64, the layers compute in it and the outputs have it; a float64
+        model is left alone. fastrnn does the same on every backend; one without kernels for that dtype
+        (cpu; triton for float16) computes in float32 from the rounded operands and rounds its outputs.
+        """
+        device_type = device.type
+        if (torch.is_autocast_enabled(device_type) and input_dtype != torch.float64
+                and param_dtype != torch.float64 and input_dtype.is_floating_point):
+            dtype = torch.get_autocast_dtype(device_type)
+            name = _concrete_backend(self.backend, device_type)
+            emulate = None if dtype in NATIVE_DTYPES.get(name, ()) else torch.float32
+            return _Precision(dtype, emulate, True)
+        if input_dtype != param_dtype:
+            raise TypeError(f"input dtype {input_dtype} does not match the parameters' dtype {param_dtype}: "
+                            f"convert one (input.to({param_dtype}) or module.to({input_dtype}))")
+        self._check_dtype(param_dtype, device_type)
+        return _Precision(param_dtype, None, False)
+
+    def _check_dtype(self, dtype, device_type) -> None:
+        name = _concrete_backend(self.backend, device_type)
+        if dtype in NATIVE_DTYPES.get(name, (dtype,)):
+            return
+        if self.backend == "auto" and dtype in NATIVE_DTYPES["reference"]:
+            return          # "auto" falls back to the reference (_layer_functions)
+        supported = ", ".join(_dtype_name(d) for d in NATIVE_DTYPES.get(name, ()))
+        others = [b for b, ds in NATIVE_DTYPES.items() if dtype in ds and b != name]
+        raise TypeError(
+            f"{type(self).__name__}: backend {name!r} does not compute in {_dtype_name(dtype)} (it computes in "
+            f"{supported}); for {_dtype_name(dtype)} use " + " or ".join(f"backend={b!r}" for b in others) +
+            (" (CUDA)" if "triton" in others else "") +
+            ", or convert the module and its input to float32 with module.float() (under torch.autocast a "
+            "float32 module runs on every backend)")
+
+    def _layer_functions(self, call: _Call):
+        backend, device_type = self.backend, call.x.device.type
+        if backend == "auto" and not call.precision.autocast:
+            name = _concrete_backend(backend, device_type)
+            if call.precision.dtype not in NATIVE_DTYPES.get(name, ()):
+                backend = "reference"
+        return backends.layer_functions(backend, device_type)
+
+    @staticmethod
+    def _cast(t, precision: _Precision):
+        """A tensor as the layers take it: in the autocast dtype (then float32 where emulated)."""
+        if t is None or not precision.autocast:
+            return t
+        t = t.to(precision.dtype)
+        return t if precision.emulate is None else t.to(precision.emulate)
+
+    @staticmethod
+    def _check_lengths(lengths, T, B, device) -> Tensor:
+        if isinstance(lengths, Tensor):
+            if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+                raise TypeError(f"lengths must be an int64 tensor or a list of ints, got a {lengths.dtype} tensor")
+            if tuple(lengths.shape) != (B,):
+                raise ValueError(f"lengths must have shape [B] = [{B}] (one length per sequence), got "
+                                 f"{tuple(lengths.shape)}")
+            lengths = lengths.to(device=device, dtype=torch.int64)
+        elif isinstance(lengths, (list, tuple)):
+            try:
+                values = [operator.index(v) for v in lengths]
+            except TypeError:
+                raise TypeError(f"lengths must be an int64 tensor or a list of ints, got {lengths!r}") from None
+            if len(values) != B:
+                raise ValueError(f"lengths must hold B={B} values (one per sequence), got {len(values)}")
+            lengths = torch.tensor(values, dtype=torch.int64, device=device)
+        else:
+            raise TypeError(f"lengths must be an int64 tensor or a list of ints, got {type(lengths).__name__}")
+        if not torch.compiler.is_compiling() and B > 0:
+            if not bool(((lengths >= 0) & (lengths <= T)).all()):
+                raise ValueError(f"lengths must lie in [0, T] with T={T} (the padded length), got "
+                                 f"{lengths.tolist()}")
+        return lengths
+
+    def _initial_state(self, hx, B, batched, x, precision):
         L, H = self.num_layers, self.hidden_size
         if hx is None:
             zeros = torch.zeros(L, B, H, dtype=x.dtype, device=x.device)
@@ -124,60 +297,129 @@ class _LSTMBase(nn.Module):
         for name, state in zip(("h_0", "c_0"), hx):
             if tuple(state.shape) != expected:
                 raise ValueError(f"hx: {name} must have shape {expected}, got {tuple(state.shape)}")
-            if state.dtype != x.dtype:
+            if precision.autocast:
+                if not state.is_floating_point() or state.dtype == torch.float64:
+                    raise TypeError(f"hx: {name} dtype {state.dtype}: under torch.autocast the state must be a "
+                                    f"floating dtype other than float64, as the input")
+            elif state.dtype != x.dtype:
                 raise TypeError(f"hx: {name} dtype {state.dtype} does not match input dtype {x.dtype}")
             if state.device != x.device:
                 raise ValueError(f"hx: {name} is on {state.device} but input is on {x.device}")
             states.append((state if batched else state.unsqueeze(1)).contiguous())
         return states[0], states[1]
 
-    def _finish(self, y, h_n, c_n, batched):
-        if not batched:
+    def _finish(self, call: _Call, y, h_n, c_n):
+        if call.precision.emulate is not None:
+            y, h_n, c_n = (t.to(call.precision.dtype) for t in (y, h_n, c_n))
+        if call.packed is not None:
+            return self._pack(y, call.packed), (h_n, c_n)
+        if not call.batched:
             return y.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
             y = y.transpose(0, 1)
         return y, (h_n, c_n)
 
-    def _run_layers(self, x, h0, c0, cut, scale, layer_fn):
-        """Runs `layer_fn(layer, x, h0, c0, cut, scale) -> (y, h_n, c_n, extra)` over the layers."""
+    @staticmethod
+    def _pack(y, packed: PackedSequence) -> PackedSequence:
+        """y [T, B, H] in the original batch order -> a PackedSequence laid out as the input one (its
+        batch_sizes, sorted_indices and unsorted_indices, as torch.nn.LSTM returns)."""
+        B = y.shape[1]
+        if packed.sorted_indices is not None:
+            y = y.index_select(1, packed.sorted_indices)
+        sorted_lengths = (packed.batch_sizes.unsqueeze(1) > torch.arange(B)).sum(0)
+        data = pack_padded_sequence(y, sorted_lengths, enforce_sorted=True).data
+        return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+
+    def _run_layers(self, call: _Call, layer_fn):
+        """Runs `layer_fn(layer, x, h0, c0) -> (y, h_n, c_n, extra)` over the layers."""
+        x, h0, c0 = call.x, call.h0, call.c0
         if x.shape[0] == 0:                               # T = 0: empty output, the initial state
             y = x.new_empty(0, x.shape[1], self.hidden_size)
             return y, h0, c0, []
         hs, cs, extras = [], [], []
-        for layer in range(self.num_layers):
-            if layer > 0 and self.dropout > 0:
-                x = F.dropout(x, self.dropout, self.training)
-            x, h_n, c_n, extra = layer_fn(layer, x, h0[layer], c0[layer], cut, scale)
-            hs.append(h_n)
-            cs.append(c_n)
-            extras.append(extra)
+        with torch.autocast(x.device.type, enabled=False) if call.precision.autocast else _no_context():
+            for layer in range(self.num_layers):
+                if layer > 0 and self.dropout > 0:
+                    x = F.dropout(x, self.dropout, self.training)
+                x, h_n, c_n, extra = layer_fn(layer, x, h0[layer], c0[layer])
+                hs.append(h_n)
+                cs.append(c_n)
+                extras.append(extra)
         return x, torch.stack(hs), torch.stack(cs), extras
+
+    def _parameters_for(self, params, call: _Call):
+        return tuple(self._cast(p, call.precision) for p in params)
+
+
+class _no_context:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_CALL_DOC = """
+    Inputs (as torch.nn.LSTM; T steps, B sequences, L = num_layers, H = hidden_size):
+      input: [T, B, input_size] ([B, T, input_size] with batch_first), [T, input_size] (unbatched), or a
+        torch.nn.utils.rnn.PackedSequence (pack_padded_sequence / pack_sequence, enforce_sorted either way;
+        batch_first does not apply to it).
+      hx: optional (h_0, c_0), each [L, B, H] ([L, H] unbatched), zeros if omitted; for a PackedSequence in
+        the original batch order, as torch.nn.LSTM.
+      lengths (keyword): padded batched input only; a [B] int64 tensor or list of ints, each in [0, T].
+        Sequence b stops at lengths[b]: output[t, b] = 0 for t >= lengths[b]; (h_n, c_n)[:, b] is the state
+        after its last step (its h_0, c_0 if lengths[b] == 0); the input past lengths[b] is ignored (it may
+        hold anything, NaN included). Equal, per sequence, to running it alone, outputs and gradients.
+      schedule (keyword): a fastrnn.truncation.Schedule of length T (truncated BPTT, ARTBP), for every layer.
+    Outputs: output [T, B, H] ([B, T, H] with batch_first; [T, H] unbatched; a PackedSequence with the
+      input's batch_sizes, sorted_indices and unsorted_indices for a PackedSequence input), (h_n, c_n) each
+      [L, B, H] ([L, H] unbatched), in the original batch order.
+    dtypes: float32 and float64 on every backend; bfloat16 on "reference" and "triton"; float16 on
+      "reference". backend="auto" picks the reference for a dtype its first choice lacks; an explicit backend
+      refuses an unsupported dtype with a TypeError. Under torch.autocast (as torch.nn.LSTM, measured on CPU
+      with bfloat16): unless the model or input is float64, input, hx and the weights are cast to the autocast
+      dtype, the layers compute in it and output, h_n and c_n have it (gradients reach the float32 parameters
+      as float32). A backend without kernels for that dtype ("cpu"; "triton" for float16) computes in float32
+      from the operands rounded to it and rounds its outputs, as oneDNN's bfloat16 LSTM does inside
+      torch.nn.LSTM. (torch.nn.LSTM returns float32 for a PackedSequence under autocast; fastrnn treats a
+      PackedSequence as padded input and returns the autocast dtype.)
+    Errors: TypeError for an input, hx, lengths or schedule of the wrong type or dtype (and an unsupported
+      dtype for the backend); ValueError for a wrong shape, device or length (lengths outside [0, T], lengths
+      with unbatched or packed input), and for NaN or inf in the input (within the lengths) or in hx.
+"""
 
 
 class LSTM(_LSTMBase):
     """A multi-layer LSTM with exactly `torch.nn.LSTM`'s math, parameters and state_dict, plus a
     truncation `schedule` (fastrnn.truncation) for truncated BPTT / ARTBP and a choice of backend.
 
-    backend: "auto" (the fastest available for the input's device), "reference" (plain autograd),
-    "cpu" (fused C++), "triton".
+    backend: "auto" (the fastest available for the input's device and dtype), "reference" (plain autograd),
+    "cpu" (fused C++), "triton". bidirectional=True and proj_size > 0 are refused (ValueError); dropout > 0
+    with num_layers == 1 warns, as torch.nn.LSTM.
+
+    forward(input, hx=None, *, lengths=None, schedule=None) -> output, (h_n, c_n)
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, *, backend: str = "auto",
-                 device=None, dtype=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, backend,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, *, backend: str = "auto", device=None, dtype=None):
+        if bidirectional:
+            raise ValueError("bidirectional=True is not supported by fastrnn.LSTM; use bidirectional=False")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, backend,
                          device, dtype)
+        self.bidirectional = False
         self.reset_parameters()
 
-    def forward(self, input: Tensor, hx=None, *, schedule: Optional[Schedule] = None):
-        x, h0, c0, cut, scale, batched = self._prepare(input, hx, schedule, None)
-        lstm_layer, _ = backends.layer_functions(self.backend, x.device)
+    def forward(self, input, hx=None, *, lengths=None, schedule: Optional[Schedule] = None):
+        call = self._prepare(input, hx, lengths, schedule, None)
+        lstm_layer, _ = self._layer_functions(call)
 
-        def layer_fn(layer, x, h0, c0, cut, scale):
-            return (*lstm_layer(x, *self._lstm_parameters(layer), h0, c0, cut, scale), None)
+        def layer_fn(layer, x, h0, c0):
+            params = self._parameters_for(self._lstm_parameters(layer), call)
+            return (*lstm_layer(x, *params, h0, c0, call.cut, call.scale, lengths=call.lengths), None)
 
-        y, h_n, c_n, _ = self._run_layers(x, h0, c0, cut, scale, layer_fn)
-        return self._finish(y, h_n, c_n, batched)
+        y, h_n, c_n, _ = self._run_layers(call, layer_fn)
+        return self._finish(call, y, h_n, c_n)
 
 
 class SABLSTM(_LSTMBase):
@@ -199,17 +441,20 @@ class SABLSTM(_LSTMBase):
         h_t, which already contains the summaries of earlier slots, so |h_t| grows with the number of hops
         and the selection favours late, large slots).
     attn_size: the mlp scorer's width A (default hidden_size).
+    backend: as fastrnn.LSTM. bidirectional=True (the memory is causal) and proj_size > 0 are refused
+    (ValueError); dropout > 0 with num_layers == 1 warns, as torch.nn.LSTM.
 
-    forward(input, hx=None, *, schedule=None, return_attention=False) -> output, (h_n, c_n)
+    forward(input, hx=None, *, lengths=None, schedule=None, return_attention=False) -> output, (h_n, c_n)
     [, attention]: a list with one `SABAttention(indices, weights, slot_steps)` per layer, indices and
-    weights [T, B, k_top] (T-major whatever batch_first; [T, k_top] for unbatched input).
+    weights [T, B, k_top] (T-major whatever batch_first, in the original batch order for a PackedSequence;
+    [T, k_top] for unbatched input); past a sequence's length its indices are -1 and its weights 0.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 k_top: int = 5, k_att: int = 2, k_trunc: Optional[int] = None, attention: str = "mlp",
-                 attn_size: Optional[int] = None, slot_state: str = "provisional", backend: str = "auto",
-                 device=None, dtype=None):
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, *, k_top: int = 5, k_att: int = 2, k_trunc: Optional[int] = None,
+                 attention: str = "mlp", attn_size: Optional[int] = None, slot_state: str = "provisional",
+                 backend: str = "auto", device=None, dtype=None):
         if bidirectional:
             raise ValueError("bidirectional=True is not supported: the SAB memory is causal")
         _check_int("k_top", k_top, 1)
@@ -224,7 +469,7 @@ class SABLSTM(_LSTMBase):
             _check_int("attn_size", attn_size, 1)
         if slot_state not in ("final", "provisional"):
             raise ValueError(f"slot_state must be 'final' or 'provisional', got {slot_state!r}")
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, backend,
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, backend,
                          device, dtype)
         self.bidirectional = False
         self.k_top, self.k_att, self.k_trunc = k_top, k_att, k_trunc
@@ -264,23 +509,27 @@ class SABLSTM(_LSTMBase):
             s += f", attn_size={self.attn_size}"
         return s + f", slot_state={self.slot_state!r}"
 
-    def forward(self, input: Tensor, hx=None, *, schedule: Optional[Schedule] = None,
+    def forward(self, input, hx=None, *, lengths=None, schedule: Optional[Schedule] = None,
                 return_attention: bool = False):
-        x, h0, c0, cut, scale, batched = self._prepare(input, hx, schedule, self.k_trunc)
-        _, sab_layer = backends.layer_functions(self.backend, x.device)
+        call = self._prepare(input, hx, lengths, schedule, self.k_trunc)
+        _, sab_layer = self._layer_functions(call)
 
-        def layer_fn(layer, x, h0, c0, cut, scale):
-            return sab_layer(x, *self._lstm_parameters(layer), *self._attention_parameters(layer), h0, c0,
-                             cut, scale, k_top=self.k_top, k_att=self.k_att, scorer=self.attention,
-                             provisional=self.slot_state == "provisional", need_attention=return_attention)
+        def layer_fn(layer, x, h0, c0):
+            params = self._parameters_for((*self._lstm_parameters(layer), *self._attention_parameters(layer)),
+                                          call)
+            return sab_layer(x, *params, h0, c0, call.cut, call.scale, k_top=self.k_top, k_att=self.k_att,
+                             scorer=self.attention, provisional=self.slot_state == "provisional",
+                             need_attention=return_attention, lengths=call.lengths)
 
-        y, h_n, c_n, attention = self._run_layers(x, h0, c0, cut, scale, layer_fn)
-        output = self._finish(y, h_n, c_n, batched)
+        y, h_n, c_n, attention = self._run_layers(call, layer_fn)
+        output = self._finish(call, y, h_n, c_n)
         if not return_attention:
             return output
-        if x.shape[0] == 0:
-            attention = [self._empty_attention(x) for _ in range(self.num_layers)]
-        if not batched:
+        if call.x.shape[0] == 0:
+            attention = [self._empty_attention(call.x) for _ in range(self.num_layers)]
+        if call.precision.emulate is not None:
+            attention = [a._replace(weights=a.weights.to(call.precision.dtype)) for a in attention]
+        if not call.batched:
             attention = [SABAttention(a.indices.squeeze(1), a.weights.squeeze(1), a.slot_steps)
                          for a in attention]
         return (*output, attention)
@@ -290,3 +539,7 @@ class SABLSTM(_LSTMBase):
         return SABAttention(torch.empty(0, B, self.k_top, dtype=torch.int64, device=x.device),
                             x.new_empty(0, B, self.k_top),
                             torch.full((1,), -1, dtype=torch.int64, device=x.device))
+
+
+LSTM.__doc__ += _CALL_DOC
+SABLSTM.__doc__ += _CALL_DOC

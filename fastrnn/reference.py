@@ -7,13 +7,15 @@ correct, never clever: speed lives in the other backends.
 
 Per-layer signature, shared by every backend (docs/CONTRACT.md):
 
-    lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale) -> (y, h_n, c_n)
+    lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None) -> (y, h_n, c_n)
     sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
-              k_top, k_att, scorer, provisional, need_attention) -> (y, h_n, c_n, attention)
+              k_top, k_att, scorer, provisional, need_attention, lengths=None) -> (y, h_n, c_n, attention)
 
 `x` is [T, B, I] with T >= 1, `h0`/`c0` [B, H]; `cut` (bool) and `scale` are the [T] truncation
 schedule of SPEC section 3. Step -1 is the initial state, so `cut[0]`/`scale[0]` act on the recurrent
-gradient into (h0, c0).
+gradient into (h0, c0). `lengths` (None, or int64 [B] in [0, T]): every step is computed as without it,
+then `stop_at_lengths` keeps each row's outputs up to its own length, so autograd's gradient ignores
+everything past it.
 """
 import torch
 from torch import Tensor
@@ -49,16 +51,31 @@ def lstm_cell(x_t, h_in, c_in, w_ih, w_hh, b_ih, b_hh):
     return c, o * torch.tanh(c)
 
 
-def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale):
-    """A plain LSTM layer (torch.nn.LSTM's math) under a truncation schedule."""
+def stop_at_lengths(ys, cs, h0, c0, lengths):
+    """Every step's states ys, cs [T, B, H] -> (y, h_n, c_n) where each row b stops at lengths[b]:
+    y[t, b] = 0 for t >= lengths[b]; (h_n, c_n)[b] = the states at step lengths[b] - 1, (h0, c0)[b] if 0."""
+    T = ys.shape[0]
+    live = torch.arange(T, device=ys.device).unsqueeze(1) < lengths.unsqueeze(0)          # [T, B]
+    y = torch.where(live.unsqueeze(2), ys, torch.zeros((), dtype=ys.dtype, device=ys.device))
+    states_h = torch.cat([h0.unsqueeze(0), ys])                                             # step -1 first
+    states_c = torch.cat([c0.unsqueeze(0), cs])
+    last = lengths.view(1, -1, 1).expand(1, ys.shape[1], ys.shape[2])                       # index len_b
+    return y, states_h.gather(0, last).squeeze(0), states_c.gather(0, last).squeeze(0)
+
+
+def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
+    """A plain LSTM layer (torch.nn.LSTM's math) under a truncation schedule; rows stop at `lengths`."""
     cut, scale = cut.tolist(), scale.tolist()
     h, c = h0, c0
-    ys = []
+    ys, cs = [], []
     for t in range(x.shape[0]):
         h_in = recurrent_input(h, cut[t], scale[t])
         c_in = recurrent_input(c, cut[t], scale[t])
         c, h = lstm_cell(x[t], h_in, c_in, w_ih, w_hh, b_ih, b_hh)
         ys.append(h)
+        cs.append(c)
+    if lengths is not None:
+        return stop_at_lengths(torch.stack(ys), torch.stack(cs), h0, c0, lengths)
     return torch.stack(ys), h, c
 
 
@@ -106,13 +123,15 @@ def selected(w: Tensor, k_top: int):
 
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
-              k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False):
-    """One SAB-LSTM layer, SPEC section 1 step by step; the backward pass is autograd's (section 2)."""
+              k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
+              lengths=None):
+    """One SAB-LSTM layer, SPEC section 1 step by step; the backward pass is autograd's (section 2).
+    Rows stop at `lengths` (stop_at_lengths; the attention record is -1 / 0 past a row's length)."""
     T = x.shape[0]
     cut, scale = cut.tolist(), scale.tolist()
     h, c = h0, c0
     memory = [h0]                                          # M = [h0]; slots are never cut
-    ys, rec_idx, rec_w = [], [], []
+    ys, cs, rec_idx, rec_w = [], [], [], []
     for t in range(T):
         h_in = recurrent_input(h, cut[t], scale[t])        # step 1 (section 3 generalises k_trunc)
         c_in = recurrent_input(c, cut[t], scale[t])
@@ -125,13 +144,21 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, sca
         if (t + 1) % k_att == 0:                           # step 8
             memory.append(h_hat if provisional else h)
         ys.append(h)
+        cs.append(c)
         if need_attention:
             idx, wt = selected(w.detach(), k_top)
             rec_idx.append(idx)
             rec_w.append(wt)
     attention = None
     if need_attention:
-        attention = SABAttention(torch.stack(rec_idx), torch.stack(rec_w), slot_steps(T, k_att, x.device))
+        indices, weights = torch.stack(rec_idx), torch.stack(rec_w)
+        if lengths is not None:
+            past = (torch.arange(T, device=x.device).unsqueeze(1) >= lengths.unsqueeze(0)).unsqueeze(2)
+            indices = indices.masked_fill(past, -1)
+            weights = weights.masked_fill(past, 0)
+        attention = SABAttention(indices, weights, slot_steps(T, k_att, x.device))
+    if lengths is not None:
+        return (*stop_at_lengths(torch.stack(ys), torch.stack(cs), h0, c0, lengths), attention)
     return torch.stack(ys), h, c, attention
 
 

@@ -26,6 +26,7 @@
 #include "fastrnn/cpu_blas.h"
 #include "backward_chunks.h"
 #include "huge_pages.h"
+#include "lengths.h"
 
 namespace fastrnn {
 namespace {
@@ -38,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& x,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cs, const at::Tensor& cut,
-    const at::Tensor& scale) {
+    const at::Tensor& scale, const std::optional<at::Tensor>& lengths) {
   const LstmDims d = check_lstm_args(x, w_ih, w_hh, h0, c0, cut, scale);
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H;
   const auto dt = x.scalar_type();
@@ -48,6 +49,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_tensor(y, "y", dt, {T, B, H});
   check_tensor(gates, "gates", dt, {T, B, G});
   check_tensor(cs, "cs", dt, {T, B, H});
+  // With lengths (cpu/lengths.h): dy masked past each row's length with dh_n folded into its last step; the
+  // carried dc starts at zero and takes dc_n[b] when the sweep reaches step lengths[b] - 1.
+  const int64_t* len = cpu::check_lengths(lengths, T, B, "fastrnn::lstm_backward");
+  const at::Tensor gy = len ? cpu::fold_output_grads(dy, dh_n, len) : dy;
 
   // Block k sweeps rows [k R, min(B, (k + 1) R)): one block per thread.
   const int64_t R = rows_per_thread(B), nblocks = (B + R - 1) / R;
@@ -57,8 +62,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto acc_hh = at::zeros({nblocks, G, H}, x.options());
   auto acc_b = at::zeros({nblocks, G}, x.options());
   auto dx = cpu::empty_huge({T, B, I}, x.options());
-  auto dh = dy[T - 1] + dh_n;  // dL/dh_{T-1}, all paths; then reused as the carried dh buffer
-  auto dc = dc_n.clone();      // dL/dc carried from step t+1, updated in place by each pointwise pass
+  // dL/dh_{T-1}, all paths; then reused as the carried dh buffer
+  auto dh = len ? gy[T - 1].clone() : dy[T - 1] + dh_n;
+  auto dc = len ? at::zeros_like(dc_n) : dc_n.clone();  // dL/dc carried from step t+1, updated in place
   auto dh0 = at::empty({B, H}, x.options());
   const bool* cut_p = cut.const_data_ptr<bool>();
 
@@ -72,7 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const scalar_t* g_all = gates.const_data_ptr<scalar_t>();
     const scalar_t* c_all = cs.const_data_ptr<scalar_t>();
     const scalar_t* c0_p = c0.const_data_ptr<scalar_t>();
-    const scalar_t* dy_all = dy.const_data_ptr<scalar_t>();
+    const scalar_t* dy_all = gy.const_data_ptr<scalar_t>();
+    const scalar_t* dcn_all = dc_n.const_data_ptr<scalar_t>();
     scalar_t* dx_all = dx.data_ptr<scalar_t>();
     scalar_t* dh_all = dh.data_ptr<scalar_t>();
     scalar_t* dh0_all = dh0.data_ptr<scalar_t>();
@@ -95,6 +102,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           const scalar_t* cp_ptr = (t == 0 ? c0_p : c_all + (t - 1) * B * H) + b0 * H;
           const scalar_t* c_ptr = c_all + (t * B + b0) * H;
           scalar_t* dg_ptr = dgc + (t - t0) * nb * G;
+          if (len) {  // dc_n of the rows whose last step is t
+            for (int64_t b = 0; b < nb; ++b)
+              if (len[b0 + b] - 1 == t)
+                for (int64_t h = 0; h < H; ++h) dc_ptr[b * H + h] += dcn_all[(b0 + b) * H + h];
+          }
           for (int64_t b = 0; b < nb; ++b) {
             lstm_row_backward<scalar_t>(dh_ptr + b * H, dc_ptr + b * H, g_ptr + b * G, cp_ptr + b * H,
                                         c_ptr + b * H, dg_ptr + b * G, H, cut_t, s);
@@ -115,6 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     });
   });
 
+  if (len) cpu::add_zero_length_grads(len, dh_n, dc_n, dh0, dc);
   return {dx, sum_blocks(acc_ih), sum_blocks(acc_hh), sum_blocks(acc_b), dh0, dc};
 }
 

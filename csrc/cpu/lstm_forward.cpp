@@ -18,19 +18,23 @@
 #include "fastrnn/lstm_rows.h"
 #include "fastrnn/cpu_blas.h"
 #include "huge_pages.h"
+#include "lengths.h"
 
 namespace fastrnn {
 namespace {
 
 // Returns (y [T,B,H], h_n [B,H], c_n [B,H], gates [T,B,4H] activated, cs [T,B,H]); the last two are what
 // the backward needs. cut/scale are accepted so that autograd can keep them; the forward ignores them.
+// lengths (optional, cpu/lengths.h): every step of every row is computed, then h_n/c_n are taken at each
+// row's last step and y is zeroed past it.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
-    const at::Tensor& scale) {
+    const at::Tensor& scale, const std::optional<at::Tensor>& lengths) {
   const LstmDims d = check_lstm_args(x, w_ih, w_hh, h0, c0, cut, scale);
   TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "b_ih and b_hh must both be given or both be None");
   const int64_t T = d.T, B = d.B, H = d.H, G = 4 * H;
+  const int64_t* len = cpu::check_lengths(lengths, T, B, "fastrnn::lstm_forward");
   const auto opts = x.options();
 
   auto gates = cpu::empty_huge({T, B, G}, opts);
@@ -69,7 +73,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
       }
     });
   });
-  return {y, y[T - 1].clone(), cs[T - 1].clone(), gates, cs};
+  if (len == nullptr) return {y, y[T - 1].clone(), cs[T - 1].clone(), gates, cs};
+  auto h_n = at::empty({B, H}, opts), c_n = at::empty({B, H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward_cpu_lengths", [&] {
+    cpu::finish_forward<scalar_t>(len, T, B, H, y.data_ptr<scalar_t>(), cs.const_data_ptr<scalar_t>(),
+                                  h0.const_data_ptr<scalar_t>(), c0.const_data_ptr<scalar_t>(),
+                                  h_n.data_ptr<scalar_t>(), c_n.data_ptr<scalar_t>());
+  });
+  return {y, h_n, c_n, gates, cs};
 }
 
 }  // namespace

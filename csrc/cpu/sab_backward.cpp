@@ -26,6 +26,7 @@
 #include "sab_common.h"
 #include "backward_chunks.h"
 #include "huge_pages.h"
+#include "lengths.h"
 
 #include <fastrnn/sparse_attention.h>
 
@@ -42,6 +43,7 @@ struct BackwardArgs {
   int64_t C;  // steps per chunk
   const T *gy, *ghn, *gcn, *x, *w_ih, *w_hh, *att_wh, *att_wm, *att_s, *h0, *c0, *scale;
   const bool* cut;
+  const int64_t* len;  // [B] or nullptr: gy is then masked with ghn folded in (cpu/lengths.h)
   const T *y, *gates, *c, *hhat, *w, *denom, *cache;
   const int64_t *idx, *thr;
   // work buffers
@@ -83,7 +85,10 @@ void attention_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int6
   T* dh = a.dhh + b * H;
   const T* gy = a.gy + (t * a.B + b) * H;
   if (t == a.steps - 1) {
-    add(dh, gy, a.ghn + b * H, H);
+    if (a.len)  // ghn is already in gy, at the row's last step
+      for (int64_t h = 0; h < H; ++h) dh[h] = gy[h];
+    else
+      add(dh, gy, a.ghn + b * H, H);
   } else if (sc == T(0)) {
     for (int64_t h = 0; h < H; ++h) dh[h] = gy[h];
   } else {
@@ -132,7 +137,8 @@ void cell_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j
   // carry_c holds dL/dc_t from step t+1 (already cut/scaled by lstm_row_backward), or grad_cn.
   T* dc = a.carry_c + b * H;
   if (t == a.steps - 1)
-    for (int64_t h = 0; h < H; ++h) dc[h] = a.gcn[b * H + h];
+    for (int64_t h = 0; h < H; ++h) dc[h] = a.len ? T(0) : a.gcn[b * H + h];
+  if (a.len && t == a.len[b] - 1) add(dc, dc, a.gcn + b * H, H);  // c_n of this row is c_t
   const T* c_prev = t == 0 ? a.c0 : a.c + (t - 1) * a.B * H;
   lstm_row_backward(dh, dc, a.gates + (t * a.B + b) * G, c_prev + b * H, a.c + (t * a.B + b) * H,
                     dg, H, a.cut[t], a.scale[t]);
@@ -187,7 +193,8 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
                                  const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                                  const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
                                  const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
-                                 const at::Tensor& scale, const at::Tensor& y, const at::Tensor& gates,
+                                 const at::Tensor& scale, const int64_t* lengths, const at::Tensor& y,
+                                 const at::Tensor& gates,
                                  const at::Tensor& c, const at::Tensor& hhat, const at::Tensor& idx,
                                  const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom,
                                  const at::Tensor& cache, int64_t k_top, int64_t k_att,
@@ -214,14 +221,16 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
   at::Tensor datt_wh, datt_wm = at::empty_like(att_wm);
   at::Tensor datt_s, dh0, dc0;
   at::Tensor dw_da = at::empty({B, 2 * k_top}, opt);
+  // With lengths: grad_y masked past each row's length, grad_hn folded into its last step (cpu/lengths.h).
+  const at::Tensor gy = lengths ? fold_output_grads(grad_y, grad_hn, lengths) : grad_y;
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_backward", [&] {
     using T = scalar_t;
     BackwardArgs<T> a{steps, B, I, H, A, S, k_top, k_att, mlp, provisional, C,
-                      grad_y.data_ptr<T>(), grad_hn.data_ptr<T>(), grad_cn.data_ptr<T>(), x.data_ptr<T>(),
+                      gy.data_ptr<T>(), grad_hn.data_ptr<T>(), grad_cn.data_ptr<T>(), x.data_ptr<T>(),
                       w_ih.data_ptr<T>(), w_hh.data_ptr<T>(), att_wh.data_ptr<T>(), att_wm.data_ptr<T>(),
                       att_s.data_ptr<T>(), h0.data_ptr<T>(), c0.data_ptr<T>(), scale.data_ptr<T>(),
-                      cut.data_ptr<bool>(), y.data_ptr<T>(), gates.data_ptr<T>(), c.data_ptr<T>(),
+                      cut.data_ptr<bool>(), lengths, y.data_ptr<T>(), gates.data_ptr<T>(), c.data_ptr<T>(),
                       hhat.data_ptr<T>(), w.data_ptr<T>(), denom.data_ptr<T>(),
                       cache.data_ptr<T>(), idx.data_ptr<int64_t>(), thr.data_ptr<int64_t>(),
                       q.data_ptr<T>(), dM.data_ptr<T>(), mlp ? dP.data_ptr<T>() : nullptr,
@@ -266,6 +275,7 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
       datt_s = acc3.sum(0, /*keepdim=*/true);
     }
   });
+  if (lengths) add_zero_length_grads(lengths, grad_hn, grad_cn, dh0, dc0);
   at::Tensor db = has_bias ? sum_blocks(acc_b) : at::empty({0}, opt);
   return {dx, sum_blocks(acc_ih), sum_blocks(acc_hh), db, datt_wh, datt_wm, datt_s, dh0, dc0};
 }

@@ -153,7 +153,8 @@ inline const T* slot_value(int64_t j, int64_t b, const T* h0, const T* y, const 
 }  // namespace fastrnn
 
 // ---------------------------------------------------------------------------------------------
-// Entry points (arguments already validated by sab_ops.cpp).
+// Entry points (arguments already validated by sab_ops.cpp). `lengths`: nullptr (every row has length T)
+// or [B] values in [0, T] (cpu/lengths.h says what they do).
 namespace fastrnn {
 namespace cpu {
 
@@ -166,8 +167,8 @@ using SabForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
 SabForwardOut sab_forward_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                                const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                                const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
-                               const at::Tensor& h0, const at::Tensor& c0, int64_t k_top, int64_t k_att,
-                               bool mlp, bool provisional);
+                               const at::Tensor& h0, const at::Tensor& c0, const int64_t* lengths,
+                               int64_t k_top, int64_t k_att, bool mlp, bool provisional);
 
 // dx, dw_ih, dw_hh, db (the gradient of b_ih and of b_hh; [0] without bias), datt_wh, datt_wm, datt_s,
 // dh0, dc0.
@@ -178,7 +179,8 @@ SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& gra
                                  const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                                  const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
                                  const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
-                                 const at::Tensor& scale, const at::Tensor& y, const at::Tensor& gates,
+                                 const at::Tensor& scale, const int64_t* lengths, const at::Tensor& y,
+                                 const at::Tensor& gates,
                                  const at::Tensor& c, const at::Tensor& hhat, const at::Tensor& idx,
                                  const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom,
                                  const at::Tensor& cache, int64_t k_top, int64_t k_att,

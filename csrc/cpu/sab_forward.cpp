@@ -14,6 +14,7 @@
 // O(T·B·k_top) indices and weights; never O(T·|M|) scores.
 #include "sab_common.h"
 #include "huge_pages.h"
+#include "lengths.h"
 
 #include <fastrnn/sparse_attention.h>
 
@@ -163,8 +164,8 @@ void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t b1, Rankings<T>
 SabForwardOut sab_forward_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                                const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                                const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
-                               const at::Tensor& h0, const at::Tensor& c0, int64_t k_top, int64_t k_att,
-                               bool mlp, bool provisional) {
+                               const at::Tensor& h0, const at::Tensor& c0, const int64_t* lengths,
+                               int64_t k_top, int64_t k_att, bool mlp, bool provisional) {
   const int64_t steps = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
   const int64_t A = mlp ? att_wh.size(0) : 0, S = num_slots(steps, k_att), K = k_top;
   const auto opt = x.options();
@@ -204,8 +205,17 @@ SabForwardOut sab_forward_impl(const at::Tensor& x, const at::Tensor& w_ih, cons
       }
     });
   });
-  at::Tensor h_n = y[steps - 1].clone();
-  at::Tensor c_n = c[steps - 1].clone();
+  if (lengths == nullptr) return {y, y[steps - 1].clone(), c[steps - 1].clone(), gates, c, hhat, idx, w, thr,
+                                  denom, cache};
+  // Every step of every row was computed; now the outputs stop at each row's length (cpu/lengths.h). The
+  // backward reads the masked record: past a row's length nothing is selected and no gradient arrives.
+  at::Tensor h_n = at::empty({B, H}, opt), c_n = at::empty({B, H}, opt);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_forward_lengths", [&] {
+    finish_forward<scalar_t>(lengths, steps, B, H, y.data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
+                             h0.const_data_ptr<scalar_t>(), c0.const_data_ptr<scalar_t>(),
+                             h_n.data_ptr<scalar_t>(), c_n.data_ptr<scalar_t>());
+    mask_attention<scalar_t>(lengths, steps, B, K, idx.data_ptr<int64_t>(), w.data_ptr<scalar_t>());
+  });
   return {y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, cache};
 }
 

@@ -1,7 +1,8 @@
 // Schemas of the SAB layer ops and their CPU registrations, with the argument checks.
 // The autograd formula and the fake (meta) kernels are registered from Python
-// (fastrnn/ops/cpu_sab.py), as torch.library recommends for ops defined in C++.
+// (fastrnn/ops/sab.py), as torch.library recommends for ops defined in C++.
 #include "sab_common.h"
+#include "lengths.h"
 
 #include <torch/library.h>
 
@@ -70,8 +71,8 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
                               const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                               const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
                               const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
-                              const at::Tensor& scale, int64_t k_top, int64_t k_att, c10::string_view scorer,
-                              bool provisional) {
+                              const at::Tensor& scale, const c10::optional<at::Tensor>& lengths, int64_t k_top,
+                              int64_t k_att, c10::string_view scorer, bool provisional) {
   const Checker ck{"fastrnn::sab_forward"};
   Dims d = check_common(ck, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, k_top, k_att, scorer);
   TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), ck.op, ": b_ih and b_hh must both be given or both be None");
@@ -79,7 +80,8 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
     ck.tensor(*b_ih, "b_ih", x.scalar_type(), {4 * d.H});
     ck.tensor(*b_hh, "b_hh", x.scalar_type(), {4 * d.H});
   }
-  return sab_forward_impl(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, k_top, k_att, d.mlp,
+  const int64_t* len = check_lengths(lengths, d.T, d.B, ck.op);
+  return sab_forward_impl(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, len, k_top, k_att, d.mlp,
                           provisional);
 }
 
@@ -87,7 +89,8 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
                                 const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                                 const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
                                 const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
-                                const at::Tensor& scale, const at::Tensor& y, const at::Tensor& gates,
+                                const at::Tensor& scale, const c10::optional<at::Tensor>& lengths,
+                                const at::Tensor& y, const at::Tensor& gates,
                                 const at::Tensor& c, const at::Tensor& hhat, const at::Tensor& idx,
                                 const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom,
                                 const at::Tensor& cache, int64_t k_top, int64_t k_att,
@@ -112,8 +115,9 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   } else {
     ck.tensor(cache, "cache", dt, {B, S});
   }
-  return sab_backward_impl(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, y,
-                           gates, c, hhat, idx, w, thr, denom, cache, k_top, k_att, d.mlp, provisional,
+  const int64_t* len = check_lengths(lengths, T, B, ck.op);
+  return sab_backward_impl(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, len,
+                           y, gates, c, hhat, idx, w, thr, denom, cache, k_top, k_att, d.mlp, provisional,
                            has_bias);
 }
 
@@ -125,17 +129,20 @@ TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
   // One SAB-LSTM layer (SPEC section 1). Outputs after c_n are saved for sab_backward:
   // gates (activated), c, hhat, idx/w (the attention record), thr (threshold slot), denom (Σ ã + eps),
   // cache (mlp slot projections [B, S, A], linear slot scores [B, S]).
+  // lengths (None = every row has length T; no default: positional arguments follow): as lstm_forward
+  // (csrc/ops.cpp); idx/w are also -1 / 0 past each row's length.
   m.def(
       "sab_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor att_wh, "
-      "Tensor att_wm, Tensor att_s, Tensor h0, Tensor c0, Tensor cut, Tensor scale, int k_top, int k_att, "
+      "Tensor att_wm, Tensor att_s, Tensor h0, Tensor c0, Tensor cut, Tensor scale, Tensor? lengths, "
+      "int k_top, int k_att, "
       "str scorer, bool provisional) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor c, "
       "Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, Tensor cache)");
   // Its backward (SPEC section 2) under the truncation schedule (cut, scale). db is the gradient of both
-  // b_ih and b_hh ([0] when has_bias is false).
+  // b_ih and b_hh ([0] when has_bias is false). lengths: as lstm_backward.
   m.def(
       "sab_backward(Tensor grad_y, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor w_hh, "
       "Tensor att_wh, Tensor att_wm, Tensor att_s, Tensor h0, Tensor c0, Tensor cut, Tensor scale, "
-      "Tensor y, Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, "
+      "Tensor? lengths, Tensor y, Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, "
       "Tensor cache, int k_top, int k_att, str scorer, bool provisional, bool has_bias) -> "
       "(Tensor dx, Tensor dw_ih, Tensor dw_hh, Tensor db, Tensor datt_wh, Tensor datt_wm, Tensor datt_s, "
       "Tensor dh0, Tensor dc0)");

@@ -38,7 +38,9 @@ def differentiable_backward(reference_layer: Callable, inputs: Sequence, needs_i
     reference_layer: `fastrnn.reference.lstm_layer` or `sab_layer`; `inputs` its positional arguments in
     order (x, weights, ..., h0, c0, cut, scale), the tensors the forward saved (still attached to the
     caller's graph); `needs_input_grad` the op's flags for them; `output_grads` the gradients of
-    (y, h_n, c_n), None where unused; `config` the reference's keyword arguments. Returns one entry per
+    (y, h_n, c_n), None where unused; `config` the reference's keyword arguments (the SAB options and
+`lengths`, which the op's backward must pass on: the reference then stops each row where the kernels
+did). Returns one entry per
     input: a gradient (zeros where the input does not influence the outputs) or None where not needed.
     """
     result = [None] * len(inputs)

@@ -18,33 +18,36 @@ def available() -> bool:
     return _native.load()
 
 
-def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale):
-    """One LSTM layer over x [T, B, I] under the schedule (cut, scale); returns (y, h_n, c_n)."""
+def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
+    """One LSTM layer over x [T, B, I] under the schedule (cut, scale); returns (y, h_n, c_n).
+    lengths (None, or int64 [B] on x's device, each in [0, T]): each row stops at its own length
+    (docs/CONTRACT.md, "Variable length")."""
     if not _native.load():
         raise RuntimeError(f"fastrnn cpu backend unavailable: {_native.load_error()}")
-    contiguous = [None if t is None else t.contiguous() for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale)]
+    contiguous = [None if t is None else t.contiguous()
+                  for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths)]
     y, h_n, c_n, _, _ = torch.ops.fastrnn.lstm_forward(*contiguous)
     return y, h_n, c_n
 
 
-def _fake_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale):
+def _fake_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths=None):
     T, B, _ = x.shape
     H = w_hh.shape[1]
     return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), x.new_empty(T, B, 4 * H),
             x.new_empty(T, B, H))
 
 
-def _fake_backward(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale):
+def _fake_backward(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale, lengths=None):
     return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_hh.new_empty(w_hh.shape[0]), torch.empty_like(h0), torch.empty_like(c0))
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale = inputs
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths = inputs
     y, _, _, gates, cs = output
     ctx.has_bias = b_ih is not None
     # the biases are not needed by the kernels' backward, only by the differentiable one (glue.py)
-    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale, b_ih, b_hh)
+    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale, lengths, b_ih, b_hh)
     ctx.mark_non_differentiable(gates, cs)
     # Unused outputs arrive as None instead of zero tensors: materialising zeros for gates [T,B,4H] and
     # cs [T,B,H] on every backward was ~6% of a fwd+bwd step.
@@ -52,16 +55,16 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
-    x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale, b_ih, b_hh = ctx.saved_tensors
+    x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale, lengths, b_ih, b_hh = ctx.saved_tensors
     if glue.wants_graph():
         from .. import reference
-        return tuple(glue.differentiable_backward(
+        return (*glue.differentiable_backward(
             reference.lstm_layer, (x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale), ctx.needs_input_grad,
-            (dy, dh_n, dc_n)))
+            (dy, dh_n, dc_n), lengths=lengths), None)
     dx, dw_ih, dw_hh, db, dh0, dc0 = torch.ops.fastrnn.lstm_backward(
         glue.grad_or_zeros(dy, y), glue.grad_or_zeros(dh_n, h0), glue.grad_or_zeros(dc_n, c0),
-        x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale)
-    return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), dh0, dc0, None, None)
+        x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale, lengths)
+    return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), dh0, dc0, None, None, None)
 
 
 def _register() -> None:

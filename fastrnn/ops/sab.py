@@ -20,12 +20,15 @@ def available() -> bool:
 
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
-              k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False):
-    """One SAB-LSTM layer (SPEC sections 1-2); returns (y, h_n, c_n, attention or None)."""
+              k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
+              lengths=None):
+    """One SAB-LSTM layer (SPEC sections 1-2); returns (y, h_n, c_n, attention or None).
+    lengths (None, or int64 [B] on x's device, each in [0, T]): each row stops at its own length
+    (docs/CONTRACT.md, "Variable length"); the attention record is -1 / 0 past it."""
     if not available():
         raise RuntimeError(f"fastrnn cpu backend: {_native.load_error() or 'sab ops missing from the library'}")
     out = torch.ops.fastrnn.sab_forward(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale,
-                                        k_top, k_att, scorer, provisional)
+                                        lengths, k_top, k_att, scorer, provisional)
     y, h_n, c_n = out[0], out[1], out[2]
     attention = None
     if need_attention:
@@ -33,7 +36,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, sca
     return y, h_n, c_n, attention
 
 
-def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, k_top, k_att,
+def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths, k_top, k_att,
                   scorer, provisional):
     T, B, _ = x.shape
     H = h0.shape[1]
@@ -48,7 +51,7 @@ def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut,
             e(B, S, A) if mlp else e(B, S))                                   # slot keys
 
 
-def _backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, y,
+def _backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths, y,
                    gates, c, hhat, idx, w, thr, denom, keys, k_top, k_att, scorer, provisional, has_bias):
     G = w_ih.shape[0]
     return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh),
@@ -57,10 +60,11 @@ def _backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, att_wh, att_wm, att_
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, k_top, k_att, scorer, provisional = inputs
+    (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths, k_top, k_att, scorer,
+     provisional) = inputs
     y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, keys = output
     # the biases are not needed by the kernels' backward, only by the differentiable one (glue.py)
-    ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale,
+    ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths,
                           y, gates, c, hhat, idx, w, thr, denom, keys, b_ih, b_hh)
     ctx.config = (k_top, k_att, scorer, provisional, b_ih is not None)
     # Only y, h_n, c_n are differentiable; the attention weights are a detached record, as in the reference.
@@ -70,21 +74,21 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, grad_hn, grad_cn, *unused):
-    x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, y, *saved, b_ih, b_hh = ctx.saved_tensors
+    x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths, y, *saved, b_ih, b_hh = ctx.saved_tensors
     k_top, k_att, scorer, provisional, has_bias = ctx.config
     if glue.wants_graph():
         from .. import reference
         grads = glue.differentiable_backward(
             reference.sab_layer, (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale),
             ctx.needs_input_grad, (grad_y, grad_hn, grad_cn),
-            k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional)
-        return (*grads, None, None, None, None)
+            k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, lengths=lengths)
+        return (*grads, None, None, None, None, None)
     dx, dw_ih, dw_hh, db, datt_wh, datt_wm, datt_s, dh0, dc0 = torch.ops.fastrnn.sab_backward(
         glue.grad_or_zeros(grad_y, y), glue.grad_or_zeros(grad_hn, h0), glue.grad_or_zeros(grad_cn, c0),
-        x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, y, *saved,
+        x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths, y, *saved,
         k_top, k_att, scorer, provisional, has_bias)
     return (dx, dw_ih, dw_hh, *glue.bias_grads(db, has_bias), datt_wh, datt_wm, datt_s, dh0, dc0,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 def _register() -> None:

@@ -35,15 +35,74 @@ def _kernels():
     return _K
 
 
-def _sweep_buffers(y, dy, dh_n, c0, dc_n, gates, g):
-    """The reverse sweep's buffers in the gradient dtype `g`: dy with dh_n folded into its last step, the
-    carried dc (and its double buffer), and dgates. Absent incoming gradients are zeros."""
-    T = y.shape[0]
-    dy = torch.zeros_like(y, dtype=g) if dy is None else dy.to(g, copy=True).contiguous()
-    if dh_n is not None:
-        dy[T - 1] += dh_n
-    dc = torch.zeros_like(c0, dtype=g) if dc_n is None else dc_n.to(g, copy=True).contiguous()
-    return dy, dc, torch.empty_like(dc), torch.empty_like(gates, dtype=g)
+def _past_lengths(T, lengths):
+    """[T, B] bool: True where step t is past row b's length."""
+    return torch.arange(T, device=lengths.device).unsqueeze(1) >= lengths.unsqueeze(0)
+
+
+def _stop_at_lengths(y, cs, h0, c0, lengths):
+    """After the forward sweep (docs/CONTRACT.md, "Variable length"): returns (h_n, c_n), each row's states
+    at its step lengths[b] - 1 ((h0, c0) where 0), and zeroes y past each row's length, in place."""
+    if lengths is None:
+        return y[-1].clone(), cs[-1].clone()
+    rows = torch.arange(y.shape[1], device=y.device)
+    last = (lengths - 1).clamp(min=0)
+    empty = (lengths == 0).unsqueeze(1)
+    h_n = torch.where(empty, h0, y[last, rows])
+    c_n = torch.where(empty, c0, cs[last, rows])
+    y.masked_fill_(_past_lengths(y.shape[0], lengths).unsqueeze(2), 0)
+    return h_n, c_n
+
+
+class _FinalGrads:
+    """Where dh_n and dc_n enter the reverse sweep. Without lengths: dh_n is folded into dy[T-1] and the
+    carried dc starts as dc_n. With lengths: dy is zeroed past each row's length and dh_n[b] folded into
+    dy[len_b - 1, b]; the carried dc starts at zero and `enter(t, dc)` adds dc_n[b] to it when the sweep
+    reaches t = len_b - 1; `finish(dh0, dc0)` adds both to the initial state's gradients of zero-length rows
+    (their h_n, c_n are h0, c0). The rows' steps are read to the host once (one sync per call)."""
+
+    def __init__(self, lengths, dh_n, dc_n, g):
+        self.lengths, self.g = lengths, g
+        self.dh_n = None if dh_n is None else dh_n.to(g)
+        self.dc_n = None if dc_n is None else dc_n.to(g)
+        self.rows_ending_at = {}
+        self.zero_rows = None
+        if lengths is not None:
+            ends = {}
+            for b, n in enumerate(lengths.tolist()):
+                ends.setdefault(n - 1, []).append(b)
+            as_index = lambda r: torch.tensor(r, dtype=torch.int64, device=lengths.device)   # noqa: E731
+            self.zero_rows = as_index(ends.pop(-1)) if -1 in ends else None
+            self.rows_ending_at = {t: as_index(r) for t, r in ends.items()}
+
+    def sweep_buffers(self, y, dy, c0, gates):
+        """dy with dh_n folded in, the carried dc (and its double buffer), dgates; all in the gradient dtype."""
+        g, T = self.g, y.shape[0]
+        dy = torch.zeros_like(y, dtype=g) if dy is None else dy.to(g, copy=True).contiguous()
+        if self.lengths is None:
+            if self.dh_n is not None:
+                dy[T - 1] += self.dh_n
+            dc = torch.zeros_like(c0, dtype=g) if self.dc_n is None else self.dc_n.clone().contiguous()
+        else:
+            dy.masked_fill_(_past_lengths(T, self.lengths).unsqueeze(2), 0)
+            if self.dh_n is not None:
+                for t, rows in self.rows_ending_at.items():
+                    dy[t].index_add_(0, rows, self.dh_n.index_select(0, rows))
+            dc = torch.zeros_like(c0, dtype=g)
+        return dy, dc, torch.empty_like(dc), torch.empty_like(gates, dtype=g)
+
+    def enter(self, t, dc):
+        """Before the cell backward of step t reads the carried dc."""
+        rows = self.rows_ending_at.get(t)
+        if rows is not None and self.dc_n is not None:
+            dc.index_add_(0, rows, self.dc_n.index_select(0, rows))
+
+    def finish(self, dh0, dc0):
+        if self.zero_rows is None:
+            return
+        for grad, final in ((dh0, self.dh_n), (dc0, self.dc_n)):
+            if final is not None:
+                grad.index_add_(0, self.zero_rows, final.index_select(0, self.zero_rows))
 
 
 class _Cfg:
@@ -64,13 +123,20 @@ class _Cfg:
         return dict(ACC=self.acc, BLOCK_B=self.bb, BLOCK_H=self.bh, BLOCK_K=self.bk, DOT_PREC=self.prec)
 
 
-def _check_tensors(named: dict, cut, scale) -> None:
-    """Every tensor on x's device with x's dtype (the schedule on x's device), and a device the kernels
-    can run on; errors name the argument (the module checks shapes)."""
+def _check_tensors(named: dict, cut, scale, lengths=None) -> None:
+    """Every tensor on x's device with x's dtype (the schedule and lengths on x's device), and a device the
+    kernels can run on; errors name the argument (the module checks shapes)."""
     x = named["x"]
-    for name, t in (("cut", cut), ("scale", scale)):
-        if t.device != x.device:
+    for name, t in (("cut", cut), ("scale", scale), ("lengths", lengths)):
+        if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if lengths is not None:
+        T, B = x.shape[0], x.shape[1]
+        if lengths.dtype != torch.int64 or tuple(lengths.shape) != (B,):
+            raise ValueError(f"lengths must be an int64 tensor of shape [B] = [{B}], got {lengths.dtype} "
+                             f"{tuple(lengths.shape)}")
+        if not torch.compiler.is_compiling() and B > 0 and not bool(((lengths >= 0) & (lengths <= T)).all()):
+            raise ValueError(f"lengths must lie in [0, T] with T = {T}, got {lengths.tolist()}")
     if x.dtype not in (torch.float32, torch.float64, torch.bfloat16):
         raise TypeError(f"x: the triton backend takes float32, float64 or bfloat16, got {x.dtype}")
     for name, t in named.items():
@@ -137,7 +203,7 @@ def _weight_grads(ctx, dgates, x, w_ih, h_in):
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale):
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths):
         T, B, _ = x.shape
         H = h0.shape[1]
         cfg = _Cfg(x, B, H, 1)
@@ -146,46 +212,51 @@ class _LSTMLayer(torch.autograd.Function):
         cs = x.new_empty(T, B, H)
         y = x.new_empty(T, B, H)
         _lstm_forward(x, w_hh, xg, h0, c0, gates, cs, y, cfg)
-        ctx.save_for_backward(x, w_ih, w_hh, h0, c0, gates, cs, y, b_ih, b_hh)
+        h_n, c_n = _stop_at_lengths(y, cs, h0, c0, lengths)
+        ctx.save_for_backward(x, w_ih, w_hh, h0, c0, gates, cs, y, b_ih, b_hh, lengths)
         ctx.schedule = (cut, scale)
         ctx.has_bias = b_ih is not None
-        return y, y[T - 1].clone(), cs[T - 1].clone()
+        return y, h_n, c_n
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
-        x, w_ih, w_hh, h0, c0, gates, cs, y, b_ih, b_hh = ctx.saved_tensors
+        x, w_ih, w_hh, h0, c0, gates, cs, y, b_ih, b_hh, lengths = ctx.saved_tensors
         if glue.wants_graph():   # create_graph=True: the kernels' sweep is not differentiable
             from .. import reference
-            return tuple(glue.differentiable_backward(
+            return (*glue.differentiable_backward(
                 reference.lstm_layer, (x, w_ih, w_hh, b_ih, b_hh, h0, c0, *ctx.schedule), ctx.needs_input_grad,
-                (dy, dh_n, dc_n)))
+                (dy, dh_n, dc_n), lengths=lengths), None)
         k = _kernels().lstm_step
         T, B, _ = x.shape
         H = h0.shape[1]
         cfg = _Cfg(x, B, H, 1)
         g = _grad_dtype(x.dtype)   # gradient buffers
-        dy, dc, dc_next, dgates = _sweep_buffers(y, dy, dh_n, c0, dc_n, gates, g)
+        final = _FinalGrads(lengths, dh_n, dc_n, g)
+        dy, dc, dc_next, dgates = final.sweep_buffers(y, dy, c0, gates)
         f, flows = _schedule(*ctx.schedule, g)
         for t in range(T - 1, -1, -1):
             has_rec = t + 1 < T and flows[t + 1]
+            final.enter(t, dc)
             k.lstm_bwd_step_kernel[cfg.grid_bh](
                 dgates[t + 1] if has_rec else dgates[t], w_hh, f[t + 1] if has_rec else f[t], dy[t], dc,
                 gates[t], cs[t], cs[t - 1] if t > 0 else c0, dgates[t], dc_next, f[t], B, H,
                 HAS_REC=has_rec, **cfg.common())
             dc, dc_next = dc_next, dc
         dh0 = f[0] * (dgates[0] @ w_hh.to(g))
+        final.finish(dh0, dc)
         h_in = torch.cat([h0.unsqueeze(0), y[:-1]])
         dx, dw_ih, dw_hh, db = _weight_grads(ctx, dgates, x, w_ih, h_in)
         return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), dh0.to(x.dtype), dc.to(x.dtype),
-                None, None)
+                None, None, None)
 
 
-def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale):
-    """A plain LSTM layer under a truncation schedule (docs/CONTRACT.md): 1 launch per step each way."""
+def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
+    """A plain LSTM layer under a truncation schedule (docs/CONTRACT.md): 1 launch per step each way.
+    Rows stop at `lengths` (None, or int64 [B] on x's device, each in [0, T])."""
     named = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0)
-    _check_tensors(named, cut, scale)
+    _check_tensors(named, cut, scale, lengths)
     args = [a.contiguous() if a is not None else None for a in named.values()]
-    return _LSTMLayer.apply(*args, cut, scale)
+    return _LSTMLayer.apply(*args, cut, scale, lengths)
 
 
 def _scorer_views(scorer, att_wh, att_wm):
@@ -199,7 +270,7 @@ def _scorer_views(scorer, att_wh, att_wm):
 
 class _SABLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale,
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths,
                 k_top, k_att, scorer, provisional):
         K = _kernels()
         T, B, _ = x.shape
@@ -238,19 +309,24 @@ class _SABLayer(torch.autograd.Function):
                 B, H, A, S, K_TOP=k_top, K_PAD=k_pad, PROVISIONAL=provisional, BLOCK_A=cfg.ba, BLOCK_S=bs_sel,
                 **cfg.common())
             h, c = y[t], cs[t]
+        h_n, c_n = _stop_at_lengths(y, cs, h0, c0, lengths)
+        if lengths is not None:   # the record past each row's length; the backward reads it masked too
+            past = _past_lengths(T, lengths).unsqueeze(2)
+            idx.masked_fill_(past, -1)
+            w.masked_fill_(past, 0)
         ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, gates, cs, hhat, y, mem, key,
-                              q, idx, w, thr, z, b_ih, b_hh)
+                              q, idx, w, thr, z, b_ih, b_hh, lengths)
         ctx.schedule = (cut, scale)
         ctx.has_bias = b_ih is not None
         ctx.sab = (k_top, k_att, scorer, provisional, k_pad)
         weights = w.to(x.dtype)
         ctx.mark_non_differentiable(idx, weights)
-        return y, y[T - 1].clone(), cs[T - 1].clone(), idx, weights
+        return y, h_n, c_n, idx, weights
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, _didx, _dw):
         (x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, gates, cs, hhat, y, mem, key,
-         q, idx, w, thr, z, b_ih, b_hh) = ctx.saved_tensors
+         q, idx, w, thr, z, b_ih, b_hh, lengths) = ctx.saved_tensors
         k_top, k_att, scorer, provisional, k_pad = ctx.sab
         if glue.wants_graph():   # create_graph=True: the kernels' sweep is not differentiable
             from .. import reference
@@ -258,8 +334,8 @@ class _SABLayer(torch.autograd.Function):
                 reference.sab_layer,
                 (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, *ctx.schedule),
                 ctx.needs_input_grad, (dy, dh_n, dc_n),
-                k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional)
-            return (*grads, None, None, None, None)
+                k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, lengths=lengths)
+            return (*grads, None, None, None, None, None)
         K = _kernels()
         T, B, _ = x.shape
         H = h0.shape[1]
@@ -267,7 +343,8 @@ class _SABLayer(torch.autograd.Function):
         A = wh.shape[0]
         cfg = _Cfg(x, B, H, A)
         g = _grad_dtype(x.dtype)   # gradient buffers
-        dy, dc, dc_next, dgates = _sweep_buffers(y, dy, dh_n, c0, dc_n, gates, g)
+        final = _FinalGrads(lengths, dh_n, dc_n, g)
+        dy, dc, dc_next, dgates = final.sweep_buffers(y, dy, c0, gates)
         gm, dkey = torch.zeros_like(mem, dtype=g), torch.zeros_like(key, dtype=g)   # per-slot gradients
         dv = torch.zeros(B, A, dtype=g, device=x.device)
         dq = torch.empty_like(q, dtype=g)
@@ -283,12 +360,14 @@ class _SABLayer(torch.autograd.Function):
                 (t + 1) // k_att if (t + 1) % k_att == 0 else -1, B, H, A,
                 HAS_REC=has_rec, K_TOP=k_top, K_PAD=k_pad, MLP=scorer == "mlp", PROVISIONAL=provisional,
                 BLOCK_A=cfg.ba, **cfg.common())
+            final.enter(t, dc)
             lk.lstm_bwd_step_kernel[cfg.grid_bh](
                 dgates[t], w_hh, f[t], gh, dc, gates[t], cs[t], cs[t - 1] if t > 0 else c0, dgates[t], dc_next,
                 f[t], B, H, HAS_REC=False, **cfg.common())
             dc, dc_next = dc_next, dc
         # h0 is slot 0 as well as the recurrent input of step 0
         dh0 = f[0] * (dgates[0] @ w_hh.to(g)) + gm[0] + dkey[0] @ wm.to(g)
+        final.finish(dh0, dc)
         h_in = torch.cat([h0.unsqueeze(0), y[:-1]])
         dx, dw_ih, dw_hh, db = _weight_grads(ctx, dgates, x, w_ih, h_in)
         d_wh = dq.reshape(T * B, A).t() @ hhat.reshape(T * B, H).to(g)
@@ -299,7 +378,7 @@ class _SABLayer(torch.autograd.Function):
             d_wh, d_wm, d_s = d_wh.reshape(H), d_wm.reshape(H), dq.sum().reshape(1)
         d_wh, d_wm, d_s, dh0, dc = (v.to(x.dtype) for v in (d_wh, d_wm, d_s, dh0, dc))
         return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), d_wh, d_wm, d_s, dh0, dc,
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def _check_sab(k_top, k_att, scorer):
@@ -312,13 +391,15 @@ def _check_sab(k_top, k_att, scorer):
 
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
-              k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False):
-    """One SAB-LSTM layer (docs/CONTRACT.md): 3 launches per step forward, 3 per step backward."""
+              k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
+              lengths=None):
+    """One SAB-LSTM layer (docs/CONTRACT.md): 3 launches per step forward, 3 per step backward.
+    Rows stop at `lengths` (None, or int64 [B] on x's device, each in [0, T])."""
     _check_sab(k_top, k_att, scorer)
     named = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, att_wh=att_wh, att_wm=att_wm, att_s=att_s,
                  h0=h0, c0=c0)
-    _check_tensors(named, cut, scale)
+    _check_tensors(named, cut, scale, lengths)
     args = [a.contiguous() if a is not None else None for a in named.values()]
-    y, h_n, c_n, idx, w = _SABLayer.apply(*args, cut, scale, k_top, k_att, scorer, bool(provisional))
+    y, h_n, c_n, idx, w = _SABLayer.apply(*args, cut, scale, lengths, k_top, k_att, scorer, bool(provisional))
     attention = SABAttention(idx, w, slot_steps(x.shape[0], k_att, x.device)) if need_attention else None
     return y, h_n, c_n, attention
