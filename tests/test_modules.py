@@ -9,6 +9,9 @@ from fastrnn import truncation as tr
 
 f64 = torch.float64
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+# float64 results of one backend computed along two BLAS paths (other shapes, other call structure): equal
+# up to the last bits only, so not compared bit for bit.
+CHAINED = dict(rtol=1e-12, atol=1e-14)
 
 
 def _grads(out, params, x, hx):
@@ -64,7 +67,8 @@ def test_parameter_shapes_follow_the_spec():
 
 @pytest.mark.parametrize("attention", ["mlp", "linear"])
 def test_sablstm_layers_chain_the_reference_layer(attention):
-    m = fastrnn.SABLSTM(3, 4, 2, k_top=2, k_att=2, k_trunc=3, attention=attention, backend="reference", dtype=f64)
+    m = fastrnn.SABLSTM(3, 4, 2, k_top=2, k_att=2, k_trunc=3, attention=attention, slot_state="final",
+                        backend="reference", dtype=f64)
     x = torch.randn(7, 2, 3, dtype=f64)
     y, (h_n, c_n), att = m(x, return_attention=True)
     sched = tr.fixed(7, 3)
@@ -76,10 +80,14 @@ def test_sablstm_layers_chain_the_reference_layer(attention):
         zeros = torch.zeros(2, 4, dtype=f64)
         inp, h, c, a = R.sab_layer(inp, *p, zeros, zeros, sched.cut, sched.scale, k_top=2, k_att=2,
                                    scorer=attention, provisional=False, need_attention=True)
-        torch.testing.assert_close(h_n[layer], h, rtol=0, atol=0)
-        torch.testing.assert_close(c_n[layer], c, rtol=0, atol=0)
-        assert torch.equal(att[layer].indices, a.indices)
-    torch.testing.assert_close(y, inp, rtol=0, atol=0)
+        # Layer-by-layer here vs the module's own loop: today the same calls, but the module is free to
+        # batch its work differently (views into the [L, B, H] state, a hoisted input projection), which
+        # moves the last bit through another BLAS path. 1e-12 relative still catches a wrong parameter,
+        # state or layer order (those differ by O(0.1)).
+        torch.testing.assert_close(h_n[layer], h, **CHAINED)
+        torch.testing.assert_close(c_n[layer], c, **CHAINED)
+        assert torch.equal(att[layer].indices, a.indices)            # integers: the same slots
+    torch.testing.assert_close(y, inp, **CHAINED)
 
 
 def test_schedule_replaces_k_trunc():
@@ -96,9 +104,15 @@ def test_batch_first_and_unbatched_sab():
     x = torch.randn(2, 5, 3, dtype=f64)
     y, (h, c), att = m(x, return_attention=True)
     assert y.shape == (2, 5, 4) and h.shape == (1, 2, 4) and att[0].indices.shape == (5, 2, 5)
-    y_u, (h_u, _), att_u = m(x[0], return_attention=True)
-    torch.testing.assert_close(y_u, y[0], rtol=0, atol=0)
+    y_u, (h_u, c_u), att_u = m(x[0], return_attention=True)
     assert att_u[0].indices.shape == (5, 5) and h_u.shape == (1, 4)
+    # Not bit-exact: the unbatched call is a B=1 run and MKL may take another GEMM path for one row than
+    # for two (on an AVX-512/AMX host the two differ by ~1e-17). A wrong row, a batch_first transpose
+    # mix-up or a state of the other sequence would differ by O(0.1).
+    torch.testing.assert_close(y_u, y[0], **CHAINED)
+    torch.testing.assert_close(h_u, h[:, 0], **CHAINED)
+    torch.testing.assert_close(c_u, c[:, 0], **CHAINED)
+    assert torch.equal(att_u[0].indices, att[0].indices[:, 0])      # integers: the same slots
 
 
 def test_empty_sequence_returns_initial_state():
