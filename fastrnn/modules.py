@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import backends
+from . import backends, profiling
 from .ops.attention import SABAttention
 from .truncation import Schedule, fixed
 
@@ -416,7 +416,8 @@ class LSTM(_LSTMBase):
 
         def layer_fn(layer, x, h0, c0):
             params = self._parameters_for(self._lstm_parameters(layer), call)
-            return (*lstm_layer(x, *params, h0, c0, call.cut, call.scale, lengths=call.lengths), None)
+            return (*profiling.layer(f"fastrnn.lstm.layer{layer}", lstm_layer, x, *params, h0, c0, call.cut,
+                                     call.scale, lengths=call.lengths), None)
 
         y, h_n, c_n, _ = self._run_layers(call, layer_fn)
         return self._finish(call, y, h_n, c_n)
@@ -517,9 +518,10 @@ class SABLSTM(_LSTMBase):
         def layer_fn(layer, x, h0, c0):
             params = self._parameters_for((*self._lstm_parameters(layer), *self._attention_parameters(layer)),
                                           call)
-            return sab_layer(x, *params, h0, c0, call.cut, call.scale, k_top=self.k_top, k_att=self.k_att,
-                             scorer=self.attention, provisional=self.slot_state == "provisional",
-                             need_attention=return_attention, lengths=call.lengths)
+            return profiling.layer(f"fastrnn.sab.layer{layer}", sab_layer, x, *params, h0, c0, call.cut,
+                                   call.scale, k_top=self.k_top, k_att=self.k_att, scorer=self.attention,
+                                   provisional=self.slot_state == "provisional", need_attention=return_attention,
+                                   lengths=call.lengths)
 
         y, h_n, c_n, attention = self._run_layers(call, layer_fn)
         output = self._finish(call, y, h_n, c_n)

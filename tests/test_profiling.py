@@ -79,6 +79,22 @@ def test_layer_ranges_span_forward_and_backward_and_keep_the_gradients(backend):
         assert b.start <= kernel.time_range.start and kernel.time_range.end <= b.end
 
 
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.SABLSTM])
+def test_modules_put_each_layer_in_forward_and_backward_ranges(backend, cls):
+    model = cls(2, 4, num_layers=2, backend=backend, dtype=torch.float64)
+    x = torch.randn(5, 3, 2, dtype=torch.float64, requires_grad=True)
+    (expected,) = torch.autograd.grad(model(x)[0].sum(), x)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        (got,) = torch.autograd.grad(model(x)[0].sum(), x)
+    kind = "lstm" if cls is fastrnn.LSTM else "sab"
+    names = _events(prof)
+    for layer in (0, 1):
+        for phase in ("forward", "backward"):
+            assert f"fastrnn.{kind}.layer{layer}.{phase}" in names, sorted(n for n in names if "fastrnn" in n)
+    assert torch.equal(got, expected)   # same calls, same thread count: the ranges change no value
+
+
 def test_layer_is_a_plain_call_when_nothing_records():
     args = _layer_args()
     y, h, c = profiling.layer("fastrnn.lstm0", reference.lstm_layer, *args)
