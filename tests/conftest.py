@@ -10,6 +10,29 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_configure(config):
+    for backend in ("cpu", "triton"):
+        config.addinivalue_line("markers", f"{backend}: runs the {backend} backend (tests/helpers.py)")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def poison():
+    """Every fresh torch.empty allocation (a layer's outputs and internal buffers included) filled with
+    NaN (max int for integers): deterministic mode with fill_uninitialized_memory. Any element a kernel
+    fails to write shows up as NaN."""
+    old = torch.are_deterministic_algorithms_enabled()
+    old_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        assert torch.empty(3, dtype=torch.float64).isnan().all()  # the poisoning is really active
+        assert torch.empty(3).isnan().all()
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old)
+        torch.utils.deterministic.fill_uninitialized_memory = old_fill

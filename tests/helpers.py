@@ -1,9 +1,55 @@
-"""Shared test helpers: random SAB/LSTM layer arguments and gradient comparison against the reference."""
+"""Shared test helpers: the backends under test, random LSTM/SAB layer arguments, ONE comparison of a
+layer against the reference (outputs, attention record, every gradient) and ONE set of tolerances."""
+import pytest
 import torch
 
+import fastrnn
+from fastrnn import backends as _backends
+from fastrnn import reference
 from fastrnn.truncation import Schedule
 
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+# float64: the backends must agree with the reference to rounding (1e-9 relative). float32: they sum in
+# another order than the reference, and the cpu mlp scorer uses a rational tanh (a few ulp); errors grow
+# with T as |h_t| grows (docs/SPEC.md section 1), so the float32 cases stay at T <= 24. The largest float32
+# error measured is the cpu SAB layer's (3.5e-5 beyond 2e-4 relative, in small elements of d w_hh); the
+# LSTM layers and the triton backend stay within 1e-5 beyond it.
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=1e-4)}
+# The linear scorer's query term is shared by all slots and cancels in the threshold (docs/SPEC.md section
+# 1): the exact gradients of att_wh and att_b are zero, both sides hold rounding noise only, bounded
+# relative to the largest d att_wm.
+LINEAR_QUERY_NOISE = {torch.float64: 1e-12, torch.float32: 1e-4}
+# bfloat16 storage with float32 accumulation, against the float32 reference on the same rounded inputs,
+# relative to the largest element: coarse (this catches wrong casts and wrong buffers, not the last bit).
+# SAB's gradient goes through (dw - Σ w dw) / Z: the reference itself, run in bfloat16, is ~5% off.
+BF16_TOL = dict(output=3e-2, lstm_grad=3e-2, sab_grad=0.25)
+
+# Every backend that runs here, except the reference (the oracle they are compared with). A backend that
+# is not built or importable is left out of the parametrisation (tests/test_modules.py checks the list).
+BACKENDS = [b for b in fastrnn.available_backends() if b != "reference"]
+# Backends whose layers take bfloat16 tensors (the cpu ops take float32 and float64 only).
+BF16_BACKENDS = [b for b in BACKENDS if b == "triton"]
+
+
+def backend_params(names=None):
+    """pytest.param per backend, marked with the backend's name (`pytest -m "not triton"` deselects it)."""
+    return [pytest.param(b, id=b, marks=getattr(pytest.mark, b)) for b in (BACKENDS if names is None else names)]
+
+
+def only(backend):
+    """Decorator of a backend-specific test: marked with the backend's name; it runs where that backend is
+    available, else it is reported as skipped with the reason (never silently)."""
+    why = "" if backend in BACKENDS else _backends._why_unavailable(backend)
+    skip = pytest.mark.skipif(backend not in BACKENDS, reason=f"{backend} backend unavailable: {why}")
+
+    def mark(test):
+        return getattr(pytest.mark, backend)(skip(test))
+    return mark
+
+
+def layer_fn(backend, op):
+    """`lstm_layer` or `sab_layer` of `backend` for CPU tensors (triton: under TRITON_INTERPRET=1)."""
+    lstm_layer, sab_layer = _backends.layer_functions(backend, torch.device("cpu"))
+    return {"lstm_layer": lstm_layer, "sab_layer": sab_layer}[op]
 
 
 def layer_args(T, B, I, H, *, A=None, scorer="mlp", bias=True, dtype=torch.float64, scale=0.5, sab=True):
@@ -47,3 +93,63 @@ def run_with_grads(fn, args, sched, seed=1, **kw):
 
 def assert_close(actual, expected, dtype, what):
     torch.testing.assert_close(actual, expected, **TOL[dtype], msg=lambda m: f"{what}: {m}")
+
+
+def assert_equal_results(first, second):
+    """Two runs of run_with_grads bit-identical: outputs, attention record (if any) and every gradient."""
+    (out1, g1), (out2, g2) = first, second
+    for name, a, b in zip(("y", "h_n", "c_n"), out1[:3], out2[:3]):
+        assert torch.equal(a, b), name
+    if len(out1) > 3 and out1[3] is not None:
+        for name in ("indices", "weights", "slot_steps"):
+            assert torch.equal(getattr(out1[3], name), getattr(out2[3], name)), name
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        assert torch.equal(g1[name], g2[name]), f"d{name}"
+
+
+def compare(ours, ref, dtype, scorer=None):
+    """Results of run_with_grads for a backend (`ours`) and the reference (`ref`) on the same inputs:
+    outputs (y, h_n, c_n), the attention record where both have one (indices and slot steps exact), and
+    every gradient, to TOL[dtype]. scorer="linear": d att_wh and d att_s are rounding noise on both sides."""
+    (out, grads), (rout, rgrads) = ours, ref
+    for name, a, b in zip(("y", "h_n", "c_n"), out[:3], rout[:3]):
+        assert_close(a, b, dtype, name)
+    if len(out) > 3 and out[3] is not None:
+        att, ratt = out[3], rout[3]
+        torch.testing.assert_close(att.indices, ratt.indices, rtol=0, atol=0)
+        assert_close(att.weights, ratt.weights, dtype, "attention weights")
+        torch.testing.assert_close(att.slot_steps, ratt.slot_steps, rtol=0, atol=0)
+    assert grads.keys() == rgrads.keys()
+    for name in grads:
+        if scorer == "linear" and name in ("att_wh", "att_s"):
+            bound = LINEAR_QUERY_NOISE[dtype] * rgrads["att_wm"].abs().max()
+            assert grads[name].abs().max() <= bound, name
+            assert rgrads[name].abs().max() <= bound, name
+            continue
+        assert_close(grads[name], rgrads[name], dtype, f"d{name}")
+
+
+_REFERENCE = {}
+
+
+def reference_case(key, make_args, op, sched, dtype, **kw):
+    """(args, reference result) of one case: `make_args()` and the reference's run_with_grads on them,
+    computed once per session under `key` and shared by every backend's test of that case (the
+    reference is the slow side of a cpu comparison)."""
+    if key not in _REFERENCE:
+        args = make_args()
+        _REFERENCE[key] = args, run_with_grads(getattr(reference, op), args, schedule_args(sched, dtype), **kw)
+    return _REFERENCE[key]
+
+
+def check_layer(backend, op, args, sched, dtype, ref=None, **kw):
+    """`op` ("lstm_layer" or "sab_layer") of `backend` vs the reference's on `args` under the Schedule
+    `sched`: compare(...) of both; returns (ours, ref) as run_with_grads gives them. `ref`: the reference's
+    result on the same args if already computed (reference_case)."""
+    s = schedule_args(sched, dtype)
+    ours = run_with_grads(layer_fn(backend, op), args, s, **kw)
+    if ref is None:
+        ref = run_with_grads(getattr(reference, op), args, s, **kw)
+    compare(ours, ref, dtype, scorer=kw.get("scorer"))
+    return ours, ref

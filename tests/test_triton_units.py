@@ -1,9 +1,8 @@
-"""The Triton kernels on CPU tensors under TRITON_INTERPRET=1, against fastrnn.reference.
-
-Kernel by kernel (with small explicit tiles, so that multi-program grids, K loops and masked edges run),
-then the whole `triton_backend.lstm_layer` / `sab_layer` forward + every gradient, then
-`SABLSTM(backend="triton")`. float64 to 1e-9 relative (tests/helpers.py TOL); float32 to TOL as well
-(rtol 2e-4, atol 2e-5). Outputs that kernels write are poisoned with NaN first.
+"""The Triton kernels one by one, on CPU tensors under TRITON_INTERPRET=1, against their torch formulas
+and fastrnn.reference: the single-step LSTM kernels and the sparse attention forward and backward, with
+small explicit tiles, so that multi-program grids, K loops and masked edges run. float64 to 1e-9 relative,
+float32 to the float32 tolerance (tests/helpers.py TOL). Outputs that kernels write are poisoned with NaN
+first. The whole triton layers are compared with the reference in tests/test_lstm.py and tests/test_sab.py.
 """
 import os
 
@@ -14,9 +13,11 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
-from fastrnn import SABLSTM, reference as R, truncation  # noqa: E402
+from fastrnn import reference as R  # noqa: E402
 from fastrnn.ops import triton_backend as TB  # noqa: E402
-from helpers import TOL, assert_close, layer_args, run_with_grads, schedule_args  # noqa: E402
+from helpers import TOL, assert_close  # noqa: E402
+
+pytestmark = pytest.mark.triton
 
 K = TB._kernels()
 F64, F32 = torch.float64, torch.float32
@@ -195,148 +196,3 @@ def test_attention_bwd_kernel(dtype, scorer, k_top, n_slots, ties):
     assert_close(dwm, d_wm, dtype, "d att_wm")
     ds = dv.sum(0) if scorer == "mlp" else dq.sum().reshape(1)
     torch.testing.assert_close(ds, d_s, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
-
-
-# ---------------------------------------------------------------- whole layers
-
-SCHEDULES = {
-    "full": lambda T: truncation.full(T),
-    "fixed3": lambda T: truncation.fixed(T, 3),
-    "artbp": lambda T: truncation.artbp(T, 2, generator=torch.Generator().manual_seed(3)),
-}
-
-
-def compare_layer(fn_name, args, sched, dtype, **kw):
-    out_ref, g_ref = run_with_grads(getattr(R, fn_name), args, sched, **kw)
-    out, g = run_with_grads(getattr(TB, fn_name), args, sched, **kw)
-    for name, a, b in zip(("y", "h_n", "c_n"), out, out_ref):
-        assert_close(a, b, dtype, name)
-    for name in g_ref:
-        if name in ("att_wh", "att_s") and kw.get("scorer") == "linear":
-            # zero in exact arithmetic (the query cancels in the sparsifier): compare on the scale of x's
-            scale = max(g_ref["x"].abs().max().item(), 1.0)
-            torch.testing.assert_close(g[name], g_ref[name], rtol=0, atol=TOL[dtype]["atol"] * 10 * scale)
-        else:
-            assert_close(g[name], g_ref[name], dtype, f"d {name}")
-    return out, out_ref
-
-
-@pytest.mark.parametrize("dtype", [F64, F32])
-@pytest.mark.parametrize("sched,bias", [("full", True), ("fixed3", False), ("artbp", True)])
-def test_lstm_layer(dtype, sched, bias):
-    T, B, I, H = 7, 3, 5, 20
-    args = layer_args(T, B, I, H, dtype=dtype, bias=bias, sab=False)
-    compare_layer("lstm_layer", args, schedule_args(SCHEDULES[sched](T), dtype), dtype)
-
-
-@pytest.mark.parametrize("dtype", [F64, F32])
-@pytest.mark.parametrize("scorer,provisional,k_top,k_att,sched,A", [
-    ("mlp", False, 2, 1, "full", 12),
-    ("mlp", True, 3, 2, "fixed3", None),
-    ("mlp", False, 1, 3, "artbp", None),
-    ("linear", False, 2, 1, "fixed3", None),
-    ("linear", True, 4, 2, "full", None),
-])
-def test_sab_layer(dtype, scorer, provisional, k_top, k_att, sched, A):
-    T, B, I, H = 8, 3, 5, 16
-    args = layer_args(T, B, I, H, A=A, scorer=scorer, dtype=dtype)
-    kw = dict(k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, need_attention=True)
-    out, out_ref = compare_layer("sab_layer", args, schedule_args(SCHEDULES[sched](T), dtype), dtype, **kw)
-    att, att_ref = out[3], out_ref[3]
-    assert torch.equal(att.indices, att_ref.indices)
-    assert_close(att.weights, att_ref.weights, dtype, "attention weights")
-    assert torch.equal(att.slot_steps, att_ref.slot_steps)
-
-
-@pytest.mark.parametrize("T,k_att", [(1, 1), (3, 5)])
-def test_sab_layer_short_sequences(T, k_att):
-    """T = 1, and a memory that never grows past h0 (k_att > T)."""
-    args = layer_args(T, 2, 3, 16, dtype=F64)
-    kw = dict(k_top=2, k_att=k_att, scorer="mlp", provisional=False, need_attention=True)
-    compare_layer("sab_layer", args, schedule_args(truncation.full(T), F64), F64, **kw)
-
-
-def test_sab_layer_rejects_bad_arguments():
-    args = layer_args(2, 1, 2, 4, dtype=F32)
-    sched = schedule_args(truncation.full(2), F32)
-    with pytest.raises(ValueError, match="k_top"):
-        TB.sab_layer(**args, **sched, k_top=0, k_att=1, scorer="mlp", provisional=False)
-    with pytest.raises(ValueError, match="scorer"):
-        TB.sab_layer(**args, **sched, k_top=1, k_att=1, scorer="dot", provisional=False)
-    with pytest.raises(TypeError, match="att_wm"):
-        TB.sab_layer(**dict(args, att_wm=args["att_wm"].double()), **sched, k_top=1, k_att=1, scorer="mlp",
-                     provisional=False)
-    with pytest.raises(TypeError, match="x: .*int64"):
-        TB.sab_layer(**dict(args, x=args["x"].long()), **sched, k_top=1, k_att=1, scorer="mlp",
-                     provisional=False)
-
-
-@pytest.mark.parametrize("attention,slot_state", [("mlp", "final"), ("linear", "provisional")])
-def test_sablstm_module_triton_matches_reference(attention, slot_state):
-    """SABLSTM(backend="triton") end to end: 2 layers, batch_first, k_trunc, float32."""
-    kw = dict(num_layers=2, batch_first=True, k_top=2, k_att=2, k_trunc=3, attention=attention,
-              slot_state=slot_state)
-    ref = SABLSTM(4, 16, backend="reference", **kw)
-    tri = SABLSTM(4, 16, backend="triton", **kw)
-    tri.load_state_dict(ref.state_dict())
-    x = torch.randn(3, 6, 4)
-    results = []
-    for model in (ref, tri):
-        y, (h_n, c_n) = model(x)
-        loss = (y * torch.linspace(-1, 1, 16)).sum() + h_n.square().sum() + c_n.sum()
-        results.append((y, h_n, c_n, torch.autograd.grad(loss, list(model.parameters()))))
-    (y_r, h_r, c_r, g_r), (y_t, h_t, c_t, g_t) = results
-    for name, a, b in (("output", y_t, y_r), ("h_n", h_t, h_r), ("c_n", c_t, c_r)):
-        assert_close(a, b, F32, name)
-    for (name, _), a, b in zip(ref.named_parameters(), g_t, g_r):
-        if attention == "linear" and name.startswith(("att_wh", "att_b")):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-4)   # zero up to rounding
-        else:
-            assert_close(a, b, F32, f"d {name}")
-
-
-@pytest.mark.parametrize("fn_name,kw,grad_tol", [
-    ("lstm_layer", {}, 3e-2),
-    # SAB's gradient goes through (dw - Σ w dw) / Z: the reference itself, run in bfloat16, is ~5% off
-    ("sab_layer", dict(k_top=2, k_att=2, scorer="mlp", provisional=True), 0.25),
-])
-def test_bfloat16_layers(fn_name, kw, grad_tol):
-    """bfloat16 storage, float32 accumulation: close to the float32 reference on the same rounded inputs
-    (coarse: this catches wrong casts and wrong buffers, not the last bit)."""
-    sab = fn_name == "sab_layer"
-    a32 = layer_args(8, 3, 5, 16, dtype=F32, sab=sab)
-    a16 = {k: v.detach().to(torch.bfloat16).requires_grad_() for k, v in a32.items()}
-    a_ref = {k: v.detach().float().requires_grad_() for k, v in a16.items()}
-    sched = truncation.full(8)
-    out_ref, g_ref = run_with_grads(getattr(R, fn_name), a_ref, schedule_args(sched, F32), **kw)
-    out, g = run_with_grads(getattr(TB, fn_name), a16, schedule_args(sched, torch.bfloat16), **kw)
-    assert out[0].dtype == torch.bfloat16
-    for name, a, b in zip(("y", "h_n", "c_n"), out, out_ref):
-        assert (a.float() - b).abs().max() <= 3e-2 * b.abs().max(), name
-    for name in g_ref:
-        assert g[name].dtype == torch.bfloat16, name
-        assert (g[name].float() - g_ref[name]).abs().max() <= grad_tol * g_ref[name].abs().max(), name
-
-
-def test_auto_picks_triton_for_cuda_tensors():
-    from fastrnn import backends
-    assert TB.available()
-    assert backends.resolve("auto", "cuda") == "triton"
-    assert backends.layer_functions("triton", torch.device("cpu")) == (TB.lstm_layer, TB.sab_layer)  # interpreter
-
-
-def test_lstm_module_triton_matches_reference():
-    """fastrnn.LSTM(backend="triton") end to end: 2 layers, an ARTBP schedule, float32."""
-    from fastrnn import LSTM
-    ref, tri = LSTM(3, 16, num_layers=2, backend="reference"), LSTM(3, 16, num_layers=2, backend="triton")
-    tri.load_state_dict(ref.state_dict())
-    x = torch.randn(7, 2, 3)
-    sched = truncation.artbp(7, 2, generator=torch.Generator().manual_seed(5))
-    results = []
-    for model in (ref, tri):
-        y, (h_n, c_n) = model(x, schedule=sched)
-        loss = (y * torch.linspace(-1, 1, 16)).sum() + h_n.square().sum() + c_n.sum()
-        results.append((y, h_n, c_n) + torch.autograd.grad(loss, list(model.parameters())))
-    names = ["output", "h_n", "c_n"] + [f"d {name}" for name, _ in ref.named_parameters()]
-    for name, a, b in zip(names, results[1], results[0]):
-        assert_close(a, b, F32, name)
