@@ -20,11 +20,11 @@ import fastrnn  # noqa: E402
 from fastrnn import reference as R, truncation as tr  # noqa: E402
 from fastrnn.truncation import Schedule  # noqa: E402
 
-from helpers import layer_args, run_with_grads, schedule_args  # noqa: E402
+from helpers import TOL, compare, layer_args, run_with_grads, schedule_args  # noqa: E402
 
 F64 = torch.float64
 ALONE = dict(rtol=1e-10, atol=1e-12)     # batched vs alone: other shapes, other BLAS paths
-TOL64 = dict(rtol=1e-9, atol=1e-11)      # a backend vs the reference (tests/helpers.py)
+TOL64 = TOL[torch.float64]                # a backend vs the reference (tests/helpers.py)
 BACKENDS = [b for b in ("reference", "cpu", "triton") if b in fastrnn.available_backends()]
 FAST = [b for b in BACKENDS if b != "triton"]   # the interpreter is slow: triton gets the smaller grid
 
@@ -216,18 +216,11 @@ def test_layers_match_reference_with_lengths(backend, cfg, poison):
             else {}
         ours, ref = (run_with_grads(fn, args, s, lengths=lens, **kw)
                      for fn in ((sab_fn, R.sab_layer) if sab else (lstm_fn, R.lstm_layer)))
-        for name, a, b in zip(("y", "h_n", "c_n"), ours[0][:3], ref[0][:3]):
-            torch.testing.assert_close(a, b, **TOL64, msg=lambda m: f"{name}: {m}")
+        compare(ours, ref, F64, scorer=scorer if sab else None)
         past = torch.arange(T).unsqueeze(1) >= lens
         assert torch.equal(ours[0][0][past], torch.zeros_like(ours[0][0][past]))
         if sab:
-            assert torch.equal(ours[0][3].indices, ref[0][3].indices)
-            torch.testing.assert_close(ours[0][3].weights, ref[0][3].weights, **TOL64)
             assert ours[0][3].indices[past].eq(-1).all() and ours[0][3].weights[past].eq(0).all()
-        for name in ref[1]:
-            if scorer == "linear" and name in ("att_wh", "att_s"):
-                continue   # exact gradient zero, rounding noise on both sides (tests/test_sab_op.py)
-            torch.testing.assert_close(ours[1][name], ref[1][name], **TOL64, msg=lambda m: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("used", ["y", "h_n", "c_n"])
