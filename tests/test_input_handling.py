@@ -70,7 +70,8 @@ def test_nn_lstm_under_autocast_is_what_fastrnn_follows():
     with torch.autocast("cpu", dtype=BF16):
         y, (h, c) = theirs(x)
     assert y.dtype == h.dtype == c.dtype == BF16
-    assert torch.equal(y, theirs.to(BF16)(x.to(BF16))[0])
+    # bf16 tolerance, not bits: under autocast oneDNN may pick another bf16 kernel on another CPU model (AMX)
+    torch.testing.assert_close(y, theirs.to(BF16)(x.to(BF16))[0], rtol=1.6e-2, atol=1e-2)
     theirs64 = nn.LSTM(3, 8).double()
     with torch.autocast("cpu", dtype=BF16):
         assert theirs64(x.double())[0].dtype == F64

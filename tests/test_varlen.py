@@ -164,8 +164,8 @@ def test_full_and_zero_lengths(backend):
     hx = tuple(torch.randn(2, 3, 4, dtype=F64) for _ in range(2))
     y, (h, c) = model(x, hx)
     y_full, (h_full, c_full) = model(x, hx, lengths=[5, 5, 5])
-    for a, b in ((y, y_full), (h, h_full), (c, c_full)):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in ((y, y_full), (h, h_full), (c, c_full)):   # exact: the module drops lengths that are all T,
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # so both are the same call
     y0, (h0, c0), att = model(x, hx, lengths=torch.zeros(3, dtype=torch.int64), return_attention=True)
     assert torch.equal(y0, torch.zeros_like(y0))
     assert torch.equal(h0, hx[0]) and torch.equal(c0, hx[1])
