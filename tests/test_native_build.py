@@ -8,6 +8,7 @@ each build uses the requested level (CMake's message and the vector registers in
 fresh process and matches the reference in float64 (forward outputs and every gradient, 1e-9 relative).
 About 35 s per build on 2 idle cores."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every launcher of csrc/cuda/launchers.h, per dtype where it has one.
 LAUNCHERS = ["fastrnn_lstm_pointwise_forward_f32", "fastrnn_lstm_pointwise_forward_f64",
-             "fastrnn_lstm_pointwise_backward_f32", "fastrnn_lstm_pointwise_backward_f64"]
+             "fastrnn_lstm_pointwise_backward_f32", "fastrnn_lstm_pointwise_backward_f64",
+             "fastrnn_lstm_persistent_units",
+             *(f"fastrnn_{op}_{dt}" for op in ("gemm", "lstm_forward", "lstm_backward", "sab_forward", "sab_backward")
+               for dt in ("f32", "f64", "bf16"))]
 
 
 def _run(cmd, **kw):
@@ -54,9 +59,12 @@ def test_cuda_library_compiles_for_sm80_and_sm90(tmp_path):
 
     so = lib / "libfastrnn_cuda.so"
     assert so.exists(), f"build succeeded but {so} is missing"
-    exported = _run(["nm", "-D", "--defined-only", str(so)])
-    for name in LAUNCHERS:
-        assert name in exported, f"launcher {name} is not exported by {so.name}"
+    exported = {line.split()[-1] for line in _run(["nm", "-D", "--defined-only", str(so)]).splitlines()
+                if len(line.split()) >= 3 and line.split()[1] == "T"}
+    declared = set(re.findall(r"\bint (fastrnn_\w+)\(", (ROOT / "csrc" / "cuda" / "launchers.h").read_text()))
+    assert declared == set(LAUNCHERS), f"launchers.h and this test disagree: {sorted(declared ^ set(LAUNCHERS))}"
+    missing = [name for name in LAUNCHERS if name not in exported]
+    assert not missing, f"launchers not exported (as functions) by {so.name}: {missing}"
     cuobjdump = _cuobjdump()
     if cuobjdump is None:  # cannot list the cubins: at least the requested architectures were compiled
         flags = (build / "build.ninja").read_text() if (build / "build.ninja").exists() else ""
@@ -64,6 +72,17 @@ def test_cuda_library_compiles_for_sm80_and_sm90(tmp_path):
     else:
         elves = _run([cuobjdump, "--list-elf", str(so)])
         assert "sm_80" in elves and "sm_90" in elves, elves
+        # every translation unit's kernels for both architectures (one cubin per .cu and architecture)
+        units = sorted(p.stem for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
+        for arch in ("sm_80", "sm_90"):
+            cubins = [line for line in elves.splitlines() if arch in line]
+            assert len(cubins) >= len(units), f"{arch}: {len(cubins)} cubins for {len(units)} units {units}:\n{elves}"
+        # the kernels of every op and direction are in the library
+        functions = _run([cuobjdump, "--list-text", str(so)])
+        for kernel in ("lstm_fwd_step_kernel", "lstm_fwd_persistent_kernel", "lstm_bwd_step_kernel",
+                       "lstm_bwd_persistent_kernel", "gemm_kernel", "sab_attention_fwd_kernel",
+                       "sab_attention_bwd_kernel", "sab_cell_bwd_kernel"):
+            assert kernel in functions, f"{kernel} missing from {so.name}"
 
 
 # ---- the CPU library at each SIMD level -----------------------------------------------------------------

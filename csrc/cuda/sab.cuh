@@ -1,0 +1,173 @@
+// What the SAB forward and backward sweeps on the GPU share: the typed view of the C arguments and the
+// memory layout (as the CPU's csrc/cpu/sab_common.h: slot j >= 1 holds the state of step j * k_att - 1,
+// slot 0 is h0; the slot values are not copied, they are read from h0 / hhat / y).
+#pragma once
+
+#include "cuda/common.cuh"
+#include "cuda/launchers.h"
+#include "fastrnn/hd.h"
+
+namespace fastrnn {
+namespace cuda {
+
+constexpr int kRowThreads = 128;  // threads of the per-row attention kernels (a multiple of 32)
+
+// The value m_j of slot j for batch row b (host/device: the same arithmetic as the CPU's slot_value).
+template <class T>
+FASTRNN_HD inline const T* slot_value(int64_t j, int64_t b, const T* h0, const T* y, const T* hhat,
+                                      bool provisional, int64_t k_att, int64_t B, int64_t H) {
+  if (j == 0) return h0 + b * H;
+  const T* base = provisional ? hhat : y;
+  return base + ((j * k_att - 1) * B + b) * H;
+}
+
+// The slot written at the end of step t (0: none), SPEC step 8.
+FASTRNN_HD inline int64_t slot_written_at(int64_t t, int64_t k_att) {
+  return (t + 1) % k_att == 0 ? (t + 1) / k_att : 0;
+}
+
+// Shared memory of the per-row kernels: ranking (K + 1 scores and slots), the selection (K slots and
+// weights), and K more accumulators (dL/dw, dL/da in the backward), plus a 33-entry reduction buffer.
+template <class A>
+inline size_t row_smem(int64_t K) {
+  return size_t(2 * K + 1) * sizeof(int64_t) + size_t(3 * K + 1 + 33) * sizeof(A);
+}
+
+template <class T>
+struct RowSmem {
+  int64_t* rank_slot;  // [K + 1]
+  int64_t* sel_idx;    // [K]
+  acc_t<T>* rank_score;  // [K + 1]
+  acc_t<T>* sel_w;       // [K]
+  acc_t<T>* dw;          // [K] (backward)
+  acc_t<T>* red;         // [33]
+  __device__ static RowSmem make(unsigned char* raw, int64_t K) {
+    RowSmem s;
+    s.rank_slot = reinterpret_cast<int64_t*>(raw);
+    s.sel_idx = s.rank_slot + (K + 1);
+    s.rank_score = reinterpret_cast<acc_t<T>*>(s.sel_idx + K);
+    s.sel_w = s.rank_score + (K + 1);
+    s.dw = s.sel_w + K;
+    s.red = s.dw + K;
+    return s;
+  }
+};
+
+template <class T>
+struct SabFwd {
+  int64_t steps, B, H, A, S, K, k_att;
+  bool mlp, provisional;
+  const acc_t<T>* xg;
+  const T *w_hh, *att_wh, *att_wm, *att_s, *h0, *c0;
+  T *gates, *c, *hhat, *y;
+  int64_t* idx;
+  T* w;
+  int64_t* thr;
+  T* denom;
+  T* cache;
+  acc_t<T>*q, *scores, *keep_score;
+  int64_t* keep_slot;
+  int32_t* keep_n;
+};
+
+template <class T>
+SabFwd<T> typed(const fastrnn_sab_forward_args& a) {
+  using Acc = acc_t<T>;
+  SabFwd<T> f;
+  f.steps = a.T;
+  f.B = a.B;
+  f.H = a.H;
+  f.A = a.A;
+  f.S = a.S;
+  f.K = a.K;
+  f.k_att = a.k_att;
+  f.mlp = a.mlp != 0;
+  f.provisional = a.provisional != 0;
+  f.xg = static_cast<const Acc*>(a.xg);
+  f.w_hh = static_cast<const T*>(a.w_hh);
+  f.att_wh = static_cast<const T*>(a.att_wh);
+  f.att_wm = static_cast<const T*>(a.att_wm);
+  f.att_s = static_cast<const T*>(a.att_s);
+  f.h0 = static_cast<const T*>(a.h0);
+  f.c0 = static_cast<const T*>(a.c0);
+  f.gates = static_cast<T*>(a.gates);
+  f.c = static_cast<T*>(a.c);
+  f.hhat = static_cast<T*>(a.hhat);
+  f.y = static_cast<T*>(a.y);
+  f.idx = a.idx;
+  f.w = static_cast<T*>(a.w);
+  f.thr = a.thr;
+  f.denom = static_cast<T*>(a.denom);
+  f.cache = static_cast<T*>(a.cache);
+  f.q = static_cast<Acc*>(a.q);
+  f.scores = static_cast<Acc*>(a.scores);
+  f.keep_score = static_cast<Acc*>(a.keep_score);
+  f.keep_slot = a.keep_slot;
+  f.keep_n = a.keep_n;
+  return f;
+}
+
+template <class T>
+struct SabBwd {
+  int64_t steps, B, H, A, S, K, k_att;
+  bool mlp, provisional;
+  const T *gy, *ghn, *gcn;
+  const int64_t* len;
+  const T *w_hh, *att_wh, *att_wm, *att_s, *h0, *c0, *scale;
+  const bool* cut;
+  const T *y, *gates, *c, *hhat, *w, *denom, *cache;
+  const int64_t *idx, *thr;
+  acc_t<T> *dG, *dQ, *dM, *dP, *dv, *acc_wm, *acc_wh, *acc_b, *q, *carry, *dhh, *dc;
+};
+
+template <class T>
+SabBwd<T> typed(const fastrnn_sab_backward_args& a) {
+  using Acc = acc_t<T>;
+  SabBwd<T> f;
+  f.steps = a.T;
+  f.B = a.B;
+  f.H = a.H;
+  f.A = a.A;
+  f.S = a.S;
+  f.K = a.K;
+  f.k_att = a.k_att;
+  f.mlp = a.mlp != 0;
+  f.provisional = a.provisional != 0;
+  f.gy = static_cast<const T*>(a.grad_y);
+  f.ghn = static_cast<const T*>(a.grad_hn);
+  f.gcn = static_cast<const T*>(a.grad_cn);
+  f.len = a.lengths;
+  f.w_hh = static_cast<const T*>(a.w_hh);
+  f.att_wh = static_cast<const T*>(a.att_wh);
+  f.att_wm = static_cast<const T*>(a.att_wm);
+  f.att_s = static_cast<const T*>(a.att_s);
+  f.h0 = static_cast<const T*>(a.h0);
+  f.c0 = static_cast<const T*>(a.c0);
+  f.scale = static_cast<const T*>(a.scale);
+  f.cut = a.cut;
+  f.y = static_cast<const T*>(a.y);
+  f.gates = static_cast<const T*>(a.gates);
+  f.c = static_cast<const T*>(a.c);
+  f.hhat = static_cast<const T*>(a.hhat);
+  f.w = static_cast<const T*>(a.w);
+  f.denom = static_cast<const T*>(a.denom);
+  f.cache = static_cast<const T*>(a.cache);
+  f.idx = a.idx;
+  f.thr = a.thr;
+  f.dG = static_cast<Acc*>(a.dG);
+  f.dQ = static_cast<Acc*>(a.dQ);
+  f.dM = static_cast<Acc*>(a.dM);
+  f.dP = static_cast<Acc*>(a.dP);
+  f.dv = static_cast<Acc*>(a.dv);
+  f.acc_wm = static_cast<Acc*>(a.acc_wm);
+  f.acc_wh = static_cast<Acc*>(a.acc_wh);
+  f.acc_b = static_cast<Acc*>(a.acc_b);
+  f.q = static_cast<Acc*>(a.q);
+  f.carry = static_cast<Acc*>(a.carry);
+  f.dhh = static_cast<Acc*>(a.dhh);
+  f.dc = static_cast<Acc*>(a.dc);
+  return f;
+}
+
+}  // namespace cuda
+}  // namespace fastrnn

@@ -1,0 +1,210 @@
+// The SAB-LSTM layer's reverse sweep on the GPU (SPEC section 2), launch per step t = T-1 .. 0:
+//   1. carry = dG_{t+1} W_hh (gemm.cuh; the schedule's cut/scale of step t+1 is applied in 3.);
+//   2. mlp: dM_j += dP_j att_wm for the slot j written at step t (every step that reads it is done), and
+//      q_t = ĥ_t att_wh^T recomputed (gemm.cuh);
+//   3. one block per batch row (sab_attention_bwd_kernel): dh_t = dy_t + scale[t+1] carry [+ dM_j, final
+//      slots], then the summary's and the scores' backward over the selected slots and the threshold
+//      slot only (fastrnn/sparse_attention.h's weights_backward, the CPU's code). Every gradient it adds
+//      to goes to this row's own buffers (dM[b], dP[b], dv[b], the linear accumulators [b]), written by
+//      this block only, in a fixed order: no atomics, deterministic, and right when one slot is selected
+//      by every step and every row;
+//   4. mlp: dh_t += dq_t att_wh (gemm.cuh);
+//   5. the cell backward (lstm_step.cuh's cell_backward_element) [+ dM_j, provisional slots], with
+//      dc_n entering at each row's last step and the carried dc cut/scaled by the schedule of step t.
+#include "cuda/gemm.cuh"
+#include "cuda/lstm_step.cuh"
+#include "cuda/sab.cuh"
+#include "fastrnn/sparse_attention.h"
+
+namespace fastrnn {
+namespace cuda {
+namespace {
+
+template <class T>
+__global__ void __launch_bounds__(kRowThreads) sab_attention_bwd_kernel(SabBwd<T> a, int64_t t) {
+  using Acc = acc_t<T>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ int s_count;
+  __shared__ int s_thr_selected;
+  __shared__ int64_t s_thr;
+  __shared__ Acc s_dtau, s_sum_da;
+  const RowSmem<T> sm = RowSmem<T>::make(smem_raw, a.K);
+  Acc* da = sm.rank_score;  // [K]: dL/da of the selected slots (the ranking is not needed here)
+  const int64_t b = blockIdx.x, B = a.B, H = a.H, A = a.A, S = a.S, K = a.K;
+  const int64_t row = t * B + b, jw = slot_written_at(t, a.k_att);
+  Acc* dh = a.dhh + b * H;
+  const T* hh = a.hhat + row * H;
+
+  // dh_t: the output's gradient, the recurrent one from step t+1 under the schedule (nothing crosses a
+  // cut, not even NaN), and a final-state slot's own gradient.
+  Acc sc = Acc(0);
+  if (t + 1 < a.steps && !a.cut[t + 1]) sc = to_acc(a.scale[t + 1]);
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    Acc v = output_grad(a.gy + t * B * H, a.ghn, a.len, t, a.steps, b, b * H + h);
+    if (sc != Acc(0)) v += sc * a.carry[b * H + h];
+    if (jw > 0 && !a.provisional) v += a.dM[(b * S + jw) * H + h];
+    dh[h] = v;
+  }
+  if (threadIdx.x == 0) {
+    int count = 0;
+    while (count < K && a.idx[row * K + count] >= 0) ++count;
+    for (int p = 0; p < count; ++p) {
+      sm.sel_idx[p] = a.idx[row * K + p];
+      sm.sel_w[p] = to_acc(a.w[row * K + p]);
+    }
+    s_count = count;
+  }
+  __syncthreads();
+  const int count = s_count;
+  // s_t = Σ w_j m_j: dL/dw_j = dh · m_j, dM_j += w_j dh.
+  for (int p = 0; p < count; ++p) {
+    const T* m = slot_value(sm.sel_idx[p], b, a.h0, a.y, a.hhat, a.provisional, a.k_att, B, H);
+    Acc s = Acc(0);
+    for (int64_t h = threadIdx.x; h < H; h += blockDim.x) s += dh[h] * to_acc(m[h]);
+    s = block_sum(s, sm.red);
+    if (threadIdx.x == 0) sm.dw[p] = s;
+  }
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x)
+    for (int p = 0; p < count; ++p) a.dM[(b * S + sm.sel_idx[p]) * H + h] += sm.sel_w[p] * dh[h];
+  if (threadIdx.x == 0) {
+    const Acc dtau = sparse::weights_backward(sm.sel_w, sm.dw, count, to_acc(a.denom[row]), da);
+    const int64_t thr = a.thr[row];
+    int selected = 0;
+    for (int p = 0; p < count; ++p)
+      if (sm.sel_idx[p] == thr) {
+        da[p] += dtau;
+        selected = 1;
+      }
+    Acc sum = Acc(0);  // the linear scorer's query term: Σ da, in the CPU's order (selected, then threshold)
+    for (int p = 0; p < count; ++p) sum += da[p];
+    if (!selected) sum += dtau;
+    s_dtau = dtau;
+    s_thr = thr;
+    s_thr_selected = selected;
+    s_sum_da = sum;
+  }
+  __syncthreads();
+  const int n_scored = count + (s_thr_selected ? 0 : 1);  // selected slots, then the threshold slot
+  if (a.mlp) {
+    // a_j = v · tanh(q_t + P_j): u recomputed; dv += da u; du = da v (1 - u²); dq += du; dP_j += du.
+    const Acc* qb = a.q + b * A;
+    for (int64_t i = threadIdx.x; i < A; i += blockDim.x) {
+      const Acc v = to_acc(a.att_s[i]);
+      Acc dq = Acc(0), dv = a.dv[b * A + i];
+      for (int p = 0; p < n_scored; ++p) {
+        const int64_t j = p < count ? sm.sel_idx[p] : s_thr;
+        const Acc d = p < count ? da[p] : s_dtau;
+        const Acc u = ScalarMath::tanh(qb[i] + to_acc(a.cache[(b * S + j) * A + i]));
+        const Acc du = d * v * (Acc(1) - u * u);
+        dv += d * u;
+        dq += du;
+        a.dP[(b * S + j) * A + i] += du;
+      }
+      a.dv[b * A + i] = dv;
+      a.dQ[row * A + i] = dq;
+    }
+  } else {
+    // a_j = att_wm · m_j + att_wh · ĥ_t + att_b.
+    const Acc sum_da = s_sum_da;
+    for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+      const Acc wm = to_acc(a.att_wm[h]);
+      Acc g = a.acc_wm[b * H + h];
+      for (int p = 0; p < n_scored; ++p) {
+        const int64_t j = p < count ? sm.sel_idx[p] : s_thr;
+        const Acc d = p < count ? da[p] : s_dtau;
+        g += d * to_acc(slot_value(j, b, a.h0, a.y, a.hhat, a.provisional, a.k_att, B, H)[h]);
+        a.dM[(b * S + j) * H + h] += d * wm;
+      }
+      a.acc_wm[b * H + h] = g;
+      a.acc_wh[b * H + h] += sum_da * to_acc(hh[h]);
+      dh[h] += sum_da * to_acc(a.att_wh[h]);
+    }
+    if (threadIdx.x == 0) a.acc_b[b] += sum_da;
+  }
+}
+
+// Step 5: the cell backward of every (row, unit), dL/dh_t = dhh [+ dM_j of a provisional slot written at t].
+template <class T>
+__global__ void __launch_bounds__(256) sab_cell_bwd_kernel(SabBwd<T> a, BwdStep<T> s, int64_t jw) {
+  const int64_t n = a.B * a.H;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = e / a.H, j = e % a.H;
+    acc_t<T> dh = a.dhh[e];
+    if (jw > 0 && a.provisional) dh += a.dM[(b * a.S + jw) * a.H + j];
+    cell_backward_element(s, b, j, dh);
+  }
+}
+
+template <class T>
+int sab_backward(const fastrnn_sab_backward_args& args, cudaStream_t stream) {
+  using Acc = acc_t<T>;
+  const SabBwd<T> a = typed<T>(args);
+  const int64_t B = a.B, H = a.H, A = a.A, S = a.S, G = 4 * H;
+  if (a.steps == 0 || B == 0) return 0;
+  if (B > 2147483647) return static_cast<int>(cudaErrorInvalidValue);
+  const size_t rsmem = row_smem<Acc>(a.K);
+  const int64_t cell_blocks_ = ceil_div(B * H, 256);
+  const unsigned cell_blocks = unsigned(cell_blocks_ < 65535 ? cell_blocks_ : 65535);  // grid-stride
+  BwdSeq<T> q;  // the cell backward's view (lstm_step.cuh)
+  q.steps = a.steps;
+  q.B = B;
+  q.H = H;
+  q.dy = a.gy;
+  q.dh_n = a.ghn;
+  q.dc_n = a.gcn;
+  q.c0 = a.c0;
+  q.gates = a.gates;
+  q.cs = a.c;
+  q.scale = a.scale;
+  q.len = a.len;
+  q.cut = a.cut;
+  q.dG = a.dG;
+  q.dc = a.dc;
+  int err = 0;
+  for (int64_t t = a.steps - 1; t >= 0; --t) {
+    const int64_t jw = slot_written_at(t, a.k_att);
+    if (t + 1 < a.steps) {  // carry = dG_{t+1} W_hh
+      err = launch_gemm<Acc, T, Acc>(B, H, G, Acc(1), a.dG + (t + 1) * B * G, G, 1, a.w_hh, H, 1, Acc(0), a.carry,
+                                     H, stream);
+      if (err) return err;
+    }
+    if (a.mlp) {
+      if (jw > 0) {  // dM_j += dP_j att_wm
+        err = launch_gemm<Acc, T, Acc>(B, H, A, Acc(1), a.dP + jw * A, S * A, 1, a.att_wm, H, 1, Acc(1),
+                                       a.dM + jw * H, S * H, stream);
+        if (err) return err;
+      }
+      err = launch_gemm<T, T, Acc>(B, A, H, Acc(1), a.hhat + t * B * H, H, 1, a.att_wh, 1, H, Acc(0), a.q, A,
+                                   stream);
+      if (err) return err;
+    }
+    sab_attention_bwd_kernel<T><<<unsigned(B), kRowThreads, rsmem, stream>>>(a, t);
+    if ((err = last_error())) return err;
+    if (a.mlp) {  // dh_t += dq_t att_wh
+      err = launch_gemm<Acc, T, Acc>(B, H, A, Acc(1), a.dQ + t * B * A, A, 1, a.att_wh, H, 1, Acc(1), a.dhh, H,
+                                     stream);
+      if (err) return err;
+    }
+    sab_cell_bwd_kernel<T><<<cell_blocks, 256, 0, stream>>>(a, step_args(q, t), jw);
+    if ((err = last_error())) return err;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fastrnn
+
+extern "C" {
+
+int fastrnn_sab_backward_f32(const struct fastrnn_sab_backward_args* args, void* stream) {
+  return fastrnn::cuda::sab_backward<float>(*args, static_cast<cudaStream_t>(stream));
+}
+int fastrnn_sab_backward_f64(const struct fastrnn_sab_backward_args* args, void* stream) {
+  return fastrnn::cuda::sab_backward<double>(*args, static_cast<cudaStream_t>(stream));
+}
+int fastrnn_sab_backward_bf16(const struct fastrnn_sab_backward_args* args, void* stream) {
+  return fastrnn::cuda::sab_backward<fastrnn::cuda::bf16>(*args, static_cast<cudaStream_t>(stream));
+}
+
+}  // extern "C"
