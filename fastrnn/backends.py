@@ -13,11 +13,11 @@ _MODULES = {
     "reference": ("fastrnn.reference", "fastrnn.reference"),
     "cpu": ("fastrnn.ops.lstm", "fastrnn.ops.sab"),
     "triton": ("fastrnn.ops.triton_backend", "fastrnn.ops.triton_backend"),
+    "cuda": ("fastrnn.ops.cuda_build", "fastrnn.ops.cuda_build"),
 }
 
 _WHY_UNAVAILABLE = {
     "triton": "Triton is not importable",
-    "cuda": "the CUDA backend has no runtime implementation yet (its kernels compile, nothing runs them here)",
 }
 
 
@@ -25,6 +25,9 @@ def _why_unavailable(name: str) -> str:
     if name == "cpu":
         from . import _native
         return _native.load_error() or "the native library did not load"
+    if name == "cuda":
+        from .ops import cuda_build
+        return cuda_build.load_error() or "the CUDA ops did not load"
     return _WHY_UNAVAILABLE.get(name, "")
 
 
@@ -58,15 +61,27 @@ def check_backend(backend: str) -> str:
 
 
 def resolve(backend: str, device) -> str:
-    """The concrete backend for tensors on `device`: "auto" picks cpu on CPU, triton on CUDA."""
+    """The concrete backend for tensors on `device`. "auto" picks cpu on CPU; on CUDA the fastest GPU
+    backend measured (scripts/gpu_check.sh prints the ratios): cuda if it is built (csrc/cuda, loaded or
+    built earlier: "auto" never starts its compile), else triton, else the reference."""
     if backend != "auto":
         return backend
     device_type = device if isinstance(device, str) else device.type
-    preferred = {"cpu": ("cpu",), "cuda": ("triton",)}.get(device_type, ())
+    preferred = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}.get(device_type, ())
     for name in preferred:
+        if name == "cuda" and not _cuda_built():
+            continue
         if _layer_modules(name) is not None:
             return name
     return "reference"
+
+
+def _cuda_built() -> bool:
+    try:
+        from .ops import cuda_build
+    except ImportError:
+        return False
+    return cuda_build.built()
 
 
 # (backend, device type) -> (lstm_layer, sab_layer). Filled eagerly (the modules warm it when built), so a
@@ -90,6 +105,8 @@ def _layer_functions(backend: str, device_type: str):
         raise RuntimeError(f"backend {name!r} is not available: {_why_unavailable(name)}")
     if name == "cpu" and device_type != "cpu":
         raise ValueError(f"backend 'cpu' needs CPU tensors, got input on {device_type}")
+    if name == "cuda" and device_type != "cuda":
+        raise ValueError(f"backend 'cuda' needs CUDA tensors, got input on {device_type}")
     if name == "triton" and device_type != "cuda" and not _interpreting():
         raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got input on "
                          f"{device_type}")
