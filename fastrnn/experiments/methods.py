@@ -13,6 +13,11 @@ cycleworld   seed 003 §4.1-4.3 (`fastrnn.tasks.cycleworld`): FPP, its buffer-on
              StochasticWorld (LSTM, 32 hidden units, 16 parallel streams); RMSprop; the online
              prediction's accuracy / cross-entropy over the last 20 % of steps against the thesis'
              reference levels (naive predictor 83 % / 90 %; 0.66 / 0.51 / 0.45 nats).
+aux          seed 001 (`fastrnn.training.auxiliary`): r-LSTM against truncated BPTT with the same 14-step
+             classification truncation, at equal wall-clock (``--budget`` s each, run side by side), on
+             pixel MNIST pooled to 14 x 14 (196 steps; ``--side 28``: the 784-step original; `mnist_pixels`).
+
+    python -m fastrnn.experiments suite aux [--budget 600] [--side 14] [--seeds 1] [--out results]
 
 Each suite writes ``OUT/suite_NAME.md`` (table, settings, wall times), ``OUT/curves_NAME.png`` and
 ``OUT/suite_NAME.json`` (every run's curve).
@@ -39,6 +44,7 @@ from fastrnn.training import artbp, fpp  # noqa: E402
 SUITES = {
     "influence": "influence balancing (seed 002 §6.1): online truncated BPTT L=10/100/200 vs ARTBP L0=16, alpha=6",
     "cycleworld": "CycleWorld p=6/10 and StochasticWorld (seed 003 §4.1): FPP vs buffer-only vs T-BPTT at equal T",
+    "aux": "auxiliary losses (seed 001): r-LSTM vs TBPTT, same 14-step truncation, equal wall-clock, MNIST 14x14",
 }
 
 
@@ -242,6 +248,131 @@ def cycleworld_suite(out: Path, steps: int, seeds: int, workers: int, worlds=tup
     return path
 
 
+# ---- auxiliary losses on a long classification task -------------------------------------------------
+
+AUX_RUNS = ("tbptt", "r-lstm", "r-lstm-long")
+
+
+def aux_options(name: str, side: int) -> tuple:
+    """(phase schedule, AuxiliaryLSTM options) of run ``name`` on side x side images. Every run's
+    classification gradient reaches the last row (``side`` steps). r-lstm: seed 001 §5.2's many short
+    reconstructions (8 anchors, l = 20, batched in one fused call); r-lstm-long: one long one (§4.1's
+    shape: l = 600 of 784 steps with the auxiliary gradient 300 steps deep; 150 / 150 at 14 x 14)."""
+    if name == "tbptt":
+        return "supervised", dict(mode="r", l=20, main_trunc=side)
+    if name == "r-lstm":
+        return "pretrain-joint", dict(mode="r", l=20, n_anchors=8, main_trunc=side, aux_trunc=20)
+    if name == "r-lstm-long":
+        l, depth = (600, 300) if side == 28 else (150, 150)
+        return "pretrain-joint", dict(mode="r", l=l, main_trunc=side, aux_trunc=depth)
+    raise ValueError(f"unknown run {name!r}; choose from {AUX_RUNS}")
+
+
+def mnist_pixels(split: str, side: int = 14):
+    """Pixel MNIST at side x side (28: as is; 14: 2 x 2 average pooling, 196 steps): one pixel per step.
+    A sequence classification that needs memory: the last rows (all the truncated classification gradient
+    reaches) are blank in almost every image, so the class must be carried from the digit's pixels, tens
+    to hundreds of steps before the end."""
+    from fastrnn.data import load_mnist
+
+    if side not in (14, 28):
+        raise ValueError(f"side must be 14 or 28, got {side}")
+    x, y = load_mnist()[split]
+    x = torch.as_tensor(x, dtype=torch.float32).view(-1, 1, 28, 28)
+    if side == 14:
+        x = torch.nn.functional.avg_pool2d(x, 2)
+    return x.reshape(-1, side * side), torch.as_tensor(y, dtype=torch.int64)
+
+
+def aux_run(name: str, budget: float, *, seed: int = 0, side: int = 14, hidden: int = 64, batch: int = 64,
+            lr: float = 1e-3, pretrain_fraction: float = 0.2, eval_every: float = 30.0, eval_n: int = 2000) -> dict:
+    """One run of the auxiliary-loss comparison for ``budget`` seconds of training (evaluation excluded)."""
+    from fastrnn.training.auxiliary import AuxiliaryLSTM
+
+    torch.set_num_threads(1)
+    phases, options = aux_options(name, side)
+    torch.manual_seed(seed)
+    model = AuxiliaryLSTM(1, hidden, 10, **options)
+    opt = torch.optim.RMSprop(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    xs, ys = mnist_pixels("train", side)
+    xv, yv = mnist_pixels("valid", side)
+    xv, yv = xv[:eval_n].t().unsqueeze(-1).contiguous(), yv[:eval_n]
+    curve = {"time": [], "iter": [], "acc": [], "loss": []}
+
+    def evaluate(elapsed, it, loss):
+        with torch.no_grad():
+            acc = sum((model(xv[:, k:k + 500]).argmax(-1) == yv[k:k + 500]).sum().item()
+                      for k in range(0, eval_n, 500)) / eval_n
+        for key, v in (("time", elapsed), ("iter", it), ("acc", acc), ("loss", loss)):
+            curve[key].append(v)
+
+    elapsed, it, next_eval, recent = 0.0, 0, 0.0, []
+    while elapsed < budget:
+        if elapsed >= next_eval:
+            evaluate(elapsed, it, sum(recent) / len(recent) if recent else float("nan"))
+            next_eval += eval_every
+            recent = []
+        start = time.perf_counter()
+        idx = torch.randint(0, len(ys), (batch,), generator=g)
+        x, y = xs[idx].t().unsqueeze(-1).contiguous(), ys[idx]
+        phase = phases if phases == "supervised" else (
+            "pretrain" if elapsed < pretrain_fraction * budget else "joint")
+        out = model.losses(x, y, phase=phase, generator=g)
+        opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        elapsed += time.perf_counter() - start
+        it += 1
+        recent.append(out.total.item())
+    evaluate(elapsed, it, sum(recent) / len(recent) if recent else float("nan"))
+    return {"name": f"{name}-s{seed}", "method": name, "seed": seed, "iterations": it, "train_s": elapsed,
+            "acc": curve["acc"][-1], "best_acc": max(curve["acc"]), "curve": curve, "options": options,
+            "phases": phases, "side": side}
+
+
+def _aux_job(args):
+    name, budget, seed, side = args
+    return aux_run(name, budget, seed=seed, side=side)
+
+
+def aux_suite(out: Path, budget: float, seeds: int, workers: int, side: int = 14) -> Path:
+    jobs = [(name, budget, s, side) for s in range(seeds) for name in AUX_RUNS]
+    start = time.perf_counter()
+    runs = _map(workers, _aux_job, jobs)
+    wall = time.perf_counter() - start
+    long_l, long_depth = aux_options("r-lstm-long", side)[1]["l"], aux_options("r-lstm-long", side)[1]["aux_trunc"]
+    lines = [f"## Auxiliary losses (seed 001): r-LSTM vs truncated BPTT at equal wall-clock, pixel MNIST "
+             f"{side}x{side} ({side * side} steps)\n",
+             f"LSTM 64 units, batch 64, RMSprop 1e-3, clip 1; the classification gradient reaches the last {side} "
+             f"steps (one image row, blank in 89 % of the 14x14 images, 98.5 % at 28x28) in all runs; r-lstm: 8 anchors per batch, each "
+             f"reconstructing the l = 20 pixels before it, decoder gradient 20 steps into the main LSTM; "
+             f"r-lstm-long: 1 anchor, l = {long_l}, {long_depth} steps; both unsupervised pre-training for the "
+             f"first 20 % of the budget, then joint. {budget:.0f} s of training per run (held-out evaluation "
+             f"excluded), runs {workers} at a time. Accuracy on 2,000 held-out (validation) images.\n",
+             "| run | iterations | train s | held-out acc (end) | best |", "|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['name']} | {r['iterations']:,} | {r['train_s']:.0f} | {r['acc']:.3f} | "
+                     f"{r['best_acc']:.3f} |")
+    lines.append(f"\n{len(runs)} runs, {wall / 60:.1f} min of wall time. Chance: 0.10.\n")
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "aux" if side == 14 else f"aux{side}"
+    (out / f"suite_{tag}.json").write_text(json.dumps(runs))
+    path = out / f"suite_{tag}.md"
+    path.write_text("\n".join(lines))
+    fig, ax = plt.subplots(1, 1, figsize=(8, 5))
+    for r in runs:
+        ax.plot(r["curve"]["time"], r["curve"]["acc"], label=r["name"])
+    ax.axhline(0.1, color="gray", ls="--", lw=1, label="chance")
+    ax.set(xlabel="training wall time (s)", ylabel="held-out accuracy",
+           title=f"MNIST {side}x{side}: r-LSTM vs TBPTT (main truncation {side})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, out / f"curves_{tag}.png")
+    return path
+
+
 # ---- shared -------------------------------------------------------------------------------------------
 
 def _map(workers: int, fn, jobs: list) -> list:
@@ -265,13 +396,21 @@ def main(argv) -> int:
                         help="stream steps per run (default: influence 100000, cycleworld 4000; "
                              "StochasticWorld runs twice as many)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds (default: influence 5, cycleworld 1)")
-    parser.add_argument("--workers", type=int, default=1, help="runs at once (one thread each)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs at once, one thread each (default: aux 3, so its runs share the machine "
+                             "equally; the others 1)")
     parser.add_argument("--worlds", nargs="*", default=list(WORLDS), choices=list(WORLDS))
     parser.add_argument("--M", type=int, default=4, help="cycleworld: FPP windows per step (T-BPTT: 1)")
     parser.add_argument("--out", default="results")
+    parser.add_argument("--budget", type=float, default=600.0, help="aux: training seconds per run")
+    parser.add_argument("--side", type=int, default=14, choices=(14, 28), help="aux: image side (28: 784 steps)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.name == "influence":
+    if args.workers is None:
+        args.workers = len(AUX_RUNS) if args.name == "aux" else 1
+    if args.name == "aux":
+        path = aux_suite(out, args.budget, args.seeds or 1, args.workers, args.side)
+    elif args.name == "influence":
         path = influence_suite(out, args.steps or 100_000, args.seeds or 5, args.workers)
     else:
         path = cycleworld_suite(out, args.steps or 4000, args.seeds or 1, args.workers, tuple(args.worlds), args.M)
