@@ -85,6 +85,30 @@ def test_cuda_library_compiles_for_sm80_and_sm90(tmp_path):
             assert kernel in functions, f"{kernel} missing from {so.name}"
 
 
+
+def _cuda_include():
+    """The CUDA toolkit's include directory (cuda_runtime_api.h), from nvcc's location."""
+    nvcc = shutil.which("nvcc")
+    for base in ([Path(nvcc).resolve().parents[1]] if nvcc else []) + [Path("/usr/local/cuda")]:
+        if (base / "include" / "cuda_runtime_api.h").exists():
+            return base / "include"
+    return None
+
+
+@pytest.mark.skipif(shutil.which("c++") is None or _cuda_include() is None,
+                    reason="a C++ compiler and the CUDA toolkit headers are needed")
+def test_cuda_binding_parses_against_torch_headers(tmp_path):
+    """csrc/cuda/binding.cpp (the TORCH_LIBRARY_IMPL for the CUDA key) cannot be built with the CPU torch, but
+    it can be parsed: the CPU wheel ships c10/cuda's headers except the one CMake generates, stubbed here."""
+    from torch.utils import cpp_extension
+    stub = tmp_path / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
+    system = [a for p in cpp_extension.include_paths() for a in ("-isystem", p)]
+    _run(["c++", "-std=c++20", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *system,
+          "-isystem", str(_cuda_include()), "-isystem", str(tmp_path), f"-I{ROOT / 'csrc' / 'include'}",
+          f"-I{ROOT / 'csrc'}", str(ROOT / "csrc" / "cuda" / "binding.cpp")])
+
 # ---- the CPU library at each SIMD level -----------------------------------------------------------------
 # CMake builds the kernels for one capability (CMakeLists.txt, FASTRNN_CPU_CAPABILITY); a machine of another
 # CPU model may get the other one. Each level is built into a temp dir and checked against the reference in
