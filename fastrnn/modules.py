@@ -28,6 +28,7 @@ NATIVE_DTYPES = {
     "reference": (torch.float64, torch.float32, torch.bfloat16, torch.float16),
     "cpu": (torch.float64, torch.float32),
     "triton": (torch.float64, torch.float32, torch.bfloat16),
+    "cuda": (torch.float64, torch.float32, torch.bfloat16),   # csrc/cuda: float32 accumulation for bfloat16
 }
 
 # (backend, device type) -> the concrete backend "auto" stands for there; filled eagerly (outside any
