@@ -50,8 +50,15 @@ def _layer_modules(name: str):
 
 
 def available_backends() -> list:
-    """The concrete backends that can run in this process (the reference always can)."""
-    return [name for name in _MODULES if _layer_modules(name) is not None]
+    """The concrete backends that can run in this process (the reference always can). Triton counts only
+    where it has a device to run on: CUDA, or the CPU under TRITON_INTERPRET=1."""
+    return [name for name in _MODULES if _layer_modules(name) is not None
+            and (name != "triton" or _triton_has_a_device())]
+
+
+def _triton_has_a_device() -> bool:
+    import torch
+    return torch.cuda.is_available() or _interpreting()
 
 
 def check_backend(backend: str) -> str:

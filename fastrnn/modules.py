@@ -47,9 +47,23 @@ def _dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _check_int(name: str, value, minimum: int):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+def _check_int(name: str, value, minimum: int) -> int:
+    """`value` as an int (numpy integers too); TypeError if it is not an integer, ValueError if too small."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}") from None
+    if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _in_functorch_transform() -> bool:
+    """True while a torch.func transform (grad, vmap, jvp, ...) runs the call (torch.compile's own tracing
+    also stacks functorch interpreters: that is not a user's transform, and the ops trace there)."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
 
 
 class _Precision(NamedTuple):
@@ -82,13 +96,13 @@ class _LSTMBase(nn.Module):
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, backend,
                  device, dtype):
         super().__init__()
-        _check_int("input_size", input_size, 1)
-        _check_int("hidden_size", hidden_size, 1)
-        _check_int("num_layers", num_layers, 1)
+        input_size = _check_int("input_size", input_size, 1)
+        hidden_size = _check_int("hidden_size", hidden_size, 1)
+        num_layers = _check_int("num_layers", num_layers, 1)
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1] (the probability of zeroing an element), "
                              f"got {dropout!r}")
-        _check_int("proj_size", proj_size, 0)
+        proj_size = _check_int("proj_size", proj_size, 0)
         if proj_size > 0:
             raise ValueError(f"proj_size={proj_size}: LSTM with projections (proj_size > 0) is not supported by "
                              f"fastrnn; use proj_size=0 (a linear layer on the output projects it)")
@@ -131,6 +145,13 @@ class _LSTMBase(nn.Module):
 
     def flatten_parameters(self) -> None:
         """Accepted for torch.nn.LSTM compatibility: the weights are always used as they are stored."""
+
+    mode = "LSTM"   # as torch.nn.LSTM's
+
+    @property
+    def all_weights(self) -> list:
+        """torch.nn.LSTM's view of the parameters: per layer [weight_ih, weight_hh(, bias_ih, bias_hh)]."""
+        return [[p for p in self._lstm_parameters(layer) if p is not None] for layer in range(self.num_layers)]
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
@@ -224,6 +245,9 @@ class _LSTMBase(nn.Module):
             name = _concrete_backend(self.backend, device_type)
             emulate = None if dtype in NATIVE_DTYPES.get(name, ()) else torch.float32
             return _Precision(dtype, emulate, True)
+        if not input_dtype.is_floating_point:
+            raise TypeError(f"input must be a floating-point tensor, got {input_dtype}: convert it with "
+                            f"input.to({param_dtype})")
         if input_dtype != param_dtype:
             raise TypeError(f"input dtype {input_dtype} does not match the parameters' dtype {param_dtype}: "
                             f"convert one (input.to({param_dtype}) or module.to({input_dtype}))")
@@ -247,6 +271,16 @@ class _LSTMBase(nn.Module):
 
     def _layer_functions(self, call: _Call):
         backend, device_type = self.backend, call.x.device.type
+        if _in_functorch_transform():
+            # The fused ops' autograd formulas are opaque to torch.func (grad, vmap, jvp, ...); plain
+            # autograd through the reference is not. "auto" takes it; an explicit fast backend refuses.
+            if backend == "auto":
+                return backends.layer_functions("reference", device_type)
+            if backend != "reference":
+                raise RuntimeError(
+                    f"{type(self).__name__}(backend={backend!r}) cannot run inside a torch.func transform (grad, "
+                    f"vmap, jvp, ...): its fused kernels are opaque to functorch. Use backend='reference', or "
+                    f"backend='auto', which falls back to it inside a transform")
         if backend == "auto" and not call.precision.autocast:
             name = _concrete_backend(backend, device_type)
             if call.precision.dtype not in NATIVE_DTYPES.get(name, ()):
@@ -272,6 +306,8 @@ class _LSTMBase(nn.Module):
             lengths = lengths.to(device=device, dtype=torch.int64)
         elif isinstance(lengths, (list, tuple)):
             try:
+                if any(isinstance(v, bool) for v in lengths):
+                    raise TypeError
                 values = [operator.index(v) for v in lengths]
             except TypeError:
                 raise TypeError(f"lengths must be an int64 tensor or a list of ints, got {lengths!r}") from None
@@ -459,16 +495,15 @@ class SABLSTM(_LSTMBase):
                  backend: str = "auto", device=None, dtype=None):
         if bidirectional:
             raise ValueError("bidirectional=True is not supported: the SAB memory is causal")
-        _check_int("k_top", k_top, 1)
-        _check_int("k_att", k_att, 1)
+        k_top, k_att = _check_int("k_top", k_top, 1), _check_int("k_att", k_att, 1)
         if k_trunc is not None:
-            _check_int("k_trunc", k_trunc, 0)
+            k_trunc = _check_int("k_trunc", k_trunc, 0)
         if attention not in ("mlp", "linear"):
             raise ValueError(f"attention must be 'mlp' or 'linear', got {attention!r}")
         if attn_size is not None:
             if attention == "linear":
                 raise ValueError("attn_size applies to the 'mlp' scorer only")
-            _check_int("attn_size", attn_size, 1)
+            attn_size = _check_int("attn_size", attn_size, 1)
         if slot_state not in ("final", "provisional"):
             raise ValueError(f"slot_state must be 'final' or 'provisional', got {slot_state!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, backend,

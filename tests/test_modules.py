@@ -151,12 +151,51 @@ def test_available_backends_and_auto():
     (dict(bidirectional=True), "bidirectional"), (dict(backend="gpu"), "backend"),
     (dict(attention="dot"), "attention"), (dict(slot_state="both"), "slot_state"),
     (dict(attention="linear", attn_size=3), "attn_size"), (dict(hidden_size=0), "hidden_size"),
-    (dict(dropout=2.0), "dropout"), (dict(k_top=1.5), "k_top"),
+    (dict(dropout=2.0), "dropout"),
 ])
 def test_bad_constructor_arguments(kwargs, match):
     base = dict(input_size=3, hidden_size=4)
     with pytest.raises(ValueError, match=match):
         fastrnn.SABLSTM(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(k_top=1.5), "k_top"), (dict(input_size=4.0), "input_size"), (dict(k_att=True), "k_att"),
+    (dict(num_layers="2"), "num_layers"),
+])
+def test_non_integer_sizes_are_type_errors_as_in_nn_lstm(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        fastrnn.SABLSTM(**{**dict(input_size=3, hidden_size=4), **kwargs})
+
+
+def test_numpy_integers_are_accepted_as_sizes():
+    np = pytest.importorskip("numpy")
+    m = fastrnn.SABLSTM(np.int64(3), np.int32(4), k_top=np.int64(2), backend="reference")
+    assert type(m.k_top) is int and type(m.hidden_size) is int
+    assert m(torch.randn(5, 2, 3))[0].shape == (5, 2, 4)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in fastrnn.available_backends()])
+def test_torch_func_transforms_use_the_reference_under_auto_and_refuse_fast_backends(backend):
+    from torch.func import functional_call, grad
+    model = fastrnn.SABLSTM(3, 4, k_top=2, dtype=f64)
+    x = torch.randn(6, 2, 3, dtype=f64)
+    params = dict(model.named_parameters())
+    got = grad(lambda p: functional_call(model, p, (x,))[0].square().sum())(params)
+    expected = torch.autograd.grad(model(x)[0].square().sum(), list(params.values()))
+    for (name, g), e in zip(got.items(), expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-11, msg=lambda m: f"{name}: {m}")
+    model.backend = backend
+    with pytest.raises(RuntimeError, match=f"backend='{backend}'.*torch.func"):
+        grad(lambda p: functional_call(model, p, (x,))[0].sum())(params)
+
+
+def test_integer_input_and_boolean_lengths_are_type_errors():
+    m = fastrnn.LSTM(3, 4, backend="reference")
+    with pytest.raises(TypeError, match="floating-point"):
+        m(torch.ones(5, 2, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="lengths"):
+        m(torch.randn(5, 2, 3), lengths=[True, 1])
 
 
 @pytest.mark.parametrize("make_input,exc,match", [
@@ -192,3 +231,26 @@ def test_bad_schedule_length_and_type():
         m(torch.randn(5, 2, 3), schedule=tr.full(4))
     with pytest.raises(TypeError, match="schedule"):
         m(torch.randn(5, 2, 3), schedule=torch.zeros(5))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_all_weights_and_mode_as_nn_lstm(bias):
+    theirs = torch.nn.LSTM(3, 4, 2, bias=bias)
+    ours = fastrnn.LSTM(3, 4, 2, bias=bias, backend="reference")
+    ours.load_state_dict(theirs.state_dict())
+    assert ours.mode == theirs.mode == "LSTM"
+    assert [[tuple(p.shape) for p in layer] for layer in ours.all_weights] == \
+        [[tuple(p.shape) for p in layer] for layer in theirs.all_weights]
+    assert all(a is getattr(ours, n) for layer, names in zip(ours.all_weights, theirs._all_weights)
+               for a, n in zip(layer, names))
+
+
+def test_triton_is_listed_only_where_it_has_a_device():
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import torch, fastrnn; print('triton' in fastrnn.available_backends(), torch.cuda.is_available())"
+    listed, cuda = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                  check=True).stdout.split()
+    assert listed == cuda   # without TRITON_INTERPRET=1, triton runs only on CUDA tensors
