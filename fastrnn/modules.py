@@ -461,7 +461,7 @@ class LSTM(_LSTMBase):
 
 
 class SABLSTM(_LSTMBase):
-    """An LSTM with Sparse Attentive Backtracking (Ke et al.; SPEC.md sections 1-2).
+    """An LSTM with Sparse Attentive Backtracking (Ke et al.; docs/SPEC.md sections 1-2).
 
     At every step the provisional state ĥ_t scores the memory of past states (one slot every `k_att`
     steps, plus h0), keeps the `k_top` best above the (k_top+1)-th score, and adds their normalised
