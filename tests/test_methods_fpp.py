@@ -166,3 +166,21 @@ def test_fpp_learns_cycleworld_6_beyond_the_naive_predictor():
         late = sum(i.acc for i in infos[700:]) / 300
         assert late > naive_accuracy(6) + 0.08, (seed, late)
     assert time.perf_counter() - start < 60  # CI-sized: about 2-5 s per seed
+
+
+def test_step_names_x_or_y_when_their_rows_are_not_batch_size():
+    torch.manual_seed(0)
+    core = fastrnn.LSTM(3, 4, dtype=f64)
+    head = torch.nn.Linear(4, 2, dtype=f64)
+    opt = torch.optim.SGD([*core.parameters(), *head.parameters()], lr=0.1)
+    algo = FPP(core, head, opt, T=4, batch_size=2)
+    y = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"x: expected \[batch_size=2, input_size\], got shape \(3, 3\)"):
+        algo.step(torch.randn(3, 3), y)
+    with pytest.raises(ValueError, match=r"y: expected \[batch_size=2\] .* got shape \(3,\)"):
+        algo.step(torch.randn(2, 3), torch.tensor([0, 1, 1]))
+    assert algo.t == 0  # the refused steps left no trace
+    algo.step(torch.randn(2, 3), y)
+    with pytest.raises(ValueError, match=r"x, y: shapes \(2, 5\), \(2,\) differ from the first step's"):
+        algo.step(torch.randn(2, 5), y)
+    assert algo.t == 1

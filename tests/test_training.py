@@ -118,3 +118,18 @@ def test_training_does_not_import_experiments():
             "print(sorted(m for m in sys.modules if m.startswith('fastrnn.experiments')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_truncation_takes_a_schedule_of_the_tasks_length_and_names_itself_otherwise():
+    task, model, opt = copy_setup("lstm")
+    gen, ref_gen = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    ref_model, fixed = copy.deepcopy(model), truncation.fixed(task.length, 5)
+    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-2)
+    result = train_step(model, task, opt, gen, batch_size=B, truncation=fixed)  # a Schedule: used as is
+    ref = train_step(ref_model, task, ref_opt, ref_gen, batch_size=B, truncation=lambda T, g: truncation.fixed(T, 5))
+    assert result.loss == ref.loss
+    with pytest.raises(ValueError, match=rf"truncation: a Schedule of length 20, but the task's sequences have "
+                                         rf"{task.length} steps"):
+        train_step(model, task, opt, gen, batch_size=B, truncation=truncation.fixed(20, 5))
+    with pytest.raises(TypeError, match=r"truncation must be None, a callable \(T, generator\) -> Schedule"):
+        train_step(model, task, opt, gen, batch_size=B, truncation=5)

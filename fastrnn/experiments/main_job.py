@@ -16,14 +16,13 @@ under ``--out``.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import fastrnn
-from fastrnn.experiments import plots, records
+from fastrnn.experiments import cli, plots, records
 from fastrnn.experiments.suites import copy_baseline, copy_section, run_all
 from fastrnn.tasks import copying
 
@@ -45,14 +44,17 @@ def commands(budget: float, out: Path, seed: int, backend: str, extra: list) -> 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastrnn.experiments main", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m fastrnn.experiments main", __doc__.split("\n")[0],
+                        epilog="Other flags (e.g. --max-iters N) are passed to each of the three runs, see\n"
+                               "  python -m fastrnn.experiments --help")
     parser.add_argument("--budget", type=float, default=530.0, help="wall-clock training seconds per method")
     parser.add_argument("--workers", type=int, default=len(METHOD_ARGS), help="runs at once (one thread each)")
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--out", default="results", help="results directory")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of the three runs")
+    parser.add_argument("--backend", default="auto", choices=fastrnn.backends.BACKENDS,
+                        help="LSTM backend of the runs (auto: the fastest available)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted job from its checkpoints (default: start the three runs afresh)")
+                        help="continue an interrupted job from its checkpoints (without it: start the three runs afresh)")
     args, extra = parser.parse_known_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")

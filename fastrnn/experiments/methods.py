@@ -1,7 +1,9 @@
-"""Suites of the training methods of issue #11 (online streams, not the fixed-batch runs of `train.Run`).
+"""Suites of the online training methods ARTBP, FPP and r-LSTM (online streams, not the fixed-batch runs of
+`train.Run`).
 
-    python -m fastrnn.experiments suite influence  [--steps 100000] [--seeds 5] [--out results]
-    python -m fastrnn.experiments suite cycleworld [--steps 4000] [--seeds 1] [--M 4] [--workers 1] [--out results]
+    python -m fastrnn.experiments suite influence  [--steps 100000] [--seeds 5] [--seed 0] [--out results]
+    python -m fastrnn.experiments suite cycleworld [--steps 4000] [--seeds 1] [--seed 0] [--M 4] [--workers 1]
+                                                   [--out results]
 
 influence    seed 002 §6.1 (`fastrnn.tasks.influence`, p = 10, n = 13): online truncated BPTT with
              L = 10, 100, 200 (deterministic: one run each) and online ARTBP (L0 = 16, alpha = 6) on
@@ -17,14 +19,15 @@ aux          seed 001 (`fastrnn.training.auxiliary`): r-LSTM against truncated B
              classification truncation, at equal wall-clock (``--budget`` s each, run side by side), on
              pixel MNIST pooled to 14 x 14 (196 steps; ``--side 28``: the 784-step original; `mnist_pixels`).
 
-    python -m fastrnn.experiments suite aux [--budget 600] [--side 14] [--seeds 1] [--out results]
+    python -m fastrnn.experiments suite aux [--budget 600] [--side 14] [--seeds 1] [--seed 0] [--out results]
+
+Seeds: ``--seed S --seeds N`` runs seeds S, S+1, ..., S+N-1 (default S = 0).
 
 Each suite writes ``OUT/suite_NAME.md`` (table, settings, wall times), ``OUT/curves_NAME.png`` and
 ``OUT/suite_NAME.json`` (every run's curve).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing
@@ -38,6 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import fastrnn  # noqa: E402
+from fastrnn.experiments import cli  # noqa: E402
 from fastrnn.tasks import cycleworld, influence  # noqa: E402
 from fastrnn.training import artbp, fpp  # noqa: E402
 
@@ -88,9 +92,10 @@ def influence_run(method: str, steps: int, *, L: int = 0, seed: int = 0, eta0: f
             "segments": len(trainer.segments), "wall_s": wall, "curve": curve}
 
 
-def influence_suite(out: Path, steps: int, seeds: int, workers: int, eta0: float = 3e-4) -> Path:
+def influence_suite(out: Path, steps: int, seeds: int, workers: int, eta0: float = 3e-4, seed: int = 0) -> Path:
+    """Seeds ``seed`` .. ``seed + seeds - 1`` of ARTBP (TBPTT is deterministic: one run per L)."""
     jobs = [dict(method="tbptt", L=L) for L in (10, 100, 200)]
-    jobs += [dict(method="artbp", seed=s) for s in range(seeds)]
+    jobs += [dict(method="artbp", seed=s) for s in range(seed, seed + seeds)]
     start = time.perf_counter()
     runs = _map(workers, _influence_job, [(steps, eta0, j) for j in jobs])
     wall = time.perf_counter() - start
@@ -185,9 +190,11 @@ def _world_job(args):
     return world_run(world, method, T, steps, seed=seed, M=M)
 
 
-def cycleworld_suite(out: Path, steps: int, seeds: int, workers: int, worlds=tuple(WORLDS), M: int = 4) -> Path:
+def cycleworld_suite(out: Path, steps: int, seeds: int, workers: int, worlds=tuple(WORLDS), M: int = 4,
+                     seed: int = 0) -> Path:
+    """Seeds ``seed`` .. ``seed + seeds - 1`` of every cell."""
     jobs = [(w, m, T, steps * (2 if w == "stochastic" else 1), s, M)
-            for w in worlds for T in WORLDS[w][3] for m in METHODS for s in range(seeds)]
+            for w in worlds for T in WORLDS[w][3] for m in METHODS for s in range(seed, seed + seeds)]
     start = time.perf_counter()
     runs = _map(workers, _world_job, jobs)
     wall = time.perf_counter() - start
@@ -231,7 +238,7 @@ def cycleworld_suite(out: Path, steps: int, seeds: int, workers: int, worlds=tup
         key = "acc" if w.startswith("cycle") else "ce"
         colours = {T: f"C{k}" for k, T in enumerate(WORLDS[w][3])}
         for r in runs:
-            if r["world"] == w and r["seed"] == 0:
+            if r["world"] == w and r["seed"] == seed:
                 ax.plot(r["curve"]["t"], r["curve"][key], styles[r["method"]], color=colours[r["T"]],
                         label=f"{r['method']} T={r['T']}", lw=1.2)
         if key == "acc":
@@ -241,7 +248,7 @@ def cycleworld_suite(out: Path, steps: int, seeds: int, workers: int, worlds=tup
             for name, v in ref.items():
                 ax.axhline(v, color="gray", lw=1, ls=":")
             ax.set_ylabel("online cross-entropy (nats)")
-        ax.set(xlabel="step", title=f"{w}: solid FPP, dotted buffer-only, dashed T-BPTT (seed 0)")
+        ax.set(xlabel="step", title=f"{w}: solid FPP, dotted buffer-only, dashed T-BPTT (seed {seed})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=3)
     _save(fig, out / "curves_cycleworld.png")
@@ -337,8 +344,9 @@ def _aux_job(args):
     return aux_run(name, budget, seed=seed, side=side)
 
 
-def aux_suite(out: Path, budget: float, seeds: int, workers: int, side: int = 14) -> Path:
-    jobs = [(name, budget, s, side) for s in range(seeds) for name in AUX_RUNS]
+def aux_suite(out: Path, budget: float, seeds: int, workers: int, side: int = 14, seed: int = 0) -> Path:
+    """Seeds ``seed`` .. ``seed + seeds - 1`` of every run."""
+    jobs = [(name, budget, s, side) for s in range(seed, seed + seeds) for name in AUX_RUNS]
     start = time.perf_counter()
     runs = _map(workers, _aux_job, jobs)
     wall = time.perf_counter() - start
@@ -389,30 +397,52 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastrnn.experiments suite", description=__doc__.split("\n")[0])
-    parser.add_argument("name", choices=list(SUITES))
+def build_parser():
+    """The parser of `python -m fastrnn.experiments suite influence|cycleworld|aux ...`."""
+    suites = "\n".join(f"  {name:11s} {title}" for name, title in SUITES.items())
+    parser = cli.parser("python -m fastrnn.experiments suite",
+                        "Suites of the online training methods (ARTBP, FPP, r-LSTM). Each writes\n"
+                        "OUT/suite_NAME.md (table), OUT/suite_NAME.json (every run's curve) and "
+                        "OUT/curves_NAME.png.",
+                        epilog="suites:\n" + suites + "\n\nSeeds: --seed S --seeds N runs seeds S, S+1, ..., "
+                        "S+N-1.\nexample: python -m fastrnn.experiments suite influence --seed 3 --seeds 2")
+    parser.add_argument("name", choices=list(SUITES), help="the suite")
     parser.add_argument("--steps", type=int, default=None,
                         help="stream steps per run (default: influence 100000, cycleworld 4000; "
-                             "StochasticWorld runs twice as many)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds (default: influence 5, cycleworld 1)")
+                             "StochasticWorld runs twice as many; not used by aux)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the first seed: runs seeds SEED .. SEED+SEEDS-1 (TBPTT on influence is "
+                             "deterministic and runs once)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="how many seeds, from --seed on (default: influence 5, cycleworld 1, aux 1)")
     parser.add_argument("--workers", type=int, default=None,
                         help="runs at once, one thread each (default: aux 3, so its runs share the machine "
                              "equally; the others 1)")
-    parser.add_argument("--worlds", nargs="*", default=list(WORLDS), choices=list(WORLDS))
+    parser.add_argument("--worlds", nargs="*", default=list(WORLDS), choices=list(WORLDS),
+                        help="cycleworld: the worlds to run")
     parser.add_argument("--M", type=int, default=4, help="cycleworld: FPP windows per step (T-BPTT: 1)")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="results", help="results directory")
     parser.add_argument("--budget", type=float, default=600.0, help="aux: training seconds per run")
     parser.add_argument("--side", type=int, default=14, choices=(14, 28), help="aux: image side (28: 784 steps)")
+    return parser
+
+
+def main(argv) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     out = Path(args.out)
     if args.workers is None:
         args.workers = len(AUX_RUNS) if args.name == "aux" else 1
     if args.name == "aux":
-        path = aux_suite(out, args.budget, args.seeds or 1, args.workers, args.side)
+        path = aux_suite(out, args.budget, args.seeds or 1, args.workers, args.side, seed=args.seed)
     elif args.name == "influence":
-        path = influence_suite(out, args.steps or 100_000, args.seeds or 5, args.workers)
+        path = influence_suite(out, args.steps or 100_000, args.seeds or 5, args.workers, seed=args.seed)
     else:
-        path = cycleworld_suite(out, args.steps or 4000, args.seeds or 1, args.workers, tuple(args.worlds), args.M)
+        path = cycleworld_suite(out, args.steps or 4000, args.seeds or 1, args.workers, tuple(args.worlds), args.M,
+                                seed=args.seed)
     print(path.read_text(), end="")
     return 0

@@ -2,7 +2,7 @@
 
     python -m fastrnn.experiments suite NAME [--budget S] [--workers N] [--seed 0] [--out results]
     python -m fastrnn.experiments suite list
-    python -m fastrnn.experiments suite influence|cycleworld ...   the online-method suites (methods.py)
+    python -m fastrnn.experiments suite influence|cycleworld|aux ...   the online-method suites (methods.py)
 
 Each run is its own process with one thread, trained for the same wall-clock budget. By default a suite
 of up to 3 runs runs them all at once (on 2 cores they share the machine equally and no core idles, as
@@ -12,7 +12,6 @@ single runs, so ``report`` and resuming work on them too (``--resume`` continues
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastrnn.experiments import methods, plots, records
+from fastrnn.experiments import cli, methods, plots, records
 from fastrnn.tasks import copying
 
 # The SAB configuration of the main job: provisional slots, linear scorer (SPEC section 1).
@@ -219,19 +218,42 @@ def write_results(name: str, suite: Suite, run_names: list, out: Path, wall_seco
     return path
 
 
+def build_parser():
+    """The parser of `python -m fastrnn.experiments suite NAME ...` (the suites of this module)."""
+    listing = "\n".join([f"  {name:15s} {suite.title} ({len(suite.runs)} runs x {suite.budget:.0f} s)"
+                          for name, suite in SUITES.items()]
+                         + [f"  {name:15s} {title}" for name, title in methods.SUITES.items()])
+    parser = cli.parser(
+        "python -m fastrnn.experiments suite",
+        "Named sets of runs behind the README's reproduction table, run side by side at a fixed budget.\n"
+        "Writes OUT/suite_NAME.md (table) and OUT/curves_NAME.png; the runs live in OUT/runs/<run>.",
+        epilog="suites:\n" + listing + "\n\n"
+        f"{', '.join(methods.SUITES)}: online training methods with their own options, see\n"
+        "  python -m fastrnn.experiments suite influence --help\n"
+        "Other flags (e.g. --backend cpu, --max-iters N) are passed to every run of the other suites, see\n"
+        "  python -m fastrnn.experiments --help")
+    parser.add_argument("name", choices=[*SUITES, *methods.SUITES, "list"],
+                        help="the suite (list: print the suites)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="training seconds per run (default: the suite's)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs at once, one thread each (default: all if at most 3, else 2)")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of every run")
+    parser.add_argument("--out", default="results", help="results directory")
+    parser.add_argument("--resume", action="store_true", help="continue the suite's runs from their checkpoints")
+    return parser
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in methods.SUITES:  # online training methods (ARTBP, FPP): their own runner
         return methods.main(argv)
-    parser = argparse.ArgumentParser(prog="python -m fastrnn.experiments suite", description=__doc__.split("\n")[0])
-    parser.add_argument("name", choices=[*SUITES, "list"])
-    parser.add_argument("--budget", type=float, default=None, help="training seconds per run (default: the suite's)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="runs at once, one thread each (default: all if at most 3, else 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--resume", action="store_true", help="continue the suite's runs from their checkpoints")
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.name in methods.SUITES:  # named after other flags: the online suites take them all
+        rest = list(argv)
+        rest.remove(args.name)
+        return methods.main([args.name, *rest])
     if args.name == "list":
         for name, suite in SUITES.items():
             print(f"{name:15s} {len(suite.runs)} runs x {suite.budget:.0f} s  {suite.title}")

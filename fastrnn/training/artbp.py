@@ -205,6 +205,12 @@ class TensorStream:
     """A finite stream over time-major tensors: ``x`` [T, B, I] and ``y`` [T, ...] (or None)."""
 
     def __init__(self, x: Tensor, y: Optional[Tensor] = None):
+        if not isinstance(x, Tensor) or x.dim() < 1:
+            raise ValueError(f"x: expected a time-major tensor [T, B, I], got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if y is not None and (not isinstance(y, Tensor) or y.dim() < 1 or y.shape[0] != x.shape[0]):
+            got = f"shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"y: expected a tensor with one row per step of x ({x.shape[0]} steps), got {got}")
         self.x, self.y, self.position = x, y, 0
 
     def take(self, n: int):

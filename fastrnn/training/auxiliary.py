@@ -178,6 +178,13 @@ class AuxiliaryLSTM(nn.Module):
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         T = x.shape[0]
+        if phase != "pretrain":
+            B = x.shape[1] if x.dim() >= 2 else None
+            if y is None or not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != B:
+                got = "None" if y is None else (f"shape {tuple(y.shape)}" if isinstance(y, Tensor)
+                                                 else type(y).__name__)
+                raise ValueError(f"y: expected [B={B}] class labels (one per sequence of x, shape "
+                                 f"{tuple(x.shape)}) for phase {phase!r}, got {got}")
         e = self.encode(x)
         K = T if self.main_trunc is None else min(self.main_trunc, T)
         if phase != "supervised":

@@ -114,6 +114,13 @@ class FPP:
 
     def step(self, x: Tensor, y: Tensor) -> StepInfo:
         """One stream step: ``x`` [B, I] the observation o_t, ``y`` [B] (or [B, ...]) the target y_t."""
+        if x.dim() != 2 or x.shape[0] != self.B:
+            raise ValueError(f"x: expected [batch_size={self.B}, input_size], got shape {tuple(x.shape)}")
+        if y.dim() < 1 or y.shape[0] != self.B:
+            raise ValueError(f"y: expected [batch_size={self.B}] (or [batch_size, ...]), got shape {tuple(y.shape)}")
+        if self.X is not None and (x.shape[1:] != self.X.shape[2:] or y.shape[1:] != self.Y.shape[2:]):
+            raise ValueError(f"x, y: shapes {tuple(x.shape)}, {tuple(y.shape)} differ from the first step's "
+                             f"{tuple(self.X.shape[1:])}, {tuple(self.Y.shape[1:])}")
         x = x.to(self.dtype)
         if self.X is None:
             self.X = torch.zeros(self.capacity, *x.shape, dtype=self.dtype, device=self.device)

@@ -42,12 +42,13 @@ def train_step(model: nn.Module, task, optimizer: torch.optim.Optimizer, generat
     """One iteration on a fresh batch of ``task`` (a `fastrnn.training.tasks.Task`); returns its loss.
 
     ``model(x, schedule) -> (logits, _)``; ``truncation`` draws the schedule after the batch from the
-    same ``generator`` (None: no schedule). ``clip``: the maximal gradient norm (None: no clipping).
+    same ``generator`` (None: no schedule), or is one fixed `Schedule` of the task's length used every
+    iteration. ``clip``: the maximal gradient norm (None: no clipping).
     """
     phase_end = on_phase_end if on_phase_end is not None else _nothing
     with _range("fastrnn.train_step.data"):
         x, y = task.batch(batch_size, generator)
-        schedule = truncation(task.length, generator) if truncation is not None else None
+        schedule = _schedule(truncation, task.length, generator)
     phase_end("data")
     with _range("fastrnn.train_step.forward"):
         logits, _ = model(x, schedule)
@@ -81,6 +82,20 @@ def evaluate(model: nn.Module, task, batches) -> dict:
                 totals[k] = totals.get(k, 0.0) + v
             n += 1
     return {k: v / n for k, v in totals.items()}
+
+
+def _schedule(truncation, length: int, generator) -> Optional[Schedule]:
+    if truncation is None:
+        return None
+    if isinstance(truncation, Schedule):
+        if len(truncation) != length:
+            raise ValueError(f"truncation: a Schedule of length {len(truncation)}, but the task's sequences have "
+                             f"{length} steps")
+        return truncation
+    if not callable(truncation):
+        raise TypeError("truncation must be None, a callable (T, generator) -> Schedule, or a Schedule of the "
+                        f"task's length; got {type(truncation).__name__}")
+    return truncation(length, generator)
 
 
 def _nothing(phase: str) -> None:
