@@ -1,7 +1,8 @@
-// The fastrnn operator library: schemas only. Implementations register per backend beside their kernels
-// (TORCH_LIBRARY_IMPL(fastrnn, CPU, m) in csrc/cpu/*.cpp); other op families add their schemas with
-// TORCH_LIBRARY_FRAGMENT(fastrnn, m). Autograd and fake (meta) kernels are registered from Python
-// (fastrnn/ops/*.py), pytorch/extension-cpp style.
+// The fastrnn operator library: every fastrnn:: schema, and nothing else. Each device registers its
+// implementations beside its kernels (TORCH_LIBRARY_IMPL(fastrnn, CPU, m) in csrc/cpu/*.cpp), with the
+// argument checks of csrc/checks.h. Autograd and fake (meta) kernels are registered from Python, once for
+// every device (fastrnn/ops/lstm.py, fastrnn/ops/sab.py), pytorch/extension-cpp style.
+// docs/CONTRACT.md describes the arguments and the saved tensors.
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastrnn, m) {
@@ -21,4 +22,26 @@ TORCH_LIBRARY(fastrnn, m) {
       "lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, "
       "Tensor c0, Tensor y, Tensor gates, Tensor cs, Tensor cut, Tensor scale, Tensor? lengths=None) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // One SAB-LSTM layer (SPEC section 1). att_vb is the scorer's last parameter: att_v [A] (mlp) or att_b [1]
+  // (linear). Outputs after c_n are saved for sab_backward: gates (activated), c, hhat, idx/w (the
+  // attention record), thr (threshold slot), denom (Σ ã + eps), slot_keys (the scorer's projection of each
+  // slot: mlp att_wm @ m_j [B, S, A], linear att_wm · m_j [B, S]).
+  // lengths (None = every row has length T; no default: positional arguments follow): as lstm_forward;
+  // idx/w are also -1 / 0 past each row's length.
+  m.def(
+      "sab_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor att_wh, "
+      "Tensor att_wm, Tensor att_vb, Tensor h0, Tensor c0, Tensor cut, Tensor scale, Tensor? lengths, "
+      "int k_top, int k_att, str scorer, bool provisional) -> (Tensor y, Tensor h_n, Tensor c_n, "
+      "Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, "
+      "Tensor slot_keys)");
+  // Its backward (SPEC section 2) under the truncation schedule (cut, scale). db is the gradient of both
+  // b_ih and b_hh ([0] when has_bias is false). lengths: as lstm_backward.
+  m.def(
+      "sab_backward(Tensor grad_y, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor w_hh, "
+      "Tensor att_wh, Tensor att_wm, Tensor att_vb, Tensor h0, Tensor c0, Tensor cut, Tensor scale, "
+      "Tensor? lengths, Tensor y, Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, "
+      "Tensor denom, Tensor slot_keys, int k_top, int k_att, str scorer, bool provisional, bool has_bias) -> "
+      "(Tensor dx, Tensor dw_ih, Tensor dw_hh, Tensor db, Tensor datt_wh, Tensor datt_wm, Tensor datt_vb, "
+      "Tensor dh0, Tensor dc0)");
 }

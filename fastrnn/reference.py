@@ -8,7 +8,7 @@ correct, never clever: speed lives in the other backends.
 Per-layer signature, shared by every backend (docs/CONTRACT.md):
 
     lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None) -> (y, h_n, c_n)
-    sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
+    sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top, k_att, scorer, provisional, need_attention, lengths=None) -> (y, h_n, c_n, attention)
 
 `x` is [T, B, I] with T >= 1, `h0`/`c0` [B, H]; `cut` (bool) and `scale` are the [T] truncation
@@ -79,14 +79,14 @@ def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
     return torch.stack(ys), h, c
 
 
-def scores(scorer: str, h_hat: Tensor, memory: Tensor, att_wh, att_wm, att_s) -> Tensor:
+def scores(scorer: str, h_hat: Tensor, memory: Tensor, att_wh, att_wm, att_vb) -> Tensor:
     """SPEC section 1, step 4: the score a_j of every slot. h_hat [B, H], memory [B, S, H] -> [B, S]."""
     if scorer == "mlp":
         query = h_hat @ att_wh.t()                       # [B, A]
         keys = memory @ att_wm.t()                       # [B, S, A]
-        return torch.tanh(query.unsqueeze(1) + keys) @ att_s
+        return torch.tanh(query.unsqueeze(1) + keys) @ att_vb
     if scorer == "linear":
-        return memory @ att_wm + (h_hat @ att_wh).unsqueeze(1) + att_s
+        return memory @ att_wm + (h_hat @ att_wh).unsqueeze(1) + att_vb
     raise ValueError(f"scorer must be 'mlp' or 'linear', got {scorer!r}")
 
 
@@ -122,7 +122,7 @@ def selected(w: Tensor, k_top: int):
     return indices, weights
 
 
-def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
+def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
               lengths=None):
     """One SAB-LSTM layer, SPEC section 1 step by step; the backward pass is autograd's (section 2).
@@ -137,7 +137,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, sca
         c_in = recurrent_input(c, cut[t], scale[t])
         c, h_hat = lstm_cell(x[t], h_in, c_in, w_ih, w_hh, b_ih, b_hh)   # steps 2-3
         m = torch.stack(memory, dim=1)                     # [B, |M|, H], slots of earlier steps only
-        a = scores(scorer, h_hat, m, att_wh, att_wm, att_s)              # step 4
+        a = scores(scorer, h_hat, m, att_wh, att_wm, att_vb)              # step 4
         w = sparse_weights(a, k_top)                       # steps 5-6
         s = (w.unsqueeze(2) * m).sum(dim=1)                # step 7
         h = h_hat + s

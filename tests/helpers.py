@@ -62,9 +62,9 @@ def layer_args(T, B, I, H, *, A=None, scorer="mlp", bias=True, dtype=torch.float
     if sab:
         if scorer == "mlp":
             A = A or H
-            args.update(att_wh=leaf(A, H), att_wm=leaf(A, H), att_s=leaf(A))
+            args.update(att_wh=leaf(A, H), att_wm=leaf(A, H), att_vb=leaf(A))
         else:
-            args.update(att_wh=leaf(H), att_wm=leaf(H), att_s=leaf(1))
+            args.update(att_wh=leaf(H), att_wm=leaf(H), att_vb=leaf(1))
     args.update(h0=leaf(B, H), c0=leaf(B, H))
     return args
 
@@ -111,7 +111,7 @@ def assert_equal_results(first, second):
 def compare(ours, ref, dtype, scorer=None):
     """Results of run_with_grads for a backend (`ours`) and the reference (`ref`) on the same inputs:
     outputs (y, h_n, c_n), the attention record where both have one (indices and slot steps exact), and
-    every gradient, to TOL[dtype]. scorer="linear": d att_wh and d att_s are rounding noise on both sides."""
+    every gradient, to TOL[dtype]. scorer="linear": d att_wh and d att_vb are rounding noise on both sides."""
     (out, grads), (rout, rgrads) = ours, ref
     for name, a, b in zip(("y", "h_n", "c_n"), out[:3], rout[:3]):
         assert_close(a, b, dtype, name)
@@ -122,7 +122,7 @@ def compare(ours, ref, dtype, scorer=None):
         torch.testing.assert_close(att.slot_steps, ratt.slot_steps, rtol=0, atol=0)
     assert grads.keys() == rgrads.keys()
     for name in grads:
-        if scorer == "linear" and name in ("att_wh", "att_s"):
+        if scorer == "linear" and name in ("att_wh", "att_vb"):
             bound = LINEAR_QUERY_NOISE[dtype] * rgrads["att_wm"].abs().max()
             assert grads[name].abs().max() <= bound, name
             assert rgrads[name].abs().max() <= bound, name

@@ -135,7 +135,7 @@ def test_linear_scorer_query_terms_get_no_gradient_once_memory_exceeds_k_top():
     args = layer_args(12, 3, 2, 4, scorer="linear")
     y = sab(args, tr.Schedule(torch.ones(12, dtype=torch.bool), torch.ones(12, dtype=f64)),
             scorer="linear", k_top=2, k_att=1, provisional=True)[0]
-    (g_b,) = torch.autograd.grad(y[-1].sum(), [args["att_s"]])
+    (g_b,) = torch.autograd.grad(y[-1].sum(), [args["att_vb"]])
     assert g_b.abs().max() < 1e-12
 
 

@@ -270,7 +270,7 @@ def op_inputs(scorer, requires_grad, T=5, B=2, I=3, H=4, k_top=2, k_att=2):
         args = {k: (v.detach() if v is not None else None) for k, v in args.items()}
     s = schedule_args(truncation.fixed(T, 2), torch.float64)
     return (args["x"], args["w_ih"], args["w_hh"], args["b_ih"], args["b_hh"], args["att_wh"], args["att_wm"],
-            args["att_s"], args["h0"], args["c0"], s["cut"], s["scale"], None, k_top, k_att, scorer, True)
+            args["att_vb"], args["h0"], args["c0"], s["cut"], s["scale"], None, k_top, k_att, scorer, True)
 
 
 @only("cpu")
@@ -283,10 +283,10 @@ def test_opcheck_forward(scorer):
 @pytest.mark.parametrize("scorer", ["mlp", "linear"])
 def test_opcheck_backward(scorer):
     fwd = op_inputs(scorer, False)
-    x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths, k_top, k_att, _, prov = fwd
+    x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, k_top, k_att, _, prov = fwd
     out = torch.ops.fastrnn.sab_forward(*fwd)
     g = [torch.randn_like(t) for t in out[:3]]
-    args = (*g, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths, out[0], *out[3:],
+    args = (*g, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, out[0], *out[3:],
             k_top, k_att, scorer, prov, True)
     torch.library.opcheck(torch.ops.fastrnn.sab_backward.default, args)
 
@@ -305,7 +305,7 @@ ERROR_CASES = [
     (1, lambda a: a[1].float(), "w_ih"),
     (8, lambda a: a[8].t().contiguous().t(), "h0"),                  # transposed view of a [B, H]
     (9, lambda a: a[9][:1], "c0"),
-    (7, lambda a: a[7][:2], "att_s"),
+    (7, lambda a: a[7][:2], "att_vb"),
     (5, lambda a: a[5].t(), "att_wh"),
     (10, lambda a: a[10].to(torch.int64), "cut"),
     (11, lambda a: a[11][:2], "scale"),
@@ -328,10 +328,10 @@ def test_forward_errors_name_the_argument(i, make, text):
 @only("cpu")
 def test_backward_errors_name_the_argument():
     fwd = op_inputs("linear", False)
-    x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths, k_top, k_att, scorer, prov = fwd
+    x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, k_top, k_att, scorer, prov = fwd
     out = torch.ops.fastrnn.sab_forward(*fwd)
     g = [torch.zeros_like(t) for t in out[:3]]
-    args = [*g, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths, out[0], *out[3:],
+    args = [*g, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, out[0], *out[3:],
             k_top, k_att, scorer, prov, True]
     args[18] = args[18][:, :, :1].contiguous()   # idx
     with pytest.raises(RuntimeError, match="idx"):

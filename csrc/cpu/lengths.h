@@ -12,47 +12,52 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
+#include <utility>
 
 namespace fastrnn {
 namespace cpu {
 
-// `lengths`: None, or a contiguous CPU int64 [B] tensor with every value in [0, T]. Returns its data, or
-// nullptr for None (every row has length T). `op` prefixes the message.
-inline const int64_t* check_lengths(const c10::optional<at::Tensor>& lengths, int64_t T, int64_t B,
-                                    const char* op) {
-  if (!lengths.has_value()) return nullptr;
-  const at::Tensor& l = *lengths;
-  TORCH_CHECK(l.device().is_cpu(), op, ": lengths must be a CPU tensor (like x), got device ", l.device());
-  TORCH_CHECK(l.scalar_type() == at::kLong, op, ": lengths must have dtype int64, got ", l.scalar_type());
-  TORCH_CHECK(l.dim() == 1 && l.size(0) == B, op, ": lengths must have shape [B] = [", B, "], got ", l.sizes());
-  TORCH_CHECK(l.is_contiguous(), op, ": lengths must be contiguous");
-  const int64_t* p = l.const_data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b)
-    TORCH_CHECK(p[b] >= 0 && p[b] <= T, op, ": lengths[", b, "] = ", p[b], " is outside [0, T] with T = ", T);
-  return p;
+// The checked lengths (csrc/checks.h, ArgChecker::lengths) as a host pointer, or nullptr for None (every
+// row has length T).
+inline const int64_t* lengths_data(const std::optional<at::Tensor>& lengths) {
+  return lengths.has_value() ? lengths->const_data_ptr<int64_t>() : nullptr;
 }
 
-// After the forward: h_n[b] = y[len_b - 1, b] (h0[b] if len_b = 0), c_n likewise from c, then y zeroed past
-// each row's length (the kernels read y as the recurrent input and as SAB slots, so it is masked only now).
-template <typename T>
-void finish_forward(const int64_t* len, int64_t steps, int64_t B, int64_t H, T* y, const T* c, const T* h0,
-                    const T* c0, T* h_n, T* c_n) {
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t n = len[b];
-    std::copy_n(n == 0 ? h0 + b * H : y + ((n - 1) * B + b) * H, H, h_n + b * H);
-    std::copy_n(n == 0 ? c0 + b * H : c + ((n - 1) * B + b) * H, H, c_n + b * H);
-    for (int64_t t = n; t < steps; ++t) std::fill_n(y + (t * B + b) * H, H, T(0));
-  }
-}
-
-// The attention record past each row's length: indices -1, weights 0.
-template <typename T>
-void mask_attention(const int64_t* len, int64_t steps, int64_t B, int64_t K, int64_t* idx, T* w) {
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = len[b]; t < steps; ++t) {
-      std::fill_n(idx + (t * B + b) * K, K, int64_t(-1));
-      std::fill_n(w + (t * B + b) * K, K, T(0));
+// After the forward sweep: returns (h_n, c_n), the states after each row's last step len_b - 1 (h0, c0 when
+// len_b = 0; every row's step T-1 when len is nullptr), and zeroes y past each row's length (the kernels
+// read y as the recurrent input and as SAB slots, so it is masked only now).
+inline std::pair<at::Tensor, at::Tensor> stop_at_lengths(const int64_t* len, at::Tensor& y, const at::Tensor& c,
+                                                         const at::Tensor& h0, const at::Tensor& c0) {
+  const int64_t steps = y.size(0), B = y.size(1), H = y.size(2);
+  if (len == nullptr) return {y[steps - 1].clone(), c[steps - 1].clone()};
+  at::Tensor h_n = at::empty({B, H}, y.options()), c_n = at::empty({B, H}, y.options());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fastrnn::stop_at_lengths", [&] {
+    using T = scalar_t;
+    T* y_p = y.data_ptr<T>();
+    const T *c_p = c.const_data_ptr<T>(), *h0_p = h0.const_data_ptr<T>(), *c0_p = c0.const_data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t n = len[b];
+      std::copy_n(n == 0 ? h0_p + b * H : y_p + ((n - 1) * B + b) * H, H, h_n.data_ptr<T>() + b * H);
+      std::copy_n(n == 0 ? c0_p + b * H : c_p + ((n - 1) * B + b) * H, H, c_n.data_ptr<T>() + b * H);
+      for (int64_t t = n; t < steps; ++t) std::fill_n(y_p + (t * B + b) * H, H, T(0));
     }
+  });
+  return {h_n, c_n};
+}
+
+// The attention record idx, w [T, B, k_top] past each row's length: indices -1, weights 0.
+inline void mask_attention(const int64_t* len, at::Tensor& idx, at::Tensor& w) {
+  const int64_t steps = idx.size(0), B = idx.size(1), k_top = idx.size(2);
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "fastrnn::mask_attention", [&] {
+    int64_t* idx_p = idx.data_ptr<int64_t>();
+    scalar_t* w_p = w.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = len[b]; t < steps; ++t) {
+        std::fill_n(idx_p + (t * B + b) * k_top, k_top, int64_t(-1));
+        std::fill_n(w_p + (t * B + b) * k_top, k_top, scalar_t(0));
+      }
+  });
 }
 
 // The backward's output gradient: dy with its steps past each row's length zeroed and dh_n[b] added at step

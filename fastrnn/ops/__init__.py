@@ -7,9 +7,12 @@
     lstm.py        fastrnn::lstm_forward / lstm_backward: lstm_layer, autograd and fake kernels
     sab.py         fastrnn::sab_forward / sab_backward: sab_layer, autograd and fake kernels
     triton_backend.py  lstm_layer and sab_layer as autograd Functions over the Triton kernels
+    cuda_build.py  builds and loads the CUDA implementations of the ops (csrc/cuda/); its lstm_layer and
+                   sab_layer are lstm.py's and sab.py's on CUDA tensors
 
-The `fastrnn::` ops are defined in C++ (csrc/ops.cpp) and implemented per device (csrc/cpu/, later
-csrc/cuda/); the autograd and fake kernels registered here hold for every device's implementation.
+The `fastrnn::` ops are defined in C++ (every schema in csrc/ops.cpp) and implemented per device
+(csrc/cpu/, csrc/cuda/; docs/CONTRACT.md, "Layout"); the autograd and fake kernels registered here hold
+for every device's implementation.
 No module here imports the oracle at import time: `fastrnn.reference` is used only by the
 differentiable backward, which recomputes through it on purpose.
 """

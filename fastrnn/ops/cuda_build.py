@@ -129,7 +129,7 @@ def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
     return lstm.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths=lengths)
 
 
-def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
+def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
               lengths=None):
     """One SAB-LSTM layer on the CUDA ops (docs/CONTRACT.md)."""
@@ -137,7 +137,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, sca
         raise RuntimeError(f"fastrnn cuda backend unavailable: {_error}")
     _check_cuda(x)
     from . import sab
-    args = _contiguous(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale)
+    args = _contiguous(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale)
     return sab.sab_layer(*args, k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional,
                          need_attention=need_attention, lengths=None if lengths is None else lengths.contiguous())
 

@@ -17,7 +17,7 @@ import torch
 from . import glue
 from .attention import SABAttention, slot_steps
 
-_K = None
+_KERNELS = None
 
 
 def available() -> bool:
@@ -26,13 +26,13 @@ def available() -> bool:
 
 def _kernels():
     """fastrnn.kernels, imported on first use (it reads TRITON_INTERPRET at import)."""
-    global _K
-    if _K is None:
+    global _KERNELS
+    if _KERNELS is None:
         k = importlib.import_module("fastrnn.kernels")
         for sub in ("lstm_step", "sparse_attention", "sparse_attention_bwd"):
             importlib.import_module(f"{k.__name__}.{sub}")
-        _K = k
-    return _K
+        _KERNELS = k
+    return _KERNELS
 
 
 def _past_lengths(T, lengths):
@@ -270,9 +270,9 @@ def _scorer_views(scorer, att_wh, att_wm):
 
 class _SABLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, lengths,
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths,
                 k_top, k_att, scorer, provisional):
-        K = _kernels()
+        kern = _kernels()
         T, B, _ = x.shape
         H = h0.shape[1]
         wh, wm = _scorer_views(scorer, att_wh, att_wm)
@@ -292,17 +292,17 @@ class _SABLayer(torch.autograd.Function):
         thr = torch.empty(T, B, dtype=torch.int32, device=x.device)
         z = x.new_empty(T, B, dtype=acc)
         k_pad = max(2, 1 << (k_top - 1).bit_length())
-        lk, ak = K.lstm_step, K.sparse_attention
+        lk, ak = kern.lstm_step, kern.sparse_attention
         h, c = h0, c0
         # slot blocks: small in the scores kernel (a [BLOCK_B, BLOCK_S, BLOCK_A] tile, many CTAs), large in
         # the selection, whose 2K+3 passes over the scores are sequential loops over the blocks
-        bs, bs_sel = K.row_block(S, 16), K.row_block(S, 128)
+        bs, bs_sel = kern.row_block(S, 16), kern.row_block(S, 128)
         for t in range(T):
             n = 1 + t // k_att   # slots written before step t
             lk.lstm_fwd_step_kernel[cfg.grid_bh](xg[t], h, c, w_hh, gates[t], cs[t], hhat[t], B, H,
                                                  **cfg.common())
             ak.sab_scores_kernel[(cfg.grid_b[0], _cdiv(n, bs))](
-                hhat[t], key, wh, att_s, q[t], score, n, B, H, A, S, MLP=scorer == "mlp", ACC=cfg.acc,
+                hhat[t], key, wh, att_vb, q[t], score, n, B, H, A, S, MLP=scorer == "mlp", ACC=cfg.acc,
                 BLOCK_B=cfg.bb, BLOCK_S=bs, BLOCK_A=cfg.ba, BLOCK_K=cfg.bk, DOT_PREC=cfg.prec)
             ak.sab_attention_fwd_kernel[cfg.grid_b](
                 hhat[t], y[t], mem, key, wm, score, idx[t], w[t], thr[t], z[t], n, int((t + 1) % k_att == 0),
@@ -314,7 +314,7 @@ class _SABLayer(torch.autograd.Function):
             past = _past_lengths(T, lengths).unsqueeze(2)
             idx.masked_fill_(past, -1)
             w.masked_fill_(past, 0)
-        ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, gates, cs, hhat, y, mem, key,
+        ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, gates, cs, hhat, y, mem, key,
                               q, idx, w, thr, z, b_ih, b_hh, lengths)
         ctx.schedule = (cut, scale)
         ctx.has_bias = b_ih is not None
@@ -325,18 +325,18 @@ class _SABLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, _didx, _dw):
-        (x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, gates, cs, hhat, y, mem, key,
+        (x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, gates, cs, hhat, y, mem, key,
          q, idx, w, thr, z, b_ih, b_hh, lengths) = ctx.saved_tensors
         k_top, k_att, scorer, provisional, k_pad = ctx.sab
         if glue.wants_graph():   # create_graph=True: the kernels' sweep is not differentiable
             from .. import reference
             grads = glue.differentiable_backward(
                 reference.sab_layer,
-                (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, *ctx.schedule),
+                (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, *ctx.schedule),
                 ctx.needs_input_grad, (dy, dh_n, dc_n),
                 k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, lengths=lengths)
             return (*grads, None, None, None, None, None)
-        K = _kernels()
+        kern = _kernels()
         T, B, _ = x.shape
         H = h0.shape[1]
         wh, wm = _scorer_views(scorer, att_wh, att_wm)
@@ -350,13 +350,13 @@ class _SABLayer(torch.autograd.Function):
         dq = torch.empty_like(q, dtype=g)
         rec, gh = torch.empty_like(h0, dtype=g), torch.empty_like(h0, dtype=g)
         f, flows = _schedule(*ctx.schedule, g)
-        lk, bk = K.lstm_step, K.sparse_attention_bwd
+        lk, bk = kern.lstm_step, kern.sparse_attention_bwd
         for t in range(T - 1, -1, -1):
             has_rec = t + 1 < T and flows[t + 1]
             if has_rec:
                 lk.recurrent_grad_kernel[cfg.grid_bh](dgates[t + 1], w_hh, rec, f[t + 1], B, H, **cfg.common())
             bk.sab_attention_bwd_kernel[cfg.grid_b](
-                dy[t], rec, mem, key, wh, wm, att_s, q[t], idx[t], w[t], thr[t], z[t], gm, dkey, dv, gh, dq[t],
+                dy[t], rec, mem, key, wh, wm, att_vb, q[t], idx[t], w[t], thr[t], z[t], gm, dkey, dv, gh, dq[t],
                 (t + 1) // k_att if (t + 1) % k_att == 0 else -1, B, H, A,
                 HAS_REC=has_rec, K_TOP=k_top, K_PAD=k_pad, MLP=scorer == "mlp", PROVISIONAL=provisional,
                 BLOCK_A=cfg.ba, **cfg.common())
@@ -373,11 +373,11 @@ class _SABLayer(torch.autograd.Function):
         d_wh = dq.reshape(T * B, A).t() @ hhat.reshape(T * B, H).to(g)
         d_wm = dkey.flatten(0, 1).t() @ mem.flatten(0, 1).to(g)   # flatten: reshape(-1, A) fails at B = 0
         if scorer == "mlp":
-            d_s = dv.sum(0)
+            d_vb = dv.sum(0)
         else:
-            d_wh, d_wm, d_s = d_wh.reshape(H), d_wm.reshape(H), dq.sum().reshape(1)
-        d_wh, d_wm, d_s, dh0, dc = (v.to(x.dtype) for v in (d_wh, d_wm, d_s, dh0, dc))
-        return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), d_wh, d_wm, d_s, dh0, dc,
+            d_wh, d_wm, d_vb = d_wh.reshape(H), d_wm.reshape(H), dq.sum().reshape(1)
+        d_wh, d_wm, d_vb, dh0, dc = (v.to(x.dtype) for v in (d_wh, d_wm, d_vb, dh0, dc))
+        return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), d_wh, d_wm, d_vb, dh0, dc,
                 None, None, None, None, None, None, None)
 
 
@@ -390,13 +390,13 @@ def _check_sab(k_top, k_att, scorer):
         raise ValueError(f"scorer must be 'mlp' or 'linear', got {scorer!r}")
 
 
-def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, *,
+def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
               lengths=None):
     """One SAB-LSTM layer (docs/CONTRACT.md): 3 launches per step forward, 3 per step backward.
     Rows stop at `lengths` (None, or int64 [B] on x's device, each in [0, T])."""
     _check_sab(k_top, k_att, scorer)
-    named = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, att_wh=att_wh, att_wm=att_wm, att_s=att_s,
+    named = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, att_wh=att_wh, att_wm=att_wm, att_vb=att_vb,
                  h0=h0, c0=c0)
     _check_tensors(named, cut, scale, lengths)
     args = [a.contiguous() if a is not None else None for a in named.values()]

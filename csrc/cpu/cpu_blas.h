@@ -1,5 +1,5 @@
-// CPU only: BLAS for the time loops, which split the batch across threads (at::parallel_for) and run
-// small GEMMs on each worker every step.
+// CPU only: BLAS for the time loops, which split the batch into blocks of rows, one per thread
+// (for_each_row_block), and run small GEMMs on each worker every step.
 //
 // gemm<T>: a row-major GEMM on raw pointers, calling the BLAS that libtorch_cpu exports (MKL on x86
 // wheels, OpenBLAS on aarch64; both export the Fortran symbols, LP64). Going through at::mm_out instead
@@ -37,6 +37,7 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 }
 
 namespace fastrnn {
+namespace cpu {
 
 // Row-major C[M,N] = alpha * op(A) op(B) + beta * C. op(A) is [M,K] (A stored [K,M] if ta);
 // op(B) is [K,N] (B stored [N,K] if tb). Column-major BLAS computes C^T = op(B)^T op(A)^T,
@@ -63,13 +64,6 @@ inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, con
   }
 }
 
-// One block of batch rows per thread: each thread runs the whole time loop on its block, with no
-// synchronisation per step.
-inline int64_t rows_per_thread(int64_t B) {
-  const int64_t n = at::get_num_threads();
-  return std::max<int64_t>(1, (B + n - 1) / n);
-}
-
 class SequentialBlasGuard {
  public:
   SequentialBlasGuard() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
@@ -83,4 +77,24 @@ class SequentialBlasGuard {
   int previous_;
 };
 
+// One block of batch rows per thread: each thread runs the whole time loop on its block, with no
+// synchronisation per step (a barrier per step costs more than the step when the machine is busy).
+inline int64_t rows_per_thread(int64_t B) {
+  const int64_t n = at::get_num_threads();
+  return std::max<int64_t>(1, (B + n - 1) / n);
+}
+
+// Calls fn(k, b0, nb) for every block k of rows [b0, b0 + nb), blocks of rows_per_thread(B) rows, in
+// parallel, with the block's BLAS calls single-threaded on its thread (SequentialBlasGuard). The blocks
+// depend only on B and the thread count, so reruns at the same thread count are bit-identical.
+template <class F>
+inline void for_each_row_block(int64_t B, const F& fn) {
+  const int64_t R = rows_per_thread(B), nblocks = (B + R - 1) / R;
+  at::parallel_for(0, nblocks, 1, [&](int64_t k0, int64_t k1) {
+    const SequentialBlasGuard one_blas_thread;  // this thread is already one of the team
+    for (int64_t k = k0; k < k1; ++k) fn(k, k * R, std::min(B, (k + 1) * R) - k * R);
+  });
+}
+
+}  // namespace cpu
 }  // namespace fastrnn

@@ -1,15 +1,14 @@
-// CPU building blocks shared by the SAB forward (sab_forward.cpp) and backward (sab_backward.cpp):
-// at::vec row kernels (dot, axpy, the mlp score and its backward),
-// and the layout of the saved tensors.
+// CPU only, shared by the SAB forward (sab_forward.cpp) and backward (sab_backward.cpp): at::vec row
+// kernels (dot, axpy, the mlp score and its backward over one slot, on attention_score.h's per-element
+// math) and the layout of the memory slots and their keys.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include <fastrnn/cpu_blas.h>   // gemm<T> on raw pointers, SequentialBlasGuard
-#include <fastrnn/lstm_rows.h>  // the LSTM cell pointwise rows, shared with the LSTM kernels
-
 #include <cstdint>
+
+#include "fastrnn/attention_score.h"  // the scorers' per-element math, shared with CUDA
 
 namespace fastrnn {
 namespace cpu {
@@ -100,32 +99,42 @@ inline Vectorized<float> score_tanh<float>(const Vectorized<float>& a) {
   return V::blendv(p * fast_reciprocal(q), x, a.abs() < V(0.0004f));
 }
 
-// mlp score a = v · tanh(q + p) over A. The hot loop of the mlp forward: O(T·|M|·B·A) tanh.
-// The zero-filled tail gives tanh(0) * 0 = 0.
+// The CPU's math policy of attention_score.h: at::vec lanes, the fast tanh above.
+struct VecScoreMath {
+  template <typename T>
+  static Vectorized<T> tanh(const Vectorized<T>& x) { return score_tanh(x); }
+  template <typename T>
+  static Vectorized<T> fma(const Vectorized<T>& a, const Vectorized<T>& b, const Vectorized<T>& c) {
+    return at::vec::fmadd(a, b, c);
+  }
+};
+
+// mlp score a = v · tanh(q + p) over A (q: the query, p: the slot's key, v: att_v). The hot loop of the mlp
+// forward: O(T·|M|·B·A) tanh. The zero-filled tail gives tanh(0) * 0 = 0.
 template <typename T>
 inline T mlp_score(const T* q, const T* p, const T* v, int64_t A) {
   using V = Vectorized<T>;
   V acc(T(0));
   int64_t i = 0;
   for (; i + V::size() <= A; i += V::size())
-    acc = at::vec::fmadd(V::loadu(v + i), score_tanh(V::loadu(q + i) + V::loadu(p + i)), acc);
+    acc = mlp_score_term<VecScoreMath>(V::loadu(q + i), V::loadu(p + i), V::loadu(v + i), acc);
   if (i < A)
-    acc = at::vec::fmadd(V::loadu(v + i, A - i), score_tanh(V::loadu(q + i, A - i) + V::loadu(p + i, A - i)), acc);
+    acc = mlp_score_term<VecScoreMath>(V::loadu(q + i, A - i), V::loadu(p + i, A - i), V::loadu(v + i, A - i), acc);
   return hsum(acc);
 }
 
-// Backward of a = v · tanh(q + p) for one slot given da: u = tanh(q + p) recomputed;
-// dv += da * u; du = da * v * (1 - u²); dq += du; dp += du.
+// Backward of a = v · tanh(q + p) for one slot given da: dv += da u, dq += du, dp += du (attention_score.h).
 template <typename T>
 inline void mlp_score_backward(const T* q, const T* p, const T* v, T da, T* dv, T* dq, T* dp, int64_t A) {
   using V = Vectorized<T>;
-  const V vda(da), one(T(1));
+  const V vda(da);
   auto body = [&](int64_t i, int64_t len) {
-    V u = score_tanh(V::loadu(q + i, len) + V::loadu(p + i, len));
-    V du = vda * V::loadu(v + i, len) * (one - u * u);
-    at::vec::fmadd(vda, u, V::loadu(dv + i, len)).store(dv + i, len);
-    (V::loadu(dq + i, len) + du).store(dq + i, len);
-    (V::loadu(dp + i, len) + du).store(dp + i, len);
+    V dvi = V::loadu(dv + i, len), dqi = V::loadu(dq + i, len), dpi = V::loadu(dp + i, len);
+    mlp_score_term_backward<VecScoreMath>(V::loadu(q + i, len), V::loadu(p + i, len), V::loadu(v + i, len), vda,
+                                          dvi, dqi, dpi);
+    dvi.store(dv + i, len);
+    dqi.store(dq + i, len);
+    dpi.store(dp + i, len);
   };
   int64_t i = 0;
   for (; i + V::size() <= A; i += V::size()) body(i, V::size());
@@ -135,8 +144,10 @@ inline void mlp_score_backward(const T* q, const T* p, const T* v, T da, T* dv, 
 // ---------------------------------------------------------------------------------------------
 // Memory layout shared by forward and backward.
 //   slot j >= 1 is written at the end of step j * k_att - 1; slot 0 is h0.
-//   mlp cache   P [B, S, A] = att_wm @ m_j (row-major per batch row, so one row's scan is contiguous)
-//   linear cache  [B, S]    = att_wm · m_j (the slot's part of the score; it never changes)
+//   slot_keys, the scorer's projection of each slot, computed once when the slot is written (row-major per
+//   batch row, so one row's scan is contiguous):
+//     mlp     [B, S, A] = att_wm @ m_j
+//     linear  [B, S]    = att_wm · m_j (the slot's part of the score; it never changes)
 inline int64_t num_slots(int64_t T, int64_t k_att) { return 1 + T / k_att; }
 inline int64_t slot_step(int64_t j, int64_t k_att) { return j * k_att - 1; }
 
@@ -149,42 +160,41 @@ inline const T* slot_value(int64_t j, int64_t b, const T* h0, const T* y, const 
   return base + (slot_step(j, k_att) * B + b) * H;
 }
 
-}  // namespace cpu
-}  // namespace fastrnn
+// The SAB part of one layer call (the LSTM part is lstm_step.h's LstmLayer): sizes, options, the scorer's
+// parameters, the states the slots hold, their keys and the attention record, [T, B, .] step-major. The
+// forward writes y, hhat, the keys and the record; the backward only reads them.
+template <typename T>
+struct SabLayer {
+  int64_t steps, B, H, A, S, k_top, k_att;  // A = 0 for the linear scorer
+  bool mlp, provisional;
+  const T *att_wh, *att_wm, *att_vb;  // mlp: [A, H], [A, H], att_v [A]; linear: [H], [H], att_b [1]
+  const T* h0;                        // [B, H]: slot 0
+  T *y, *hhat;                        // [T, B, H]: h_t (final states) and ĥ_t (the cell's outputs)
+  T* slot_keys;                       // mlp [B, S, A], linear [B, S]
+  int64_t* idx;                       // [T, B, k_top]: the selected slots, ascending, -1 padding
+  T* w;                               // [T, B, k_top]: their weights, 0 padding
+  int64_t* thr;                       // [T, B]: the slot that receives dL/dtau
+  T* denom;                           // [T, B]: Σ ã + eps
 
-// ---------------------------------------------------------------------------------------------
-// Entry points (arguments already validated by sab_ops.cpp). `lengths`: nullptr (every row has length T)
-// or [B] values in [0, T] (cpu/lengths.h says what they do).
-namespace fastrnn {
-namespace cpu {
+  // The value m_j of slot j for batch row b.
+  const T* slot(int64_t j, int64_t b) const { return slot_value(j, b, h0, y, hhat, provisional, k_att, B, H); }
+};
 
-// y, h_n, c_n, then what the backward needs: gates (activated) [T,B,4H], c [T,B,H], hhat [T,B,H],
-// idx [T,B,k_top] int64, w [T,B,k_top], thr [T,B] int64 (slot receiving dL/dtau), denom [T,B],
-// cache (mlp [B,S,A], linear [B,S]).
-using SabForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                 at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
-SabForwardOut sab_forward_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                               const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-                               const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
-                               const at::Tensor& h0, const at::Tensor& c0, const int64_t* lengths,
-                               int64_t k_top, int64_t k_att, bool mlp, bool provisional);
-
-// dx, dw_ih, dw_hh, db (the gradient of b_ih and of b_hh; [0] without bias), datt_wh, datt_wm, datt_s,
-// dh0, dc0.
-using SabBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                  at::Tensor, at::Tensor, at::Tensor>;
-
-SabBackwardOut sab_backward_impl(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn,
-                                 const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                 const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_s,
-                                 const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
-                                 const at::Tensor& scale, const int64_t* lengths, const at::Tensor& y,
-                                 const at::Tensor& gates,
-                                 const at::Tensor& c, const at::Tensor& hhat, const at::Tensor& idx,
-                                 const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom,
-                                 const at::Tensor& cache, int64_t k_top, int64_t k_att,
-                                 bool mlp, bool provisional, bool has_bias);
+// The SabLayer of contiguous tensors of the dtype T (checked by the op: csrc/checks.h).
+template <typename T>
+inline SabLayer<T> sab_layer(const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_vb,
+                             const at::Tensor& h0, const at::Tensor& y, const at::Tensor& hhat,
+                             const at::Tensor& slot_keys, const at::Tensor& idx, const at::Tensor& w,
+                             const at::Tensor& thr, const at::Tensor& denom, int64_t k_att, bool mlp,
+                             bool provisional) {
+  const int64_t steps = y.size(0);
+  return {steps, y.size(1), y.size(2), mlp ? att_wh.size(0) : 0, num_slots(steps, k_att), idx.size(2), k_att,
+          mlp, provisional,
+          att_wh.const_data_ptr<T>(), att_wm.const_data_ptr<T>(), att_vb.const_data_ptr<T>(), h0.const_data_ptr<T>(),
+          y.data_ptr<T>(), hhat.data_ptr<T>(), slot_keys.data_ptr<T>(), idx.data_ptr<int64_t>(), w.data_ptr<T>(),
+          thr.data_ptr<int64_t>(), denom.data_ptr<T>()};
+}
 
 }  // namespace cpu
 }  // namespace fastrnn
+
