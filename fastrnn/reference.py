@@ -1,7 +1,7 @@
-"""The specification (SPEC.md sections 1-3) in plain PyTorch autograd: the oracle.
+"""The specification (docs/SPEC.md sections 1-3) in plain PyTorch autograd: the oracle.
 
 Every backend is tested against these two functions. They are a Python loop over time steps written to
-read like SPEC.md line by line, and autograd computes the backward pass, so the gradient is by
+read like docs/SPEC.md line by line, and autograd computes the backward pass, so the gradient is by
 construction "exactly the autograd gradient of section 1 with its detach points". Keep them obviously
 correct, never clever: speed lives in the other backends.
 

@@ -1,4 +1,4 @@
-// The CUDA implementations of the fastrnn:: ops (schemas in csrc/ops.cpp and csrc/cpu/sab_ops.cpp; the
+// The CUDA implementations of the fastrnn:: ops (schemas in csrc/ops.cpp; the
 // argument lists and outputs are the CPU ops', so the Python autograd and fake kernels hold unchanged).
 // Built by fastrnn/ops/cuda_build.py with torch.utils.cpp_extension together with the kernels
 // (csrc/cuda/*.cu, reached through the C launcher API of launchers.h); not built by CMake (it needs the

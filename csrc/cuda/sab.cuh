@@ -1,5 +1,5 @@
 // What the SAB forward and backward sweeps on the GPU share: the typed view of the C arguments and the
-// memory layout (as the CPU's csrc/cpu/sab_common.h: slot j >= 1 holds the state of step j * k_att - 1,
+// memory layout (as the CPU's csrc/cpu/sab_rows.h: slot j >= 1 holds the state of step j * k_att - 1,
 // slot 0 is h0; the slot values are not copied, they are read from h0 / hhat / y).
 #pragma once
 
