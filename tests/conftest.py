@@ -21,6 +21,15 @@ def _seed():
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test (tiny problems that a thread pool only slows down)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def poison():
     """Every fresh torch.empty allocation (a layer's outputs and internal buffers included) filled with
     NaN (max int for integers): deterministic mode with fill_uninitialized_memory. Any element a kernel

@@ -16,13 +16,8 @@ from fastrnn.training.artbp import (ARTBPSampler, FixedLength, OnlineTrainer, Te
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny problems: with 2 threads on a shared, loaded machine each small fused call waits on the pool
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny problems: on two shared cores each small fused call would wait on the thread pool
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_truncation_artbp_keeps_its_draws():

@@ -10,12 +10,8 @@ from fastrnn.training.auxiliary import AuxiliaryLSTM
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny problems: on two shared cores each small fused call would wait on the thread pool
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cell(lstm, layer=0):

@@ -15,12 +15,8 @@ from fastrnn.training.fpp import FPP, tbptt
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny problems: on two shared cores each small fused call would wait on the thread pool
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(T=3, B=2, I=2, H=3, layers=1, **kw):

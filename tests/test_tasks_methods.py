@@ -14,12 +14,8 @@ from fastrnn.training.artbp import run_core
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny problems: on two shared cores each small fused call would wait on the thread pool
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_influence_system_eq_15_16():
