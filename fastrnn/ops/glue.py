@@ -39,9 +39,9 @@ def differentiable_backward(reference_layer: Callable, inputs: Sequence, needs_i
     order (x, weights, ..., h0, c0, cut, scale), the tensors the forward saved (still attached to the
     caller's graph); `needs_input_grad` the op's flags for them; `output_grads` the gradients of
     (y, h_n, c_n), None where unused; `config` the reference's keyword arguments (the SAB options and
-`lengths`, which the op's backward must pass on: the reference then stops each row where the kernels
-did). Returns one entry per
-    input: a gradient (zeros where the input does not influence the outputs) or None where not needed.
+    `lengths`, which the op's backward must pass on: the reference then stops each row where the kernels
+    did). Returns one entry per input: a gradient (zeros where the input does not influence the outputs)
+    or None where not needed.
     """
     result = [None] * len(inputs)
     wanted = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and needs_input_grad[i]]
