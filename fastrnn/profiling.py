@@ -111,31 +111,19 @@ def ranged(name: str) -> Callable:
 
 # ---- a layer's forward and backward -------------------------------------------------------------------
 
-class _BackwardEnd(torch.autograd.Function):
-    """Identity on the layer's inputs; its backward runs last in the layer's backward: it closes the range."""
+class _OnBackward(torch.autograd.Function):
+    """Identity on some tensors; when autograd reaches it on the way back it calls `action` (the span's
+    start or end). On the layer's outputs it runs first in the layer's backward (opens the range), on its
+    inputs last (closes it)."""
 
     @staticmethod
-    def forward(ctx, span, *inputs):
-        ctx.span = span
-        return tuple(t.view_as(t) for t in inputs)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        ctx.span.end()
-        return (None, *grads)
-
-
-class _BackwardStart(torch.autograd.Function):
-    """Identity on the layer's outputs; its backward runs first in the layer's backward: it opens the range."""
-
-    @staticmethod
-    def forward(ctx, span, *outputs):
-        ctx.span = span
-        return tuple(t.view_as(t) for t in outputs)
+    def forward(ctx, action, *tensors):
+        ctx.action = action
+        return tuple(t.view_as(t) for t in tensors)
 
     @staticmethod
     def backward(ctx, *grads):
-        ctx.span.start()
+        ctx.action()
         return (None, *grads)
 
 
@@ -156,7 +144,7 @@ def layer(name: str, fn: Callable, *args, **kwargs):
         positions = [i for i, a in enumerate(args) if _differentiable(a)]
         if positions:
             args = list(args)
-            for i, t in zip(positions, _BackwardEnd.apply(span, *(args[i] for i in positions))):
+            for i, t in zip(positions, _OnBackward.apply(span.end, *(args[i] for i in positions))):
                 args[i] = t
     with _Range(name + ".forward"):
         out = fn(*args, **kwargs)
@@ -166,7 +154,7 @@ def layer(name: str, fn: Callable, *args, **kwargs):
     values = [out] if single else list(out)
     positions = [i for i, v in enumerate(values) if _differentiable(v)]
     if positions:
-        for i, t in zip(positions, _BackwardStart.apply(span, *(values[i] for i in positions))):
+        for i, t in zip(positions, _OnBackward.apply(span.start, *(values[i] for i in positions))):
             values[i] = t
     if single:
         return values[0]
