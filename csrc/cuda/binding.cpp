@@ -240,7 +240,7 @@ struct SabDims {
 };
 
 SabDims check_sab(const Checker& ck, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& att_wh,
-                  const Tensor& att_wm, const Tensor& att_s, const Tensor& h0, const Tensor& c0, const Tensor& cut,
+                  const Tensor& att_wm, const Tensor& att_vb, const Tensor& h0, const Tensor& c0, const Tensor& cut,
                   const Tensor& scale, int64_t k_top, int64_t k_att, c10::string_view scorer) {
   check_x(ck.op, x);
   TORCH_CHECK(h0.dim() == 2 && h0.size(1) >= 1, ck.op, ": h0 must be [B, H] with H >= 1, got ", h0.sizes());
@@ -258,11 +258,11 @@ SabDims check_sab(const Checker& ck, const Tensor& x, const Tensor& w_ih, const 
     d.A = att_wh.size(0);
     ck.tensor(att_wh, "att_wh", dt, {d.A, d.H});
     ck.tensor(att_wm, "att_wm", dt, {d.A, d.H});
-    ck.tensor(att_s, "att_s", dt, {d.A});
+    ck.tensor(att_vb, "att_vb", dt, {d.A});
   } else {
     ck.tensor(att_wh, "att_wh", dt, {d.H});
     ck.tensor(att_wm, "att_wm", dt, {d.H});
-    ck.tensor(att_s, "att_s", dt, {1});
+    ck.tensor(att_vb, "att_vb", dt, {1});
   }
   return d;
 }
@@ -271,12 +271,12 @@ using SabForwardOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                  Tensor>;
 
 SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-                               const OptTensor& b_hh, const Tensor& att_wh, const Tensor& att_wm, const Tensor& att_s,
+                               const OptTensor& b_hh, const Tensor& att_wh, const Tensor& att_wm, const Tensor& att_vb,
                                const Tensor& h0, const Tensor& c0, const Tensor& cut, const Tensor& scale,
                                const OptTensor& lengths, int64_t k_top, int64_t k_att, c10::string_view scorer,
                                bool provisional) {
   const Checker ck{"fastrnn::sab_forward", x.device()};
-  const SabDims d = check_sab(ck, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, k_top, k_att, scorer);
+  const SabDims d = check_sab(ck, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, k_top, k_att, scorer);
   TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), ck.op, ": b_ih and b_hh must both be given or both be None");
   if (b_ih.has_value()) {
     ck.tensor(*b_ih, "b_ih", x.scalar_type(), {4 * d.H});
@@ -291,7 +291,7 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
   Tensor hhat = at::empty({T, B, H}, opt), y = at::empty({T, B, H}, opt);
   Tensor idx = at::empty({T, B, K}, lopt), w = at::empty({T, B, K}, opt);
   Tensor thr = at::empty({T, B}, lopt), denom = at::empty({T, B}, opt);
-  Tensor cache = d.mlp ? at::empty({B, S, A}, opt) : at::empty({B, S}, opt);
+  Tensor slot_keys = d.mlp ? at::empty({B, S, A}, opt) : at::empty({B, S}, opt);
   Tensor q = at::empty({d.mlp ? B : 0, A}, aopt), scores = at::empty({d.mlp ? B : 0, S}, aopt);
   Tensor keep_score = at::empty({d.mlp ? 0 : B, K + 1}, aopt), keep_slot = at::empty({d.mlp ? 0 : B, K + 1}, lopt);
   Tensor keep_n = at::zeros({d.mlp ? 0 : B}, opt.dtype(at::kInt));
@@ -309,7 +309,7 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
   a.w_hh = w_hh.const_data_ptr();
   a.att_wh = att_wh.const_data_ptr();
   a.att_wm = att_wm.const_data_ptr();
-  a.att_s = att_s.const_data_ptr();
+  a.att_vb = att_vb.const_data_ptr();
   a.h0 = h0.const_data_ptr();
   a.c0 = c0.const_data_ptr();
   a.gates = gates.data_ptr();
@@ -320,7 +320,7 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
   a.w = w.data_ptr();
   a.thr = thr.data_ptr<int64_t>();
   a.denom = denom.data_ptr();
-  a.cache = cache.data_ptr();
+  a.slot_keys = slot_keys.data_ptr();
   a.q = q.data_ptr();
   a.scores = scores.data_ptr();
   a.keep_score = keep_score.data_ptr();
@@ -330,25 +330,25 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
   check_rc(FASTRNN_DISPATCH(dt, fastrnn_sab_forward_f32(&a, stream()), fastrnn_sab_forward_f64(&a, stream()),
                             fastrnn_sab_forward_bf16(&a, stream())),
            ck.op);
-  if (!lengths.has_value()) return {y, y[T - 1].clone(), c[T - 1].clone(), gates, c, hhat, idx, w, thr, denom, cache};
+  if (!lengths.has_value()) return {y, y[T - 1].clone(), c[T - 1].clone(), gates, c, hhat, idx, w, thr, denom, slot_keys};
   auto [h_n, c_n] = stop_at_lengths(y, c, h0, c0, *lengths);
   const Tensor past = past_lengths(T, *lengths).unsqueeze(2);  // the record past each row's length
   idx.masked_fill_(past, -1);
   w.masked_fill_(past, 0);
-  return {y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, cache};
+  return {y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, slot_keys};
 }
 
 using SabBackwardOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& x,
                                  const Tensor& w_ih, const Tensor& w_hh, const Tensor& att_wh, const Tensor& att_wm,
-                                 const Tensor& att_s, const Tensor& h0, const Tensor& c0, const Tensor& cut,
+                                 const Tensor& att_vb, const Tensor& h0, const Tensor& c0, const Tensor& cut,
                                  const Tensor& scale, const OptTensor& lengths, const Tensor& y, const Tensor& gates,
                                  const Tensor& c, const Tensor& hhat, const Tensor& idx, const Tensor& w,
-                                 const Tensor& thr, const Tensor& denom, const Tensor& cache, int64_t k_top,
+                                 const Tensor& thr, const Tensor& denom, const Tensor& slot_keys, int64_t k_top,
                                  int64_t k_att, c10::string_view scorer, bool provisional, bool has_bias) {
   const Checker ck{"fastrnn::sab_backward", x.device()};
-  const SabDims d = check_sab(ck, x, w_ih, w_hh, att_wh, att_wm, att_s, h0, c0, cut, scale, k_top, k_att, scorer);
+  const SabDims d = check_sab(ck, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, k_top, k_att, scorer);
   const int64_t T = d.T, B = d.B, H = d.H, A = d.A, S = d.S, K = k_top, G = 4 * H;
   const auto dt = x.scalar_type(), acc = acc_type(dt);
   ck.tensor(grad_y, "grad_y", dt, {T, B, H});
@@ -363,9 +363,9 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
   ck.tensor(thr, "thr", at::kLong, {T, B});
   ck.tensor(denom, "denom", dt, {T, B});
   if (d.mlp) {
-    ck.tensor(cache, "cache", dt, {B, S, A});
+    ck.tensor(slot_keys, "slot_keys", dt, {B, S, A});
   } else {
-    ck.tensor(cache, "cache", dt, {B, S});
+    ck.tensor(slot_keys, "slot_keys", dt, {B, S});
   }
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t* len = check_lengths(ck, lengths, T, B);
@@ -394,7 +394,7 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
   a.w_hh = w_hh.const_data_ptr();
   a.att_wh = att_wh.const_data_ptr();
   a.att_wm = att_wm.const_data_ptr();
-  a.att_s = att_s.const_data_ptr();
+  a.att_vb = att_vb.const_data_ptr();
   a.h0 = h0.const_data_ptr();
   a.c0 = c0.const_data_ptr();
   a.scale = scale.const_data_ptr();
@@ -405,7 +405,7 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
   a.hhat = hhat.const_data_ptr();
   a.w = w.const_data_ptr();
   a.denom = denom.const_data_ptr();
-  a.cache = cache.const_data_ptr();
+  a.slot_keys = slot_keys.const_data_ptr();
   a.idx = idx.const_data_ptr<int64_t>();
   a.thr = thr.const_data_ptr<int64_t>();
   a.dG = dG.data_ptr();

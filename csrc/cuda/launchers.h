@@ -83,13 +83,13 @@ struct fastrnn_sab_forward_args {
   int64_t T, B, H, A, S, K, k_att;  // A = 0 for the linear scorer; S = 1 + T / k_att; K = k_top
   int mlp, provisional;
   const void* xg;                                              // acc [T, B, 4H]
-  const void *w_hh, *att_wh, *att_wm, *att_s, *h0, *c0;        // T
+  const void *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0;        // T
   void *gates, *c, *hhat, *y;                                  // T outputs ([T, B, 4H], [T, B, H] x3)
   int64_t* idx;                                                // [T, B, K]
   void* w;                                                     // T [T, B, K]
   int64_t* thr;                                                // [T, B]
   void* denom;                                                 // T [T, B]
-  void* cache;                                                 // T: mlp [B, S, A], linear [B, S]
+  void* slot_keys;                                                 // T: mlp [B, S, A], linear [B, S]
   void *q, *scores;                                            // acc workspace, mlp: [B, A], [B, S]
   void* keep_score;                                            // acc workspace, linear: [B, K + 1]
   int64_t* keep_slot;                                          // linear: [B, K + 1]
@@ -108,9 +108,9 @@ struct fastrnn_sab_backward_args {
   int mlp, provisional;
   const void *grad_y, *grad_hn, *grad_cn;                        // T
   const int64_t* lengths;                                        // [B] or NULL
-  const void *w_hh, *att_wh, *att_wm, *att_s, *h0, *c0, *scale;  // T
+  const void *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0, *scale;  // T
   const bool* cut;                                               // [T]
-  const void *y, *gates, *c, *hhat, *w, *denom, *cache;          // T (the forward's outputs)
+  const void *y, *gates, *c, *hhat, *w, *denom, *slot_keys;          // T (the forward's outputs)
   const int64_t *idx, *thr;
   void *dG, *dQ;            // acc out: [T, B, 4H], mlp [T, B, A]
   void *dM, *dP, *dv;       // acc, zeroed by the caller: [B, S, H], mlp [B, S, A], mlp [B, A]

@@ -58,13 +58,13 @@ struct SabFwd {
   int64_t steps, B, H, A, S, K, k_att;
   bool mlp, provisional;
   const acc_t<T>* xg;
-  const T *w_hh, *att_wh, *att_wm, *att_s, *h0, *c0;
+  const T *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0;
   T *gates, *c, *hhat, *y;
   int64_t* idx;
   T* w;
   int64_t* thr;
   T* denom;
-  T* cache;
+  T* slot_keys;
   acc_t<T>*q, *scores, *keep_score;
   int64_t* keep_slot;
   int32_t* keep_n;
@@ -87,7 +87,7 @@ SabFwd<T> typed(const fastrnn_sab_forward_args& a) {
   f.w_hh = static_cast<const T*>(a.w_hh);
   f.att_wh = static_cast<const T*>(a.att_wh);
   f.att_wm = static_cast<const T*>(a.att_wm);
-  f.att_s = static_cast<const T*>(a.att_s);
+  f.att_vb = static_cast<const T*>(a.att_vb);
   f.h0 = static_cast<const T*>(a.h0);
   f.c0 = static_cast<const T*>(a.c0);
   f.gates = static_cast<T*>(a.gates);
@@ -98,7 +98,7 @@ SabFwd<T> typed(const fastrnn_sab_forward_args& a) {
   f.w = static_cast<T*>(a.w);
   f.thr = a.thr;
   f.denom = static_cast<T*>(a.denom);
-  f.cache = static_cast<T*>(a.cache);
+  f.slot_keys = static_cast<T*>(a.slot_keys);
   f.q = static_cast<Acc*>(a.q);
   f.scores = static_cast<Acc*>(a.scores);
   f.keep_score = static_cast<Acc*>(a.keep_score);
@@ -113,9 +113,9 @@ struct SabBwd {
   bool mlp, provisional;
   const T *gy, *ghn, *gcn;
   const int64_t* len;
-  const T *w_hh, *att_wh, *att_wm, *att_s, *h0, *c0, *scale;
+  const T *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0, *scale;
   const bool* cut;
-  const T *y, *gates, *c, *hhat, *w, *denom, *cache;
+  const T *y, *gates, *c, *hhat, *w, *denom, *slot_keys;
   const int64_t *idx, *thr;
   acc_t<T> *dG, *dQ, *dM, *dP, *dv, *acc_wm, *acc_wh, *acc_b, *q, *carry, *dhh, *dc;
 };
@@ -140,7 +140,7 @@ SabBwd<T> typed(const fastrnn_sab_backward_args& a) {
   f.w_hh = static_cast<const T*>(a.w_hh);
   f.att_wh = static_cast<const T*>(a.att_wh);
   f.att_wm = static_cast<const T*>(a.att_wm);
-  f.att_s = static_cast<const T*>(a.att_s);
+  f.att_vb = static_cast<const T*>(a.att_vb);
   f.h0 = static_cast<const T*>(a.h0);
   f.c0 = static_cast<const T*>(a.c0);
   f.scale = static_cast<const T*>(a.scale);
@@ -151,7 +151,7 @@ SabBwd<T> typed(const fastrnn_sab_backward_args& a) {
   f.hhat = static_cast<const T*>(a.hhat);
   f.w = static_cast<const T*>(a.w);
   f.denom = static_cast<const T*>(a.denom);
-  f.cache = static_cast<const T*>(a.cache);
+  f.slot_keys = static_cast<const T*>(a.slot_keys);
   f.idx = a.idx;
   f.thr = a.thr;
   f.dG = static_cast<Acc*>(a.dG);

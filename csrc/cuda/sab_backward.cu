@@ -89,12 +89,12 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_bwd_kernel(SabBwd<T
     // a_j = v · tanh(q_t + P_j): u recomputed; dv += da u; du = da v (1 - u²); dq += du; dP_j += du.
     const Acc* qb = a.q + b * A;
     for (int64_t i = threadIdx.x; i < A; i += blockDim.x) {
-      const Acc v = to_acc(a.att_s[i]);
+      const Acc v = to_acc(a.att_vb[i]);
       Acc dq = Acc(0), dv = a.dv[b * A + i];
       for (int p = 0; p < n_scored; ++p) {
         const int64_t j = p < count ? sm.sel_idx[p] : s_thr;
         const Acc d = p < count ? da[p] : s_dtau;
-        const Acc u = ScalarMath::tanh(qb[i] + to_acc(a.cache[(b * S + j) * A + i]));
+        const Acc u = ScalarMath::tanh(qb[i] + to_acc(a.slot_keys[(b * S + j) * A + i]));
         const Acc du = d * v * (Acc(1) - u * u);
         dv += d * u;
         dq += du;

@@ -6,7 +6,7 @@
 //      query term, as the CPU keeps it), the ranking and the threshold with the tie rules of
 //      docs/CONTRACT.md (fastrnn/sparse_attention.h's TopList and select_and_weigh, the CPU's code), the
 //      sparse weights, the summary y_t = ĥ_t + Σ w_j m_j, and the linear scorer's slot write;
-//   4. mlp, on steps that write a slot: its projection P_j = m_j att_wm^T into the cache (gemm.cuh).
+//   4. mlp, on steps that write a slot: its projection P_j = m_j att_wm^T into the slot_keys (gemm.cuh).
 #include "cuda/gemm.cuh"
 #include "cuda/lstm_step.cuh"
 #include "cuda/sab.cuh"
@@ -16,7 +16,7 @@ namespace fastrnn {
 namespace cuda {
 namespace {
 
-// The linear scorer's slot write for row b: cache[b, j] = att_wm · m_j, and j joins the row's running
+// The linear scorer's slot write for row b: slot_keys[b, j] = att_wm · m_j, and j joins the row's running
 // ranking (slots are pushed in ascending order, as TopList requires). All threads of the block call it.
 template <class T>
 __device__ void linear_write_slot(const SabFwd<T>& a, int64_t b, int64_t j, const T* m, acc_t<T>* red) {
@@ -24,7 +24,7 @@ __device__ void linear_write_slot(const SabFwd<T>& a, int64_t b, int64_t j, cons
   const Acc s = block_dot<Acc>(a.att_wm, m, a.H, red);
   if (threadIdx.x == 0) {
     const int64_t cap = a.K + 1;
-    a.cache[b * a.S + j] = from_acc<T>(s);
+    a.slot_keys[b * a.S + j] = from_acc<T>(s);
     sparse::TopList<Acc> list{a.keep_score + b * cap, a.keep_slot + b * cap, a.keep_n[b], int(cap)};
     list.push(s, j);
     a.keep_n[b] = list.n;
@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_fwd_kernel(SabFwd<T
     if (threadIdx.x == 0) {
       // The ranking by the slot part is the ranking by the full score (the query term is shared).
       const int n = a.keep_n[b];
-      const Acc att_b = to_acc(a.att_s[0]);
+      const Acc att_b = to_acc(a.att_vb[0]);
       for (int r = 0; r < n; ++r) {
         sm.rank_score[r] = a.keep_score[b * cap + r] + query + att_b;
         sm.rank_slot[r] = a.keep_slot[b * cap + r];
@@ -62,9 +62,9 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_fwd_kernel(SabFwd<T
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const Acc* qb = a.q + b * A;
     for (int64_t j = warp; j < n_mem; j += nwarps) {
-      const T* P = a.cache + (b * S + j) * A;
+      const T* P = a.slot_keys + (b * S + j) * A;
       Acc s = Acc(0);
-      for (int64_t i = lane; i < A; i += 32) s += to_acc(a.att_s[i]) * ScalarMath::tanh(qb[i] + to_acc(P[i]));
+      for (int64_t i = lane; i < A; i += 32) s += to_acc(a.att_vb[i]) * ScalarMath::tanh(qb[i] + to_acc(P[i]));
       s = warp_sum(s);
       if (lane == 0) a.scores[b * S + j] = s;
     }
@@ -113,7 +113,7 @@ int sab_forward(const fastrnn_sab_forward_args& args, cudaStream_t stream) {
   const size_t step_smem = tile_smem<T, UJ>(H, false), rsmem = row_smem<Acc>(a.K);
   int err = 0;
   if (a.mlp) {  // slot 0: P_0 = h0 att_wm^T
-    err = launch_gemm<T, T, T>(B, A, H, Acc(1), a.h0, H, 1, a.att_wm, 1, H, Acc(0), a.cache, S * A, stream);
+    err = launch_gemm<T, T, T>(B, A, H, Acc(1), a.h0, H, 1, a.att_wm, 1, H, Acc(0), a.slot_keys, S * A, stream);
     if (err) return err;
   }
   for (int64_t t = 0; t < a.steps; ++t) {
@@ -132,7 +132,7 @@ int sab_forward(const fastrnn_sab_forward_args& args, cudaStream_t stream) {
     const int64_t j = slot_written_at(t, a.k_att);
     if (a.mlp && j > 0) {
       const T* m = (a.provisional ? a.hhat : a.y) + t * B * H;
-      err = launch_gemm<T, T, T>(B, A, H, Acc(1), m, H, 1, a.att_wm, 1, H, Acc(0), a.cache + j * A, S * A, stream);
+      err = launch_gemm<T, T, T>(B, A, H, Acc(1), m, H, 1, a.att_wm, 1, H, Acc(0), a.slot_keys + j * A, S * A, stream);
       if (err) return err;
     }
   }
