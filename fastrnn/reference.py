@@ -9,18 +9,24 @@ Per-layer signature, shared by every backend (docs/CONTRACT.md):
 
     lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None) -> (y, h_n, c_n)
     sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
-              k_top, k_att, scorer, provisional, need_attention, lengths=None) -> (y, h_n, c_n, attention)
+              k_top, k_att, scorer, provisional, need_attention, lengths=None,
+              memory=None, step0=0, return_slots=False) -> (y, h_n, c_n, attention[, new_slots])
 
 `x` is [T, B, I] with T >= 1, `h0`/`c0` [B, H]; `cut` (bool) and `scale` are the [T] truncation
 schedule of SPEC section 3. Step -1 is the initial state, so `cut[0]`/`scale[0]` act on the recurrent
 gradient into (h0, c0). `lengths` (None, or int64 [B] in [0, T]): every step is computed as without it,
 then `stop_at_lengths` keeps each row's outputs up to its own length, so autograd's gradient ignores
 everything past it.
+`memory`/`step0`/`return_slots` continue a stream (docs/SPEC.md section 8): `memory` [B, S0, H] replaces
+the fresh memory [h0], slots are written when (step0 + t + 1) % k_att == 0, and `new_slots` [B, S1, H] are
+the slots this call wrote (the carried memory is cat(memory, new_slots), or cat(h0, new_slots) for a
+fresh call).
 """
 import torch
 from torch import Tensor
 
 from .ops.attention import SABAttention, slot_steps
+from .ops.streaming import check_stream
 
 # Added to the normaliser of the sparse weights (SPEC section 1, step 6).
 NORM_EPS = 1e-7
@@ -124,13 +130,18 @@ def selected(w: Tensor, k_top: int):
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
-              lengths=None):
+              lengths=None, memory=None, step0: int = 0, return_slots: bool = False):
     """One SAB-LSTM layer, SPEC section 1 step by step; the backward pass is autograd's (section 2).
-    Rows stop at `lengths` (stop_at_lengths; the attention record is -1 / 0 past a row's length)."""
+    Rows stop at `lengths` (stop_at_lengths; the attention record is -1 / 0 past a row's length).
+    Streaming (section 8): `memory` [B, S0, H] (S0 >= 1) is the memory of earlier calls, used instead of
+    [h0]; `step0` >= 0 is the global index of this call's first step. With `return_slots`, a fifth result
+    `new_slots` [B, S1, H] holds the slots written by this call, with their graph."""
     T = x.shape[0]
+    check_stream(memory, step0, lengths, return_slots, h0)
     cut, scale = cut.tolist(), scale.tolist()
     h, c = h0, c0
-    memory = [h0]                                          # M = [h0]; slots are never cut
+    memory = [h0] if memory is None else list(memory.unbind(1))   # M; slots are never cut
+    S0 = len(memory)
     ys, cs, rec_idx, rec_w = [], [], [], []
     for t in range(T):
         h_in = recurrent_input(h, cut[t], scale[t])        # step 1 (section 3 generalises k_trunc)
@@ -141,7 +152,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
         w = sparse_weights(a, k_top)                       # steps 5-6
         s = (w.unsqueeze(2) * m).sum(dim=1)                # step 7
         h = h_hat + s
-        if (t + 1) % k_att == 0:                           # step 8
+        if (step0 + t + 1) % k_att == 0:                   # step 8
             memory.append(h_hat if provisional else h)
         ys.append(h)
         cs.append(c)
@@ -156,9 +167,13 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
             past = (torch.arange(T, device=x.device).unsqueeze(1) >= lengths.unsqueeze(0)).unsqueeze(2)
             indices = indices.masked_fill(past, -1)
             weights = weights.masked_fill(past, 0)
-        attention = SABAttention(indices, weights, slot_steps(T, k_att, x.device))
+        attention = SABAttention(indices, weights, slot_steps(T, k_att, x.device, S0=S0, step0=step0))
     if lengths is not None:
         return (*stop_at_lengths(torch.stack(ys), torch.stack(cs), h0, c0, lengths), attention)
+    if return_slots:
+        H = h0.shape[1]
+        new_slots = torch.stack(memory[S0:], dim=1) if len(memory) > S0 else h0.new_zeros(h0.shape[0], 0, H)
+        return torch.stack(ys), h, c, attention, new_slots
     return torch.stack(ys), h, c, attention
 
 

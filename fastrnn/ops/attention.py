@@ -18,6 +18,16 @@ class SABAttention(NamedTuple):
     slot_steps: Tensor
 
 
-def slot_steps(T: int, k_att: int, device=None) -> Tensor:
-    """Slot j >= 1 is written at the end of step j * k_att - 1; slot 0 is h0 (step -1)."""
-    return torch.arange(0, T // k_att + 1, device=device, dtype=torch.int64) * k_att - 1
+def slot_steps(T: int, k_att: int, device=None, *, S0: int = 1, step0: int = 0) -> Tensor:
+    """The global step of every slot of a call's memory cat(memory, new slots) [S0 + S1] int64.
+
+    Fresh call (S0 = 1, step0 = 0): slot 0 is h0 (step -1), slot j >= 1 is written at the end of step
+    j * k_att - 1. Streaming (docs/SPEC.md section 8): the S0 slots carried in are numbered as a stream
+    that kept every slot since step 0 (slot j at step j * k_att - 1; the module's SABState replaces them
+    with the true steps when it has dropped old slots), the new ones at the global step step0 + t after
+    which they were written, (step0 + t + 1) % k_att == 0.
+    """
+    carried = torch.arange(S0, device=device, dtype=torch.int64) * k_att - 1
+    first = (k_att - (step0 + 1) % k_att) % k_att                 # first t with (step0 + t + 1) % k_att == 0
+    written = torch.arange(step0 + min(first, T), step0 + T, k_att, device=device, dtype=torch.int64)
+    return torch.cat([carried, written])

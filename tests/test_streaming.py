@@ -1,0 +1,100 @@
+"""Streaming a SAB layer across calls (docs/SPEC.md section 8, docs/CONTRACT.md "Streaming memory"):
+chunked calls carrying (h, c, memory, step counter) equal one call on the whole sequence, outputs, the
+attention record and every gradient (the carried memory kept attached), on every backend, and each
+backend's chunked call equals the reference's chunked call to TOL."""
+import pytest
+import torch
+
+from fastrnn import reference
+from fastrnn import truncation
+from helpers import TOL, backend_params, layer_args, layer_fn, leaves
+
+CHUNKS = [(0, 5), (5, 6), (6, 13)]          # uneven, one of length 1, starting off the k_att grid
+
+
+def chunked(sab_layer, args, cut, scale, chunks, **kw):
+    """Runs sab_layer chunk by chunk, carrying h, c and the memory attached; returns (y, h_n, c_n,
+    attention of the last chunk, carried memory)."""
+    h, c, memory, ys = args["h0"], args["c0"], None, []
+    for a, b in chunks:
+        y, h, c, att, new = sab_layer(args["x"][a:b], args["w_ih"], args["w_hh"], args["b_ih"], args["b_hh"],
+                                      args["att_wh"], args["att_wm"], args["att_vb"], h, c, cut[a:b],
+                                      scale[a:b], memory=memory, step0=a, return_slots=True, **kw)
+        memory = torch.cat([args["h0"].unsqueeze(1) if memory is None else memory, new], dim=1)
+        ys.append(y)
+    return torch.cat(ys), h, c, att, memory
+
+
+def grads_of(outputs, args, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outputs)
+    named = leaves(args)
+    gs = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+    return {k: torch.zeros_like(v) if gr is None else gr for (k, v), gr in zip(named.items(), gs)}
+
+
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+@pytest.mark.parametrize("k_att,provisional", [(1, True), (2, False), (3, True)])
+def test_reference_chunked_equals_one_shot(scorer, k_att, provisional):
+    """The oracle itself: chunks carrying the memory attached give the one-shot forward exactly (the same
+    operations in the same order) and its gradients to 1e-12 (float64; autograd sums a slot's gradient
+    contributions in another order once the memory is one tensor)."""
+    torch.manual_seed(0)
+    args = layer_args(13, 3, 2, 4, A=5, scorer=scorer)
+    sched = truncation.fixed(13, 4)
+    kw = dict(k_top=2, k_att=k_att, scorer=scorer, provisional=provisional, need_attention=True)
+    y, h_n, c_n, att = reference.sab_layer(**args, cut=sched.cut, scale=sched.scale.double(), **kw)
+    g = grads_of((y, h_n, c_n), args)
+    cy, ch, cc, catt, memory = chunked(reference.sab_layer, args, sched.cut, sched.scale.double(), CHUNKS, **kw)
+    cg = grads_of((cy, ch, cc), args)
+    assert torch.equal(cy, y) and torch.equal(ch, h_n) and torch.equal(cc, c_n)
+    assert torch.equal(catt.indices, att.indices[6:]) and torch.equal(catt.slot_steps, att.slot_steps)
+    assert memory.shape[1] == len(att.slot_steps)
+    for name in g:
+        torch.testing.assert_close(cg[name], g[name], rtol=1e-12, atol=1e-14, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+@pytest.mark.parametrize("k_att,provisional", [(1, True), (2, False), (3, True)])
+def test_backend_chunked_equals_reference(backend, dtype, scorer, k_att, provisional):
+    """A backend's chunked calls (memory in, new slots out, gradient through the carried memory into
+    earlier chunks) equal the reference's chunked calls: outputs, last chunk's attention, carried memory,
+    every gradient; and in float64 they equal its own one-shot call to TOL."""
+    torch.manual_seed(1)
+    args = layer_args(13, 3, 2, 4, A=5, scorer=scorer, dtype=dtype)
+    sched = truncation.fixed(13, 4)
+    cut, scale = sched.cut, sched.scale.to(dtype)
+    kw = dict(k_top=2, k_att=k_att, scorer=scorer, provisional=provisional, need_attention=True)
+    ours = chunked(layer_fn(backend, "sab_layer"), args, cut, scale, CHUNKS, **kw)
+    ref = chunked(reference.sab_layer, args, cut, scale, CHUNKS, **kw)
+    for name, a, b in zip(("y", "h_n", "c_n", "memory"), ours[:3] + ours[4:], ref[:3] + ref[4:]):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+    assert torch.equal(ours[3].indices, ref[3].indices) and torch.equal(ours[3].slot_steps, ref[3].slot_steps)
+    og, rg = grads_of(ours[:3] + ours[4:], args), grads_of(ref[:3] + ref[4:], args)
+    for name in rg:
+        if scorer == "linear" and name in ("att_wh", "att_vb"):
+            continue                      # exact gradient zero, rounding noise only (helpers.compare)
+        torch.testing.assert_close(og[name], rg[name], **TOL[dtype], msg=lambda m: f"d{name}: {m}")
+    if dtype == torch.float64:
+        one = layer_fn(backend, "sab_layer")(**args, cut=cut, scale=scale, **kw)
+        torch.testing.assert_close(ours[0], one[0], **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", ["reference", *backend_params()])
+def test_streaming_arguments_checked(backend):
+    """Bad streaming arguments raise a ValueError naming the argument, on every backend."""
+    args = {k: v.detach() for k, v in layer_args(4, 2, 3, 4, A=5).items()}
+    sched = truncation.full(4)
+    fn = reference.sab_layer if backend == "reference" else layer_fn(backend, "sab_layer")
+    kw = dict(cut=sched.cut, scale=sched.scale.double(), k_top=2, k_att=1, scorer="mlp", provisional=True)
+    with pytest.raises(ValueError, match="memory must be"):
+        fn(**args, memory=torch.zeros(2, 3, 5, dtype=torch.float64), **kw)
+    with pytest.raises(ValueError, match="memory must be"):
+        fn(**args, memory=torch.zeros(2, 0, 4, dtype=torch.float64), **kw)
+    with pytest.raises(ValueError, match="step0 must be"):
+        fn(**args, step0=-1, **kw)
+    with pytest.raises(ValueError, match="lengths cannot be combined"):
+        fn(**args, memory=torch.zeros(2, 1, 4, dtype=torch.float64),
+           lengths=torch.tensor([4, 2]), **kw)
