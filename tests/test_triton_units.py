@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 
 from fastrnn import reference as R  # noqa: E402
 from fastrnn.ops import triton_backend as TB  # noqa: E402
-from helpers import TOL, assert_close  # noqa: E402
+from helpers import TOL, assert_close, layer_args, leaves  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -196,3 +196,38 @@ def test_attention_bwd_kernel(dtype, scorer, k_top, n_slots, ties):
     assert_close(dwm, d_wm, dtype, "d att_wm")
     ds = dv.sum(0) if scorer == "mlp" else dq.sum().reshape(1)
     torch.testing.assert_close(ds, d_s, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
+
+
+# ---------------------------------------------------------------- streaming (docs/SPEC.md section 8)
+
+@pytest.mark.parametrize("provisional", [True, False])
+def test_sab_layer_streaming_empty_chunk_and_second_order(provisional):
+    """The whole triton layer streamed in chunks, one of which writes no slot (new_slots [B, 0, H], no
+    slot count change), against the reference's chunks: outputs, carried memory, first-order gradients
+    (the kernels' sweep) and second-order gradients (create_graph=True recomputes through the reference
+    with memory and step0: the penalty's gradient reaches earlier chunks through the carried memory)."""
+    from test_streaming import chunked, grads_of
+
+    torch.manual_seed(2)
+    chunks = [(0, 4), (4, 5), (5, 9)]            # k_att = 3: slots after steps 2, 5, 8; none in (4, 5)
+    args = layer_args(9, 2, 3, 4, A=5)
+    cut, scale = torch.zeros(9, dtype=torch.bool), torch.full((9,), 0.5, dtype=F64)
+    kw = dict(k_top=2, k_att=3, scorer="mlp", provisional=provisional, need_attention=True)
+    ours = chunked(TB.sab_layer, args, cut, scale, chunks, **kw)
+    ref = chunked(R.sab_layer, args, cut, scale, chunks, **kw)
+    assert ours[4].shape[1] == 4                 # h0 and the three written slots
+    for name, a, b in zip(("y", "h_n", "c_n", "memory"), ours[:3] + ours[4:], ref[:3] + ref[4:]):
+        assert_close(a, b, F64, name)
+    og, rg = grads_of(ours[:3] + ours[4:], args), grads_of(ref[:3] + ref[4:], args)
+    for name in rg:
+        assert_close(og[name], rg[name], F64, f"d{name}")
+
+    def second_order(sab_layer):
+        y, h_n, _, _, memory = chunked(sab_layer, args, cut, scale, chunks, **kw)
+        named = leaves(args)
+        first = torch.autograd.grad((y * y.detach().sin()).sum() + h_n.sum() + memory.pow(2).sum(),
+                                    list(named.values()), create_graph=True)
+        return torch.autograd.grad(sum((g ** 2).sum() for g in first), list(named.values()))
+
+    for name, a, b in zip(leaves(args), second_order(TB.sab_layer), second_order(R.sab_layer)):
+        assert_close(a, b, F64, f"second-order d{name}")

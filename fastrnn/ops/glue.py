@@ -33,21 +33,32 @@ def wants_graph() -> bool:
 
 def differentiable_backward(reference_layer: Callable, inputs: Sequence, needs_input_grad: Sequence[bool],
                             output_grads: Sequence[Optional[Tensor]], **config) -> list:
-    """Gradients of the layer's (y, h_n, c_n) with respect to `inputs`, with a graph, via the reference.
+    """Gradients of the layer's tensor results with respect to `inputs`, with a graph, via the reference.
 
-    reference_layer: `fastrnn.reference.lstm_layer` or `sab_layer`; `inputs` its positional arguments in
-    order (x, weights, ..., h0, c0, cut, scale), the tensors the forward saved (still attached to the
-    caller's graph); `needs_input_grad` the op's flags for them; `output_grads` the gradients of
-    (y, h_n, c_n), None where unused; `config` the reference's keyword arguments (the SAB options and
-    `lengths`, which the op's backward must pass on: the reference then stops each row where the kernels
-    did). Returns one entry per input: a gradient (zeros where the input does not influence the outputs)
-    or None where not needed.
+    reference_layer: `fastrnn.reference.lstm_layer` or `sab_layer` (or a wrapper of it); `inputs` its
+    positional arguments in order (x, weights, ..., h0, c0, cut, scale), the tensors the forward saved
+    (still attached to the caller's graph); `needs_input_grad` the op's flags for them; `output_grads` the
+    gradients of the layer's tensor results in order, None where unused: (y, h_n, c_n), and new_slots
+    after them when streaming (the attention record is not a tensor result); `config` the reference's
+    keyword arguments (the SAB options, `lengths` and the streaming arguments, which the op's backward must
+    pass on: the reference then computes what the kernels did). Returns one entry per input: a gradient
+    (zeros where the input does not influence the outputs) or None where not needed.
     """
     result = [None] * len(inputs)
     wanted = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and needs_input_grad[i]]
     with torch.enable_grad():
-        outputs = reference_layer(*inputs, **config)[:3]
-        used = [(o, g) for o, g in zip(outputs, output_grads) if g is not None]
+        # Each wanted input through its own view: the gradient is then taken at that view, the partial
+        # derivative of this call. With the inputs themselves autograd.grad would also follow an input's
+        # history back to another input (a streamed call's h0 and memory come from earlier calls with the
+        # same weights) and count those calls again, which autograd's own backward already does. The view
+        # keeps the gradient attached to the input for the next order.
+        inputs = [t.view_as(t) if i in wanted else t for i, t in enumerate(inputs)]
+        outputs = [o for o in reference_layer(*inputs, **config) if isinstance(o, Tensor)]
+        if len(outputs) != len(output_grads):
+            raise RuntimeError(f"differentiable_backward: {len(output_grads)} output gradients for "
+                               f"{len(outputs)} tensor results of the reference")
+        # a result without a graph (new_slots [B, 0, H] of a call that wrote no slot) has no gradient to pass
+        used = [(o, g) for o, g in zip(outputs, output_grads) if g is not None and o.requires_grad]
         if not wanted or not used:
             return result
         grads = torch.autograd.grad([o for o, _ in used], [inputs[i] for i in wanted], [g for _, g in used],

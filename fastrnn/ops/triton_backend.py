@@ -16,6 +16,7 @@ import torch
 
 from . import glue
 from .attention import SABAttention, slot_steps
+from .streaming import check_stream
 
 _KERNELS = None
 
@@ -268,23 +269,43 @@ def _scorer_views(scorer, att_wh, att_wm):
     raise ValueError(f"scorer must be 'mlp' or 'linear', got {scorer!r}")
 
 
+class _Slots:
+    """Where the slots of one call sit in its memory cat(memory, new slots) [S0 + S1] (docs/SPEC.md
+    section 8): a slot is written after local step t when (step0 + t + 1) % k_att == 0, so the kernels'
+    slot counts and write conditions are these integers, computed per step on the host."""
+
+    def __init__(self, T, k_att, S0, step0):
+        self.k_att, self.S0, self.step0 = k_att, S0, step0
+        self.S = self.before(T)   # every slot of the call, the carried ones first
+
+    def before(self, t):
+        """The number of slots in memory at local step t (the carried ones and those written before t)."""
+        return self.S0 + (self.step0 + t) // self.k_att - self.step0 // self.k_att
+
+    def written_at(self, t):
+        """The index of the slot written at the end of local step t, or -1."""
+        return self.before(t) if (self.step0 + t + 1) % self.k_att == 0 else -1
+
+
 class _SABLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths,
-                k_top, k_att, scorer, provisional):
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, memory, cut, scale, lengths,
+                k_top, k_att, scorer, provisional, step0):
         kern = _kernels()
         T, B, _ = x.shape
         H = h0.shape[1]
         wh, wm = _scorer_views(scorer, att_wh, att_wm)
         A = wh.shape[0]
-        S = 1 + T // k_att
+        slots = _Slots(T, k_att, 1 if memory is None else memory.shape[1], step0)
+        S0, S = slots.S0, slots.S
         cfg = _Cfg(x, B, H, A)
         xg = _input_projection(x, w_ih, b_ih, b_hh)
         gates, cs = x.new_empty(T, B, 4 * H), x.new_empty(T, B, H)
         hhat, y = x.new_empty(T, B, H), x.new_empty(T, B, H)
         mem, key = x.new_empty(S, B, H), x.new_empty(S, B, A)
-        mem[0] = h0
-        key[0] = h0 @ wm.t()
+        mem[:S0] = h0.unsqueeze(0) if memory is None else memory.transpose(0, 1)
+        # the carried slots' keys, recomputed at each call (W_m may have changed since they were written)
+        key[:S0] = mem[:S0] @ wm.t()
         acc = _grad_dtype(x.dtype)   # scores and the normaliser (float32 for bfloat16 inputs)
         q, score = x.new_empty(T, B, A), x.new_empty(B, S, dtype=acc)
         idx = torch.empty(T, B, k_top, dtype=torch.int64, device=x.device)
@@ -298,14 +319,14 @@ class _SABLayer(torch.autograd.Function):
         # the selection, whose 2K+3 passes over the scores are sequential loops over the blocks
         bs, bs_sel = kern.row_block(S, 16), kern.row_block(S, 128)
         for t in range(T):
-            n = 1 + t // k_att   # slots written before step t
+            n = slots.before(t)   # the kernels see slots < n and write slot n if the step writes one
             lk.lstm_fwd_step_kernel[cfg.grid_bh](xg[t], h, c, w_hh, gates[t], cs[t], hhat[t], B, H,
                                                  **cfg.common())
             ak.sab_scores_kernel[(cfg.grid_b[0], _cdiv(n, bs))](
                 hhat[t], key, wh, att_vb, q[t], score, n, B, H, A, S, MLP=scorer == "mlp", ACC=cfg.acc,
                 BLOCK_B=cfg.bb, BLOCK_S=bs, BLOCK_A=cfg.ba, BLOCK_K=cfg.bk, DOT_PREC=cfg.prec)
             ak.sab_attention_fwd_kernel[cfg.grid_b](
-                hhat[t], y[t], mem, key, wm, score, idx[t], w[t], thr[t], z[t], n, int((t + 1) % k_att == 0),
+                hhat[t], y[t], mem, key, wm, score, idx[t], w[t], thr[t], z[t], n, int(slots.written_at(t) >= 0),
                 B, H, A, S, K_TOP=k_top, K_PAD=k_pad, PROVISIONAL=provisional, BLOCK_A=cfg.ba, BLOCK_S=bs_sel,
                 **cfg.common())
             h, c = y[t], cs[t]
@@ -314,38 +335,46 @@ class _SABLayer(torch.autograd.Function):
             past = _past_lengths(T, lengths).unsqueeze(2)
             idx.masked_fill_(past, -1)
             w.masked_fill_(past, 0)
-        ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, gates, cs, hhat, y, mem, key,
-                              q, idx, w, thr, z, b_ih, b_hh, lengths)
+        # a copy, not a view of mem: the caller may change it in place, mem is saved for the backward
+        new_slots = mem[S0:].transpose(0, 1).clone(memory_format=torch.contiguous_format)
+        ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, memory, gates, cs, hhat, y, mem,
+                              key, q, idx, w, thr, z, b_ih, b_hh, lengths)
         ctx.schedule = (cut, scale)
         ctx.has_bias = b_ih is not None
-        ctx.sab = (k_top, k_att, scorer, provisional, k_pad)
+        ctx.sab = (k_top, k_att, scorer, provisional, k_pad, step0)
         weights = w.to(x.dtype)
         ctx.mark_non_differentiable(idx, weights)
-        return y, h_n, c_n, idx, weights
+        return y, h_n, c_n, new_slots, idx, weights
 
     @staticmethod
-    def backward(ctx, dy, dh_n, dc_n, _didx, _dw):
-        (x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, gates, cs, hhat, y, mem, key,
+    def backward(ctx, dy, dh_n, dc_n, dslots, _didx, _dw):
+        (x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, memory, gates, cs, hhat, y, mem, key,
          q, idx, w, thr, z, b_ih, b_hh, lengths) = ctx.saved_tensors
-        k_top, k_att, scorer, provisional, k_pad = ctx.sab
+        k_top, k_att, scorer, provisional, k_pad, step0 = ctx.sab
         if glue.wants_graph():   # create_graph=True: the kernels' sweep is not differentiable
-            from .. import reference
+            # new_slots is a result of the reference only where it may be carried on (no lengths)
+            output_grads = (dy, dh_n, dc_n) if lengths is not None else (dy, dh_n, dc_n, dslots)
             grads = glue.differentiable_backward(
-                reference.sab_layer,
-                (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, *ctx.schedule),
-                ctx.needs_input_grad, (dy, dh_n, dc_n),
-                k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, lengths=lengths)
-            return (*grads, None, None, None, None, None)
+                _reference_sab_layer,
+                (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, memory, *ctx.schedule),
+                ctx.needs_input_grad, output_grads,
+                k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, lengths=lengths,
+                step0=step0, return_slots=lengths is None)
+            return (*grads, None, None, None, None, None, None)
         kern = _kernels()
         T, B, _ = x.shape
         H = h0.shape[1]
         wh, wm = _scorer_views(scorer, att_wh, att_wm)
         A = wh.shape[0]
+        slots = _Slots(T, k_att, 1 if memory is None else memory.shape[1], step0)
+        S0 = slots.S0
         cfg = _Cfg(x, B, H, A)
         g = _grad_dtype(x.dtype)   # gradient buffers
         final = _FinalGrads(lengths, dh_n, dc_n, g)
         dy, dc, dc_next, dgates = final.sweep_buffers(y, dy, c0, gates)
         gm, dkey = torch.zeros_like(mem, dtype=g), torch.zeros_like(key, dtype=g)   # per-slot gradients
+        # gradient reaching the new slots from later calls: the sweep adds it where each slot was written
+        gm[S0:] = dslots.transpose(0, 1)
         dv = torch.zeros(B, A, dtype=g, device=x.device)
         dq = torch.empty_like(q, dtype=g)
         rec, gh = torch.empty_like(h0, dtype=g), torch.empty_like(h0, dtype=g)
@@ -357,7 +386,7 @@ class _SABLayer(torch.autograd.Function):
                 lk.recurrent_grad_kernel[cfg.grid_bh](dgates[t + 1], w_hh, rec, f[t + 1], B, H, **cfg.common())
             bk.sab_attention_bwd_kernel[cfg.grid_b](
                 dy[t], rec, mem, key, wh, wm, att_vb, q[t], idx[t], w[t], thr[t], z[t], gm, dkey, dv, gh, dq[t],
-                (t + 1) // k_att if (t + 1) % k_att == 0 else -1, B, H, A,
+                slots.written_at(t), B, H, A,
                 HAS_REC=has_rec, K_TOP=k_top, K_PAD=k_pad, MLP=scorer == "mlp", PROVISIONAL=provisional,
                 BLOCK_A=cfg.ba, **cfg.common())
             final.enter(t, dc)
@@ -365,8 +394,14 @@ class _SABLayer(torch.autograd.Function):
                 dgates[t], w_hh, f[t], gh, dc, gates[t], cs[t], cs[t - 1] if t > 0 else c0, dgates[t], dc_next,
                 f[t], B, H, HAS_REC=False, **cfg.common())
             dc, dc_next = dc_next, dc
-        # h0 is slot 0 as well as the recurrent input of step 0
-        dh0 = f[0] * (dgates[0] @ w_hh.to(g)) + gm[0] + dkey[0] @ wm.to(g)
+        # the carried slots' whole gradient (direct uses and uses as keys), complete after the sweep
+        carried = gm[:S0] + dkey[:S0] @ wm.to(g)
+        dh0 = f[0] * (dgates[0] @ w_hh.to(g))
+        if memory is None:   # h0 is slot 0 as well as the recurrent input of step 0
+            dh0 += carried[0]
+            dmemory = None
+        else:
+            dmemory = carried.transpose(0, 1).to(x.dtype)
         final.finish(dh0, dc)
         h_in = torch.cat([h0.unsqueeze(0), y[:-1]])
         dx, dw_ih, dw_hh, db = _weight_grads(ctx, dgates, x, w_ih, h_in)
@@ -377,8 +412,16 @@ class _SABLayer(torch.autograd.Function):
         else:
             d_wh, d_wm, d_vb = d_wh.reshape(H), d_wm.reshape(H), dq.sum().reshape(1)
         d_wh, d_wm, d_vb, dh0, dc = (v.to(x.dtype) for v in (d_wh, d_wm, d_vb, dh0, dc))
-        return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), d_wh, d_wm, d_vb, dh0, dc,
-                None, None, None, None, None, None, None)
+        return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), d_wh, d_wm, d_vb, dh0, dc, dmemory,
+                None, None, None, None, None, None, None, None)
+
+
+def _reference_sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, memory, cut, scale, **config):
+    """reference.sab_layer with `memory` positional, where _SABLayer has it (after c0), so that the
+    differentiable backward (glue.py) differentiates with respect to it like the other inputs."""
+    from .. import reference
+    return reference.sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale,
+                               memory=memory, **config)
 
 
 def _check_sab(k_top, k_att, scorer):
@@ -392,14 +435,23 @@ def _check_sab(k_top, k_att, scorer):
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
-              lengths=None):
+              lengths=None, memory=None, step0: int = 0, return_slots: bool = False):
     """One SAB-LSTM layer (docs/CONTRACT.md): 3 launches per step forward, 3 per step backward.
-    Rows stop at `lengths` (None, or int64 [B] on x's device, each in [0, T])."""
+    Rows stop at `lengths` (None, or int64 [B] on x's device, each in [0, T]). Streaming (docs/SPEC.md
+    section 8): `memory` [B, S0, H] replaces [h0] as the initial memory, `step0` is the global index of the
+    first step, and `return_slots` adds a fifth result, the slots this call wrote [B, S1, H]."""
     _check_sab(k_top, k_att, scorer)
+    check_stream(memory, step0, lengths, return_slots, h0)
     named = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, att_wh=att_wh, att_wm=att_wm, att_vb=att_vb,
                  h0=h0, c0=c0)
     _check_tensors(named, cut, scale, lengths)
     args = [a.contiguous() if a is not None else None for a in named.values()]
-    y, h_n, c_n, idx, w = _SABLayer.apply(*args, cut, scale, lengths, k_top, k_att, scorer, bool(provisional))
-    attention = SABAttention(idx, w, slot_steps(x.shape[0], k_att, x.device)) if need_attention else None
+    y, h_n, c_n, new_slots, idx, w = _SABLayer.apply(*args, memory, cut, scale, lengths, k_top, k_att, scorer,
+                                                     bool(provisional), step0)
+    attention = None
+    if need_attention:
+        S0 = 1 if memory is None else memory.shape[1]
+        attention = SABAttention(idx, w, slot_steps(x.shape[0], k_att, x.device, S0=S0, step0=step0))
+    if return_slots:
+        return y, h_n, c_n, attention, new_slots
     return y, h_n, c_n, attention
