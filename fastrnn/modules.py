@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import backends, profiling
-from .ops.attention import SABAttention
+from .ops.attention import SABAttention, slot_steps
+from .state import SABLayerState, SABState
 from .truncation import Schedule, fixed
 
 __all__ = ["LSTM", "SABLSTM"]
@@ -479,20 +480,46 @@ class SABLSTM(_LSTMBase):
         h_t, which already contains the summaries of earlier slots, so |h_t| grows with the number of hops
         and the selection favours late, large slots).
     attn_size: the mlp scorer's width A (default hidden_size).
+    max_slots: None (default: the state carried between calls keeps every slot) or an int >= 1: after each
+        call with return_state=True, the returned state keeps only the newest max_slots slots of each
+        layer's memory, so memory and time per step stay bounded on an unbounded stream. This changes the
+        model (docs/SPEC.md section 8): a dropped slot can no longer be selected, so results differ from the
+        one-shot forward once a slot that would have been selected is gone; they are equal as long as no
+        slot has been dropped. A single call never drops slots.
     backend: as fastrnn.LSTM. bidirectional=True (the memory is causal) and proj_size > 0 are refused
     (ValueError); dropout > 0 with num_layers == 1 warns, as torch.nn.LSTM.
 
-    forward(input, hx=None, *, lengths=None, schedule=None, return_attention=False) -> output, (h_n, c_n)
-    [, attention]: a list with one `SABAttention(indices, weights, slot_steps)` per layer, indices and
-    weights [T, B, k_top] (T-major whatever batch_first, in the original batch order for a PackedSequence;
-    [T, k_top] for unbatched input); past a sequence's length its indices are -1 and its weights 0.
+    forward(input, hx=None, *, state=None, return_state=False, lengths=None, schedule=None,
+            return_attention=False) -> output, (h_n, c_n)[, attention][, state]
+      attention: a list with one `SABAttention(indices, weights, slot_steps)` per layer, indices and
+        weights [T, B, k_top] (T-major whatever batch_first, in the original batch order for a
+        PackedSequence; [T, k_top] for unbatched input); past a sequence's length its indices are -1 and
+        its weights 0.
+      Streaming (docs/SPEC.md section 8; the SAB paper's memory of every past microstate, fed in chunks):
+      return_state=True adds a `fastrnn.SABState` as the LAST result: per layer h, c [B, H], the memory
+        [B, S, H] (every slot so far, oldest first; the newest max_slots with max_slots) and its slot_steps
+        [S] int64 (the true global step of each slot, -1 for the first call's h0), and the step counter
+        (the global index of the next step). Unbatched input gives h, c [H] and memory [S, H].
+      state: a SABState of an earlier call; this call continues that sequence: the layers start from its
+        (h, c) and memory, and slots are written on the global step grid ((step + t + 1) % k_att == 0).
+        Chunked calls carrying the state equal the one-shot forward (outputs, attention, and gradients
+        while the state stays attached: gradient flows through (h, c) and the memory into the calls that
+        made it); `state.detach()` gives online truncation (no gradient into earlier calls). The schedule
+        is the call's own; its cut[0] acts on the carried (h, c), never on the memory. With a state,
+        attention indices index the carried memory followed by the call's new slots, and slot_steps is the
+        state's slot_steps followed by the new slots' steps.
+      Streaming errors: TypeError if state is not a SABState; ValueError for state together with hx, for
+        state or return_state with lengths or a PackedSequence (a sequence that ended would carry slots
+        written on padding), for a state whose num_layers, hidden_size, batch size (or batched-ness),
+        dtype or device differ from this model and input (the message names which), and for NaN or inf
+        in the state.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, *, k_top: int = 5, k_att: int = 2, k_trunc: Optional[int] = None,
                  attention: str = "mlp", attn_size: Optional[int] = None, slot_state: str = "provisional",
-                 backend: str = "auto", device=None, dtype=None):
+                 max_slots: Optional[int] = None, backend: str = "auto", device=None, dtype=None):
         if bidirectional:
             raise ValueError("bidirectional=True is not supported: the SAB memory is causal")
         k_top, k_att = _check_int("k_top", k_top, 1), _check_int("k_att", k_att, 1)
@@ -506,11 +533,14 @@ class SABLSTM(_LSTMBase):
             attn_size = _check_int("attn_size", attn_size, 1)
         if slot_state not in ("final", "provisional"):
             raise ValueError(f"slot_state must be 'final' or 'provisional', got {slot_state!r}")
+        if max_slots is not None:
+            max_slots = _check_int("max_slots", max_slots, 1)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, backend,
                          device, dtype)
         self.bidirectional = False
         self.k_top, self.k_att, self.k_trunc = k_top, k_att, k_trunc
         self.attention, self.slot_state = attention, slot_state
+        self.max_slots = max_slots
         self.attn_size = (attn_size or hidden_size) if attention == "mlp" else None
         factory = {"device": device, "dtype": dtype}
         H = hidden_size
@@ -544,33 +574,135 @@ class SABLSTM(_LSTMBase):
         s += f", k_top={self.k_top}, k_att={self.k_att}, k_trunc={self.k_trunc}, attention={self.attention!r}"
         if self.attention == "mlp" and self.attn_size != self.hidden_size:
             s += f", attn_size={self.attn_size}"
-        return s + f", slot_state={self.slot_state!r}"
+        s += f", slot_state={self.slot_state!r}"
+        if self.max_slots is not None:
+            s += f", max_slots={self.max_slots}"
+        return s
 
-    def forward(self, input, hx=None, *, lengths=None, schedule: Optional[Schedule] = None,
-                return_attention: bool = False):
+    def forward(self, input, hx=None, *, state: Optional[SABState] = None, return_state: bool = False,
+                lengths=None, schedule: Optional[Schedule] = None, return_attention: bool = False):
+        streaming = state is not None or bool(return_state)
+        if streaming:
+            self._check_streaming(input, hx, state, lengths)
         call = self._prepare(input, hx, lengths, schedule, self.k_trunc)
+        if state is not None:
+            call = self._from_state(call, state)
         _, sab_layer = self._layer_functions(call)
+        step0 = 0 if state is None else state.step
+        # the carried memory of each layer as the layers take it: [B, S0, H], contiguous, compute dtype
+        memories = None if state is None else [
+            self._cast(m.memory if call.batched else m.memory.unsqueeze(0), call.precision).contiguous()
+            for m in state.layers]
 
         def layer_fn(layer, x, h0, c0):
             params = self._parameters_for((*self._lstm_parameters(layer), *self._attention_parameters(layer)),
                                           call)
-            return profiling.layer(f"fastrnn.sab.layer{layer}", sab_layer, x, *params, h0, c0, call.cut,
-                                   call.scale, k_top=self.k_top, k_att=self.k_att, scorer=self.attention,
-                                   provisional=self.slot_state == "provisional", need_attention=return_attention,
-                                   lengths=call.lengths)
+            stream = {} if not streaming else dict(memory=None if memories is None else memories[layer],
+                                                    step0=step0, return_slots=True)
+            out = profiling.layer(f"fastrnn.sab.layer{layer}", sab_layer, x, *params, h0, c0, call.cut,
+                                  call.scale, k_top=self.k_top, k_att=self.k_att, scorer=self.attention,
+                                  provisional=self.slot_state == "provisional", need_attention=return_attention,
+                                  lengths=call.lengths, **stream)
+            if streaming:                                  # (y, h_n, c_n, attention, new_slots)
+                return out[0], out[1], out[2], (out[3], out[4])
+            return out
 
-        y, h_n, c_n, attention = self._run_layers(call, layer_fn)
+        y, h_n, c_n, extras = self._run_layers(call, layer_fn)
+        new_slots = None
+        if streaming:
+            attention = [e[0] for e in extras]
+            new_slots = [e[1] for e in extras]
+        else:
+            attention = extras
         output = self._finish(call, y, h_n, c_n)
-        if not return_attention:
-            return output
-        if call.x.shape[0] == 0:
-            attention = [self._empty_attention(call.x) for _ in range(self.num_layers)]
-        if call.precision.emulate is not None:
-            attention = [a._replace(weights=a.weights.to(call.precision.dtype)) for a in attention]
+        result = output
+        if return_attention:
+            if call.x.shape[0] == 0:
+                attention = [self._empty_attention(call.x) for _ in range(self.num_layers)]
+            if state is not None:          # the carried slots' true steps, then the new slots' steps
+                S0 = state.num_slots
+                carried = state.slot_steps.to(call.x.device)
+                attention = [a._replace(slot_steps=torch.cat([carried, a.slot_steps[S0:]])) for a in attention]
+            if call.precision.emulate is not None:
+                attention = [a._replace(weights=a.weights.to(call.precision.dtype)) for a in attention]
+            if not call.batched:
+                attention = [SABAttention(a.indices.squeeze(1), a.weights.squeeze(1), a.slot_steps)
+                             for a in attention]
+            result = (*result, attention)
+        if return_state:
+            result = (*result, self._next_state(call, state, memories, new_slots, *output[1]))
+        return result
+
+    def _check_streaming(self, input, hx, state, lengths) -> None:
+        """The arguments of a streaming call (state= or return_state=True), SPEC section 8."""
+        if state is not None and not isinstance(state, SABState):
+            raise TypeError(f"state must be a fastrnn.SABState (returned by forward(..., return_state=True)), "
+                            f"got {type(state).__name__}")
+        if state is not None and hx is not None:
+            raise ValueError("hx and state: give one or the other (state holds the initial (h, c) of every "
+                             "layer and their memory; hx starts a fresh sequence)")
+        if isinstance(input, PackedSequence):
+            raise ValueError("state / return_state cannot be combined with a PackedSequence input: a sequence "
+                             "that ended would carry slots written on padding (docs/SPEC.md section 8)")
+        if lengths is not None:
+            raise ValueError("state / return_state cannot be combined with lengths: a sequence that ended "
+                             "would carry slots written on padding (docs/SPEC.md section 8)")
+
+    def _from_state(self, call: _Call, state: SABState) -> _Call:
+        """`call` with the initial (h, c) of every layer taken from `state`, after checking that the state
+        fits this model and input (ValueError naming what differs)."""
+        x = call.x
+        if state.batched != call.batched:
+            raise ValueError(f"state does not fit this call: it is the state of "
+                             f"{'batched' if state.batched else 'unbatched'} input, the input is "
+                             f"{'batched (3-D)' if call.batched else 'unbatched (2-D)'}")
+        checks = [("num_layers", state.num_layers, self.num_layers, "model"),
+                  ("hidden_size", state.hidden_size, self.hidden_size, "model"),
+                  ("batch size", state.batch_size, x.shape[1] if call.batched else None, "input"),
+                  ("dtype", state.dtype, call.precision.dtype, "input"),
+                  ("device", state.device, x.device, "input")]
+        for what, got, want, whose in checks:
+            if got != want:
+                raise ValueError(f"state does not fit this call: its {what} is {got}, the {whose}'s {want}")
+        h0, c0 = state.h, state.c
         if not call.batched:
-            attention = [SABAttention(a.indices.squeeze(1), a.weights.squeeze(1), a.slot_steps)
-                         for a in attention]
-        return (*output, attention)
+            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        if not torch.compiler.is_compiling():
+            for name, t in (("h", h0), ("c", c0)):
+                if not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"state contains NaN or inf ({name})")
+            if not all(bool(torch.isfinite(m.memory).all()) for m in state.layers):
+                raise ValueError("state contains NaN or inf (memory)")
+        return call._replace(h0=self._cast(h0, call.precision).contiguous(),
+                             c0=self._cast(c0, call.precision).contiguous())
+
+    def _next_state(self, call: _Call, state: Optional[SABState], memories, new_slots, h_n, c_n) -> SABState:
+        """The state after this call: (h_n, c_n), the carried memory followed by the new slots (the oldest
+        dropped beyond max_slots), their true steps, and the step counter moved by T."""
+        T, device = call.x.shape[0], call.x.device
+        step0 = 0 if state is None else state.step
+        if state is None:                                   # a fresh call: M = [h0]
+            memories = [call.h0[layer].unsqueeze(1) for layer in range(self.num_layers)]
+            carried = torch.full((1,), -1, dtype=torch.int64, device=device)
+        else:
+            carried = state.slot_steps.to(device)
+        S0 = carried.shape[0]
+        steps = torch.cat([carried, slot_steps(T, self.k_att, device, S0=S0, step0=step0)[S0:]])
+        if self.max_slots is not None:
+            steps = steps[-self.max_slots:]
+        layers = []
+        for layer in range(self.num_layers):
+            memory = memories[layer]
+            if new_slots is not None and T > 0:
+                memory = torch.cat([memory, new_slots[layer]], dim=1)
+            if self.max_slots is not None and memory.shape[1] > self.max_slots:
+                memory = memory[:, -self.max_slots:].contiguous()    # the dropped slots' storage is freed
+            if call.precision.emulate is not None:
+                memory = memory.to(call.precision.dtype)
+            if not call.batched:
+                memory = memory.squeeze(0)
+            layers.append(SABLayerState(h_n[layer], c_n[layer], memory, steps))
+        return SABState(layers, step0 + T)
 
     def _empty_attention(self, x):
         B = x.shape[1]

@@ -12,6 +12,7 @@ from fastrnn import truncation
 from fastrnn.tasks import influence
 from fastrnn.training.artbp import (ARTBPSampler, FixedLength, OnlineTrainer, TensorStream, run_core,
                                     scale_grad)
+from helpers import backend_params
 
 f64 = torch.float64
 
@@ -241,20 +242,46 @@ class _Uncompensated(ARTBPSampler):
         return truncation.Schedule(s.cut, torch.ones_like(s.scale))
 
 
-def test_sablstm_runs_online_with_h_c_carried():
-    """SABLSTM takes the subsequence's schedule; only (h, c) carries (its memory restarts per subsequence
-    until streaming state lands), so the carried state equals running the subsequences separately."""
+@pytest.mark.parametrize("backend", ["reference", *backend_params()])
+def test_sablstm_online_carries_the_whole_state(backend):
+    """A SABLSTM core carries its whole SABState between subsequences, memory included and detached
+    (docs/SPEC.md sections 4 and 8): the outputs of the consecutive subsequences are the one-shot forward
+    over the stream (the carried memory is used), the final state is the one-shot state (every slot of the
+    stream, its true steps), and the accumulated gradient is the sum of the subsequences' gradients from
+    detached states (the drawn truncation cuts the memory too)."""
     torch.manual_seed(5)
-    sab = fastrnn.SABLSTM(2, 3, k_top=2, k_att=2, dtype=f64)
+    sab = fastrnn.SABLSTM(2, 3, num_layers=2, k_top=2, k_att=2, dtype=f64, backend=backend)
     x = torch.randn(12, 2, 2, dtype=f64)
-    trainer = OnlineTrainer(sab, lambda out, y: out.sum(), None, FixedLength(5), accumulate=True)
+    outs = []
+
+    def loss_fn(out, y):
+        outs.append(out.detach())
+        return (out ** 2).sum()
+
+    trainer = OnlineTrainer(sab, loss_fn, None, FixedLength(5), accumulate=True)
     trainer.run(TensorStream(x))
     assert [s.length for s in trainer.segments] == [5, 5, 2]
-    hx = None
+    y_full, (h_full, c_full), state_full = sab(x, return_state=True)
+    torch.testing.assert_close(torch.cat(outs), y_full.detach(), rtol=0, atol=1e-14)
+    state = trainer.hx
+    assert isinstance(state, fastrnn.SABState) and not state.requires_grad and state.step == 12
+    assert torch.equal(state.slot_steps, state_full.slot_steps) and state.num_slots == 7
+    torch.testing.assert_close(state.h, h_full.detach(), rtol=0, atol=1e-14)
+    for ours, full in zip(state.layers, state_full.layers):
+        torch.testing.assert_close(ours.memory, full.memory.detach(), rtol=0, atol=1e-14)
+    grads = [p.grad.clone() for p in sab.parameters()]
+    assert grads[1].abs().sum() > 0
+    # the same subsequences by hand: schedules with cut[0], state detached in between
+    expected = [torch.zeros_like(p) for p in sab.parameters()]
+    carried = None
     for a, b in ((0, 5), (5, 10), (10, 12)):
-        _, hx = sab(x[a:b], hx)
-    torch.testing.assert_close(trainer.hx[0], hx[0], rtol=0, atol=1e-14)
-    assert sab.weight_hh_l0.grad is not None and sab.weight_hh_l0.grad.abs().sum() > 0
+        kw = {} if carried is None else dict(state=carried)
+        out, _, carried = sab(x[a:b], schedule=FixedLength(b - a).next_schedule(), return_state=True, **kw)
+        for e, g in zip(expected, torch.autograd.grad((out ** 2).sum(), list(sab.parameters()))):
+            e += g
+        carried = carried.detach()
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
 
 
 def test_tensor_stream_checks_that_y_has_one_row_per_step_of_x():

@@ -9,7 +9,8 @@ An unbounded stream is cut into subsequences one at a time. For each one the loo
        compensation factors of eq. (11): the gradient from step t into step t-1 is multiplied by
        1 / (1 - c_t), where c_t was the probability of truncating between them and it was not taken;
     3. steps the optimiser on that gradient (a "partial gradient descent update", section 5);
-    4. carries the final state, detached, into the next subsequence.
+    4. carries the final state, detached, into the next subsequence (a SABLSTM's whole `fastrnn.SABState`,
+       its memory included).
 
 Where the compensation applies. In eq. (11) the factor 1/(1 - c_t) sits on every recurrent edge that a
 truncation *could* have cut but did not. The edge between two subsequences is the truncation that was
@@ -28,9 +29,15 @@ eq. (12) for a fixed parameter, what the statistical tests average.
 Cores. `fastrnn.LSTM` and `fastrnn.SABLSTM` (any module whose forward takes ``schedule=``) get the
 subsequence's `Schedule` and run it fused; any other ``nn.LSTM``-like core ``core(x, hx) -> (out, hx_n)``
 (torch.nn.LSTM / GRU / RNN, or a custom recurrence; hx a tensor or a tuple of tensors) runs one step per
-call with the scale applied to the state's gradient between steps (`run_core`). SABLSTM carries only
-(h, c) across subsequences, so its memory restarts at every subsequence until streaming state lands
-(issue #11, item 1): with SABLSTM this is a different model than one pass over the stream.
+call with the scale applied to the state's gradient between steps (`run_core`). A core whose forward
+also takes ``state=`` and ``return_state=`` (`fastrnn.SABLSTM`) carries its whole streaming state
+(`fastrnn.SABState`: h, c, the memory of every layer and the step counter; docs/SPEC.md section 8) from
+one subsequence to the next, detached (`run_core_streaming`): the forward pass over the subsequences is
+one pass over the stream, the memory included, and the drawn truncation cuts the gradient through the
+memory as well as along (h, c). Proposition 1 then covers the recurrent paths only: a gradient path
+through a memory slot written before the last drawn truncation is cut with no compensation factor, so
+with SAB the online estimate under-weights attention links that span a truncation (docs/SPEC.md
+section 4).
 
     trainer = OnlineTrainer(core, loss_fn, optimizer, ARTBPSampler(L0=16, alpha=6, generator=g))
     trainer.run(stream, steps=100_000, lr=lambda t: 3e-4 / math.sqrt(1 + t))
@@ -44,10 +51,11 @@ from typing import Any, Callable, List, Optional, Protocol, Tuple
 import torch
 from torch import Tensor, nn
 
+from fastrnn.state import SABState
 from fastrnn.truncation import Schedule, artbp_cut_probability, check_artbp
 
 __all__ = ["ARTBPSampler", "FixedLength", "OnlineTrainer", "Segment", "TensorStream", "run_core",
-           "scale_grad"]
+           "run_core_streaming", "scale_grad", "takes_state"]
 
 
 # ---- truncation samplers ---------------------------------------------------------------------------
@@ -153,7 +161,9 @@ def _map_state(hx, fn):
 
 
 def detach_state(hx):
-    """The state (a tensor or nested tuple of tensors) detached from the graph."""
+    """The state (a tensor, a nested tuple of tensors, or a `fastrnn.SABState`) detached from the graph."""
+    if isinstance(hx, SABState):
+        return hx.detach()
     return _map_state(hx, lambda s: s.detach())
 
 
@@ -169,6 +179,32 @@ def takes_schedule(core) -> bool:
         except (TypeError, ValueError):
             _TAKES_SCHEDULE[fn] = False
     return _TAKES_SCHEDULE[fn]
+
+
+_TAKES_STATE: dict = {}
+
+
+def takes_state(core) -> bool:
+    """Whether ``core``'s forward takes ``state=`` and ``return_state=`` (fastrnn.SABLSTM's streaming)."""
+    fn = type(core).forward if isinstance(core, nn.Module) else core
+    if fn not in _TAKES_STATE:
+        try:
+            params = inspect.signature(fn).parameters
+            _TAKES_STATE[fn] = "state" in params and "return_state" in params and "schedule" in params
+        except (TypeError, ValueError):
+            _TAKES_STATE[fn] = False
+    return _TAKES_STATE[fn]
+
+
+def run_core_streaming(core, x: Tensor, state, schedule: Schedule) -> Tuple[Tensor, Any]:
+    """A streaming core (`takes_state`, fastrnn.SABLSTM) over ``x`` [T, B, I] under ``schedule``:
+    (output, its `SABState` after the last step). ``state`` is a `SABState` to continue from, an
+    ``(h_0, c_0)`` tuple to start a fresh stream from, or None (zeros)."""
+    if isinstance(state, SABState):
+        result = core(x, state=state, schedule=schedule, return_state=True)
+    else:
+        result = core(x, state, schedule=schedule, return_state=True)
+    return result[0], result[-1]
 
 
 def run_core(core, x: Tensor, hx, schedule: Schedule) -> Tuple[Tensor, Any]:
@@ -247,7 +283,10 @@ class OnlineTrainer:
     clip       optional gradient-norm clipping of ``params`` (this breaks unbiasedness; off by default)
     accumulate add every subsequence's gradient into ``.grad`` and never step or zero: the summed estimate
                of eq. (12) at fixed parameters
-    hx         the carried state (None = the core's zero state); detached between subsequences
+    hx         the carried state (None = the core's zero state); detached between subsequences. For a
+               streaming core (`takes_state`: fastrnn.SABLSTM) it becomes the core's `fastrnn.SABState`
+               after the first subsequence (memory included); it may start as None, an (h_0, c_0) tuple
+               or a SABState
     """
     core: Any
     loss_fn: Callable[[Tensor, Any], Tensor]
@@ -284,7 +323,8 @@ class OnlineTrainer:
             schedule = Schedule(schedule.cut[:n], schedule.scale[:n])
         if not self.accumulate:
             self.optimizer.zero_grad(set_to_none=True)
-        out, hx_n = run_core(self.core, x, self.hx, schedule)
+        run = run_core_streaming if takes_state(self.core) else run_core
+        out, hx_n = run(self.core, x, self.hx, schedule)
         loss = self.loss_fn(out, y)
         loss.backward()
         if not self.accumulate:

@@ -1,0 +1,187 @@
+"""`SABState`: what a `fastrnn.SABLSTM` carries from one call to the next (docs/SPEC.md section 8).
+
+A long or unbounded sequence can be fed to a SABLSTM in chunks. Each layer of a SAB-LSTM carries its last
+states (h, c), its whole memory M (every slot written so far, or the newest `max_slots` of them) and the
+global steps of those slots; the model carries the global index of its next step. With the state kept
+attached to the graph, chunked calls give the one-shot forward's outputs and gradients (SAB paper,
+section 3: the memory holds every past microstate); detached (`SABState.detach()`), no gradient reaches
+earlier chunks: online truncation.
+
+    y1, hx, state = sab(x[:50], return_state=True)
+    y2, hx, state = sab(x[50:], state=state, return_state=True)     # == sab(x) split at step 50
+"""
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["SABLayerState", "SABState"]
+
+
+class SABLayerState(NamedTuple):
+    """The state one SAB-LSTM layer carries (B rows, H hidden units, S slots; no B dimension for a state of
+    unbatched input: h, c [H], memory [S, H]).
+
+    h:          [B, H], the last final state h_{t-1} (the next call's h0).
+    c:          [B, H], the last cell state c_{t-1}.
+    memory:     [B, S, H], the memory M, oldest slot first (slot 0 is the first call's h0 until dropped).
+    slot_steps: [S] int64, the global step whose state each slot holds (-1 for the first call's h0).
+    """
+
+    h: Tensor
+    c: Tensor
+    memory: Tensor
+    slot_steps: Tensor
+
+
+class SABState:
+    """The streaming state of a `fastrnn.SABLSTM` (docs/SPEC.md section 8): what `forward(...,
+    return_state=True)` returns as its last result and `forward(..., state=)` continues from.
+
+    layers: one `SABLayerState(h, c, memory, slot_steps)` per layer (h, c [B, H]; memory [B, S, H];
+        slot_steps [S] int64; every layer holds the same S and slot_steps). Unbatched input ([T, I])
+        gives a state without the B dimension (h, c [H], memory [S, H]).
+    step: the global index of the next step (the number of steps the stream has run), an int >= 0.
+
+    The floating tensors share one dtype and device; slot_steps is on the same device. The tensors keep their
+    autograd graph as the module returned them: gradient from a later call then flows into the calls that
+    made the state (full backpropagation through the stream, memory of every call included).
+    `detach()` cuts it (online truncation). Memory grows by one slot every k_att steps unless the model
+    has `max_slots` (then the carried memory keeps the newest max_slots slots, a change of the model:
+    SPEC section 8).
+
+    torch.save / torch.load (weights_only=True too: the two classes are registered as safe globals) and
+    copy.deepcopy work on a detached state (deepcopy of a state with a graph fails, as for any non-leaf
+    tensor). Errors: TypeError for layers that are not SABLayerStates / 4-tuples of tensors or a step that
+    is not an int; ValueError for empty layers, a negative step, or shapes, dtypes and devices that do not
+    fit together.
+    """
+
+    __slots__ = ("layers", "step")
+
+    def __init__(self, layers: Sequence[SABLayerState], step: int):
+        if isinstance(layers, (SABLayerState, Tensor)) or not isinstance(layers, (list, tuple)):
+            raise TypeError(f"layers must be a list or tuple of SABLayerState (one per layer), got "
+                            f"{type(layers).__name__}")
+        if isinstance(step, bool) or not isinstance(step, int):
+            if isinstance(step, Tensor) and step.dim() == 0 and not step.is_floating_point():
+                step = int(step)
+            else:
+                raise TypeError(f"step must be an int >= 0 (the global index of the next step), got {step!r}")
+        if step < 0:
+            raise ValueError(f"step must be an int >= 0 (the global index of the next step), got {step}")
+        if not layers:
+            raise ValueError("layers must hold one SABLayerState per layer, got none")
+        checked = []
+        for k, layer in enumerate(layers):
+            if not isinstance(layer, tuple) or len(layer) != 4 or not all(isinstance(t, Tensor) for t in layer):
+                raise TypeError(f"layers[{k}] must be a SABLayerState(h, c, memory, slot_steps) of tensors, "
+                                f"got {type(layer).__name__}")
+            checked.append(_check_layer(k, SABLayerState(*layer)))
+        first = checked[0]
+        for k, layer in enumerate(checked[1:], 1):
+            for what, a, b in (("h shape", layer.h.shape, first.h.shape),
+                               ("memory shape", layer.memory.shape, first.memory.shape),
+                               ("dtype", layer.h.dtype, first.h.dtype),
+                               ("device", layer.h.device, first.h.device)):
+                if a != b:
+                    raise ValueError(f"layers[{k}] and layers[0] differ in {what}: {a} vs {b}")
+        self.layers: Tuple[SABLayerState, ...] = tuple(checked)
+        self.step: int = step
+
+    # ---- what it holds ---------------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def batched(self) -> bool:
+        """False for the state of unbatched input (h [H])."""
+        return self.layers[0].h.dim() == 2
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        """B, or None for the state of unbatched input."""
+        return self.layers[0].h.shape[0] if self.batched else None
+
+    @property
+    def hidden_size(self) -> int:
+        return self.layers[0].h.shape[-1]
+
+    @property
+    def num_slots(self) -> int:
+        """S, the number of memory slots each layer holds."""
+        return self.layers[0].slot_steps.shape[0]
+
+    @property
+    def slot_steps(self) -> Tensor:
+        """[S] int64: the global step of each slot (every layer's)."""
+        return self.layers[0].slot_steps
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[0].h.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].h.device
+
+    @property
+    def h(self) -> Tensor:
+        """[L, B, H] ([L, H] unbatched): every layer's h, as the module's h_n."""
+        return torch.stack([layer.h for layer in self.layers])
+
+    @property
+    def c(self) -> Tensor:
+        """[L, B, H] ([L, H] unbatched): every layer's c, as the module's c_n."""
+        return torch.stack([layer.c for layer in self.layers])
+
+    # ---- copies ----------------------------------------------------------------------------------
+
+    def detach(self) -> "SABState":
+        """A copy with every tensor detached (the values shared, no graph): no gradient from a later call
+        reaches the calls that made this state, neither along (h, c) nor through the memory."""
+        return SABState([SABLayerState(*(t.detach() for t in layer)) for layer in self.layers], self.step)
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether any tensor of the state carries a graph (or is a leaf that requires grad)."""
+        return any(t.requires_grad for layer in self.layers for t in layer)
+
+    def __reduce__(self):
+        return SABState, (list(self.layers), self.step)
+
+    def __repr__(self) -> str:
+        b = f"batch_size={self.batch_size}, " if self.batched else "unbatched, "
+        return (f"SABState(num_layers={self.num_layers}, {b}hidden_size={self.hidden_size}, "
+                f"num_slots={self.num_slots}, step={self.step}, dtype={self.dtype}, device={self.device}, "
+                f"requires_grad={self.requires_grad})")
+
+
+def _check_layer(k: int, layer: SABLayerState) -> SABLayerState:
+    h, c, memory, steps = layer
+    if h.dim() not in (1, 2):
+        raise ValueError(f"layers[{k}].h must be [B, H] (or [H] unbatched), got shape {tuple(h.shape)}")
+    if c.shape != h.shape:
+        raise ValueError(f"layers[{k}].c must have h's shape {tuple(h.shape)}, got {tuple(c.shape)}")
+    want = "[B, S, H]" if h.dim() == 2 else "[S, H]"
+    if (memory.dim() != h.dim() + 1 or memory.shape[:-2] != h.shape[:-1] or memory.shape[-1] != h.shape[-1]
+            or memory.shape[-2] < 1):
+        raise ValueError(f"layers[{k}].memory must be {want} with S >= 1 and h's B and H "
+                         f"({tuple(h.shape)}), got {tuple(memory.shape)}")
+    if steps.dim() != 1 or steps.shape[0] != memory.shape[-2] or steps.dtype != torch.int64:
+        raise ValueError(f"layers[{k}].slot_steps must be int64 [S] = [{memory.shape[-2]}], got "
+                         f"{steps.dtype} {tuple(steps.shape)}")
+    if not h.is_floating_point() or c.dtype != h.dtype or memory.dtype != h.dtype:
+        raise ValueError(f"layers[{k}]: h, c and memory must share one floating dtype, got "
+                         f"{h.dtype}, {c.dtype}, {memory.dtype}")
+    if not (h.device == c.device == memory.device == steps.device):
+        raise ValueError(f"layers[{k}]: h, c, memory and slot_steps must be on one device, got "
+                         f"{h.device}, {c.device}, {memory.device}, {steps.device}")
+    return layer
+
+
+# torch.load(weights_only=True) rebuilds a saved state: both classes hold tensors and an int only, and
+# SABState's constructor checks what it is given.
+torch.serialization.add_safe_globals([SABState, SABLayerState])
