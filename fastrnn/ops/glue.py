@@ -32,26 +32,40 @@ def wants_graph() -> bool:
 
 
 def differentiable_backward(reference_layer: Callable, inputs: Sequence, needs_input_grad: Sequence[bool],
-                            output_grads: Sequence[Optional[Tensor]], **config) -> list:
-    """Gradients of the layer's (y, h_n, c_n) with respect to `inputs`, with a graph, via the reference.
+                            output_grads: Sequence[Optional[Tensor]], *, keyword_inputs: Optional[dict] = None,
+                            **config) -> list:
+    """Gradients of the layer's outputs with respect to its inputs, with a graph, via the reference.
 
     reference_layer: `fastrnn.reference.lstm_layer` or `sab_layer`; `inputs` its positional arguments in
     order (x, weights, ..., h0, c0, cut, scale), the tensors the forward saved (still attached to the
-    caller's graph); `needs_input_grad` the op's flags for them; `output_grads` the gradients of
-    (y, h_n, c_n), None where unused; `config` the reference's keyword arguments (the SAB options and
+    caller's graph), and `keyword_inputs` ({name: tensor or None}) those it takes by keyword that may need a
+    gradient too (a SAB layer's carried `memory`); `needs_input_grad` the op's flags for `inputs` followed by
+    `keyword_inputs` in their order; `output_grads` the gradients of the reference's tensor results in order
+    (y, h_n, c_n and, with `return_slots=True` in `config`, a SAB layer's new_slots; the attention record is
+    not one), None where unused; `config` the reference's other keyword arguments (the SAB options and
     `lengths`, which the op's backward must pass on: the reference then stops each row where the kernels
-    did). Returns one entry per input: a gradient (zeros where the input does not influence the outputs)
-    or None where not needed.
+    did; step0). Returns one entry per input (positional, then keyword): a gradient (zeros where the input
+    does not influence the outputs) or None where not needed.
     """
-    result = [None] * len(inputs)
-    wanted = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and needs_input_grad[i]]
+    keyword_inputs = keyword_inputs or {}
+    names = list(keyword_inputs)
     with torch.enable_grad():
-        outputs = reference_layer(*inputs, **config)[:3]
+        # The reference runs on aliases of the inputs: autograd.grad stops at them, so it differentiates this
+        # layer call alone. On the inputs themselves it would also follow them upstream into whatever made them
+        # (an earlier chunk's h_n or new_slots, computed with the same weights) and add that call's gradient
+        # to the weights a second time. The aliases are views, so the gradients' graph still reaches the inputs.
+        everything = [t.view_as(t) if isinstance(t, Tensor) and t.requires_grad else t
+                      for t in (*inputs, *keyword_inputs.values())]
+        positional, keyword = everything[:len(inputs)], dict(zip(names, everything[len(inputs):]))
+        result = [None] * len(everything)
+        wanted = [i for i, t in enumerate(everything) if isinstance(t, Tensor) and needs_input_grad[i]]
+        results = reference_layer(*positional, **keyword, **config)
+        outputs = [o for o in results if isinstance(o, Tensor)]
         used = [(o, g) for o, g in zip(outputs, output_grads) if g is not None]
         if not wanted or not used:
             return result
-        grads = torch.autograd.grad([o for o, _ in used], [inputs[i] for i in wanted], [g for _, g in used],
+        grads = torch.autograd.grad([o for o, _ in used], [everything[i] for i in wanted], [g for _, g in used],
                                     create_graph=True, allow_unused=True)
     for i, g in zip(wanted, grads):
-        result[i] = torch.zeros_like(inputs[i]) if g is None else g
+        result[i] = torch.zeros_like(everything[i]) if g is None else g
     return result
