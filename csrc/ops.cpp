@@ -29,19 +29,26 @@ TORCH_LIBRARY(fastrnn, m) {
   // slot: mlp att_wm @ m_j [B, S, A], linear att_wm · m_j [B, S]).
   // lengths (None = every row has length T; no default: positional arguments follow): as lstm_forward;
   // idx/w are also -1 / 0 past each row's length.
+  // Streaming (docs/SPEC.md section 8, docs/CONTRACT.md "Streaming memory across calls"): memory [B, S0, H]
+  // (None: the memory [h0] of a fresh sequence) is the memory of earlier calls, step0 the global index of
+  // the first step; a slot is written after step t when (step0 + t + 1) % k_att == 0. The last output,
+  // new_slots [B, S1, H], holds the slots this call wrote (differentiable); slot_keys then cover S0 + S1
+  // slots, and idx/thr index cat(memory, new_slots). lengths cannot be combined with memory.
   m.def(
       "sab_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor att_wh, "
       "Tensor att_wm, Tensor att_vb, Tensor h0, Tensor c0, Tensor cut, Tensor scale, Tensor? lengths, "
-      "int k_top, int k_att, str scorer, bool provisional) -> (Tensor y, Tensor h_n, Tensor c_n, "
-      "Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, "
-      "Tensor slot_keys)");
+      "Tensor? memory, int step0, int k_top, int k_att, str scorer, bool provisional) -> (Tensor y, "
+      "Tensor h_n, Tensor c_n, Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, "
+      "Tensor denom, Tensor slot_keys, Tensor new_slots)");
   // Its backward (SPEC section 2) under the truncation schedule (cut, scale). db is the gradient of both
-  // b_ih and b_hh ([0] when has_bias is false). lengths: as lstm_backward.
+  // b_ih and b_hh ([0] when has_bias is false). lengths: as lstm_backward. grad_new_slots (None = zeros)
+  // is the gradient of new_slots, from the calls that read them; dmemory the gradient of memory ([0] when
+  // memory is None: slot 0 is h0, whose gradient is in dh0). lengths cannot be combined with either.
   m.def(
-      "sab_backward(Tensor grad_y, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor w_hh, "
-      "Tensor att_wh, Tensor att_wm, Tensor att_vb, Tensor h0, Tensor c0, Tensor cut, Tensor scale, "
-      "Tensor? lengths, Tensor y, Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, "
-      "Tensor denom, Tensor slot_keys, int k_top, int k_att, str scorer, bool provisional, bool has_bias) -> "
-      "(Tensor dx, Tensor dw_ih, Tensor dw_hh, Tensor db, Tensor datt_wh, Tensor datt_wm, Tensor datt_vb, "
-      "Tensor dh0, Tensor dc0)");
+      "sab_backward(Tensor grad_y, Tensor grad_hn, Tensor grad_cn, Tensor? grad_new_slots, Tensor x, "
+      "Tensor w_ih, Tensor w_hh, Tensor att_wh, Tensor att_wm, Tensor att_vb, Tensor h0, Tensor c0, "
+      "Tensor cut, Tensor scale, Tensor? lengths, Tensor? memory, int step0, Tensor y, Tensor gates, "
+      "Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, Tensor slot_keys, int k_top, "
+      "int k_att, str scorer, bool provisional, bool has_bias) -> (Tensor dx, Tensor dw_ih, Tensor dw_hh, "
+      "Tensor db, Tensor datt_wh, Tensor datt_wm, Tensor datt_vb, Tensor dh0, Tensor dc0, Tensor dmemory)");
 }

@@ -54,6 +54,31 @@ def test_second_order_gradients_match_reference(backend, name):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_second_order_through_two_calls_matches_reference(backend, name):
+    """The state of one call carried, attached, into the next call of the same model: the second call's
+    recomputed backward must differentiate that call alone, not follow its h0 back into the first call (whose
+    weights are the same), which would count the first call's gradient twice (ops/glue.py)."""
+    torch.manual_seed(1)
+    ref = MODELS[name]("reference", dtype=torch.float64)
+    ours = MODELS[name](backend, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(9, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def second_order(model):
+        y1, state = model(x[:4])
+        y2, (h_n, _) = model(x[4:], state)
+        params = list(model.parameters())
+        first = torch.autograd.grad(y1.sum() + (y2 * y2.detach().sin()).sum() + h_n.sum(), [x, *params],
+                                    create_graph=True)
+        return first, torch.autograd.grad(sum((g ** 2).sum() for g in first), [x, *params])
+
+    for got, want in zip(second_order(ours), second_order(ref)):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, **F64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_hessian_vector_product_float32(backend):
     torch.manual_seed(1)
     ref = fastrnn.SABLSTM(3, 8, k_top=3, backend="reference")

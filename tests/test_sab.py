@@ -264,13 +264,25 @@ def test_bfloat16_rejected(backend):
 
 # ---------------------------------------------------------------- cpu: opcheck
 
-def op_inputs(scorer, requires_grad, T=5, B=2, I=3, H=4, k_top=2, k_att=2):
+def op_inputs(scorer, requires_grad, T=5, B=2, I=3, H=4, k_top=2, k_att=2, S0=None, step0=0):
+    """sab_forward's arguments; S0: a carried memory [B, S0, H] (None: a fresh sequence)."""
     args = layer_args(T, B, I, H, A=3 if scorer == "mlp" else None, scorer=scorer)
+    if S0 is not None:
+        args["memory"] = (torch.randn(B, S0, H, dtype=torch.float64) * 0.5).requires_grad_()
     if not requires_grad:
         args = {k: (v.detach() if v is not None else None) for k, v in args.items()}
     s = schedule_args(truncation.fixed(T, 2), torch.float64)
     return (args["x"], args["w_ih"], args["w_hh"], args["b_ih"], args["b_hh"], args["att_wh"], args["att_wm"],
-            args["att_vb"], args["h0"], args["c0"], s["cut"], s["scale"], None, k_top, k_att, scorer, True)
+            args["att_vb"], args["h0"], args["c0"], s["cut"], s["scale"], None, args.get("memory"), step0,
+            k_top, k_att, scorer, True)
+
+
+def backward_inputs(fwd, out, grads, grad_new_slots=None):
+    """sab_backward's arguments after `out = sab_forward(*fwd)`: `grads` of (y, h_n, c_n), grad_new_slots."""
+    (x, w_ih, w_hh, b_ih, _, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0, k_top, k_att,
+     scorer, provisional) = fwd
+    return [*grads, grad_new_slots, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory,
+            step0, out[0], *out[3:11], k_top, k_att, scorer, provisional, b_ih is not None]
 
 
 @only("cpu")
@@ -283,12 +295,27 @@ def test_opcheck_forward(scorer):
 @pytest.mark.parametrize("scorer", ["mlp", "linear"])
 def test_opcheck_backward(scorer):
     fwd = op_inputs(scorer, False)
-    x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, k_top, k_att, _, prov = fwd
     out = torch.ops.fastrnn.sab_forward(*fwd)
-    g = [torch.randn_like(t) for t in out[:3]]
-    args = (*g, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, out[0], *out[3:],
-            k_top, k_att, scorer, prov, True)
-    torch.library.opcheck(torch.ops.fastrnn.sab_backward.default, args)
+    args = backward_inputs(fwd, out, [torch.randn_like(t) for t in out[:3]])
+    torch.library.opcheck(torch.ops.fastrnn.sab_backward.default, tuple(args))
+
+
+# Streaming: a memory of S0 = 3 slots, the call starting at global step 3 (off the k_att = 2 grid), so that
+# it writes S1 = (3 + 5) // 2 - 3 // 2 = 3 slots.
+@only("cpu")
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+def test_opcheck_forward_with_memory(scorer):
+    torch.library.opcheck(torch.ops.fastrnn.sab_forward.default, op_inputs(scorer, True, S0=3, step0=3))
+
+
+@only("cpu")
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+def test_opcheck_backward_with_memory(scorer):
+    fwd = op_inputs(scorer, False, S0=3, step0=3)
+    out = torch.ops.fastrnn.sab_forward(*fwd)
+    assert out[11].shape == (2, 3, 4)
+    args = backward_inputs(fwd, out, [torch.randn_like(t) for t in out[:3]], torch.randn_like(out[11]))
+    torch.library.opcheck(torch.ops.fastrnn.sab_backward.default, tuple(args))
 
 
 # ---------------------------------------------------------------- cpu: argument errors
@@ -299,6 +326,7 @@ def _bad(args, i, value):
     return tuple(args)
 
 
+F64 = torch.float64
 ERROR_CASES = [
     # (argument index, replacement builder, expected text)
     (2, lambda a: a[2][:, :3].contiguous(), "w_hh"),
@@ -310,10 +338,15 @@ ERROR_CASES = [
     (10, lambda a: a[10].to(torch.int64), "cut"),
     (11, lambda a: a[11][:2], "scale"),
     (3, lambda a: None, "b_ih and b_hh"),
-    (13, lambda a: 0, "k_top"),
-    (14, lambda a: 0, "k_att"),
-    (15, lambda a: "dot", "scorer"),
+    (15, lambda a: 0, "k_top"),
+    (16, lambda a: 0, "k_att"),
+    (17, lambda a: "dot", "scorer"),
     (0, lambda a: a[0][:0], "x"),
+    (13, lambda a: torch.zeros(3, 2, 5, dtype=F64), r"memory must have shape \[B, S0, H\]"),
+    (13, lambda a: torch.zeros(3, 0, 4, dtype=F64), r"memory must have shape .*S0 >= 1"),
+    (13, lambda a: torch.zeros(3, 2, 4), "memory must have dtype"),
+    (13, lambda a: torch.zeros(3, 4, 2, dtype=F64).transpose(1, 2), "memory must be contiguous"),
+    (14, lambda a: -1, "step0 must be >= 0"),
 ]
 
 
@@ -326,15 +359,42 @@ def test_forward_errors_name_the_argument(i, make, text):
 
 
 @only("cpu")
-def test_backward_errors_name_the_argument():
-    fwd = op_inputs("linear", False)
-    x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, k_top, k_att, scorer, prov = fwd
+def test_forward_refuses_lengths_with_memory():
+    args = _bad(op_inputs("mlp", False, B=3, H=4, S0=2), 12, torch.tensor([5, 2, 0]))
+    with pytest.raises(RuntimeError, match="fastrnn::sab_forward: lengths cannot be combined with memory"):
+        torch.ops.fastrnn.sab_forward(*args)
+
+
+# In sab_backward's arguments (backward_inputs): grad_new_slots 3, lengths 14, memory 15, step0 16, idx 21.
+BACKWARD_ERROR_CASES = [
+    (21, lambda a: a[21][:, :, :1].contiguous(), "idx"),
+    (3, lambda a: torch.zeros(2, 2, 4, dtype=F64), r"grad_new_slots must have shape \[2, 3, 4\]"),
+    (3, lambda a: torch.zeros(2, 3, 4), "grad_new_slots must have dtype"),
+    (15, lambda a: a[15][:, :2].contiguous(), "slot_keys must have shape"),   # another S0: slot_keys disagree
+    (15, lambda a: a[15].float(), "memory must have dtype"),
+    (16, lambda a: -1, "step0 must be >= 0"),
+    (14, lambda a: torch.tensor([5, 2]), "lengths cannot be combined with memory"),
+]
+
+
+@only("cpu")
+@pytest.mark.parametrize("i,make,text", BACKWARD_ERROR_CASES, ids=[c[2] for c in BACKWARD_ERROR_CASES])
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+def test_backward_errors_name_the_argument(scorer, i, make, text):
+    fwd = op_inputs(scorer, False, S0=3, step0=3)
     out = torch.ops.fastrnn.sab_forward(*fwd)
-    g = [torch.zeros_like(t) for t in out[:3]]
-    args = [*g, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, out[0], *out[3:],
-            k_top, k_att, scorer, prov, True]
-    args[18] = args[18][:, :, :1].contiguous()   # idx
-    with pytest.raises(RuntimeError, match="idx"):
+    args = backward_inputs(fwd, out, [torch.zeros_like(t) for t in out[:3]], torch.zeros_like(out[11]))
+    with pytest.raises(RuntimeError, match=f"fastrnn::sab_backward: {text}"):
+        torch.ops.fastrnn.sab_backward(*_bad(args, i, make(args)))
+
+
+@only("cpu")
+def test_backward_refuses_lengths_with_grad_new_slots():
+    fwd = op_inputs("mlp", False)
+    out = torch.ops.fastrnn.sab_forward(*fwd)
+    args = backward_inputs(fwd, out, [torch.zeros_like(t) for t in out[:3]], torch.zeros_like(out[11]))
+    args[14] = torch.tensor([5, 2])
+    with pytest.raises(RuntimeError, match="fastrnn::sab_backward: lengths cannot be combined with grad_new_slots"):
         torch.ops.fastrnn.sab_backward(*args)
 
 

@@ -123,3 +123,33 @@ def test_bfloat16_chunked(backend):
     for name in rg:
         assert og[name].dtype == torch.bfloat16, name
         assert (og[name].float() - rg[name]).abs().max() <= BF16_TOL["sab_grad"] * rg[name].abs().max(), name
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+def test_backend_chunked_second_order_equals_reference(backend, scorer):
+    """create_graph=True through chunked calls (float64): the fused backward recomputes through the reference
+    (ops/glue.py), which must take the carried memory as an input and new_slots' gradient as an output's;
+    a gradient penalty's gradient equals the reference's chunked one."""
+    torch.manual_seed(2)
+    args = layer_args(13, 2, 2, 3, A=4, scorer=scorer)
+    sched = truncation.fixed(13, 4)
+    kw = dict(k_top=2, k_att=2, scorer=scorer, provisional=True)
+
+    def second_order(sab_layer):
+        y, h_n, c_n, _, memory = chunked(sab_layer, args, sched.cut, sched.scale.double(), CHUNKS, **kw)
+        named = leaves(args)
+        loss = (y * y.detach().sin()).sum() + h_n.sum() + c_n.square().sum() + memory.square().sum()
+        first = torch.autograd.grad(loss, list(named.values()), create_graph=True)
+        penalty = sum((g ** 2).sum() for g in first)
+        return first, torch.autograd.grad(penalty, list(named.values()), allow_unused=True)
+
+    first, second = second_order(layer_fn(backend, "sab_layer"))
+    first_ref, second_ref = second_order(reference.sab_layer)
+    names = list(leaves(args))
+    for order, got, want in ((1, first, first_ref), (2, second, second_ref)):
+        for name, a, b in zip(names, got, want):
+            if b is None:
+                assert a is None, f"order {order}, d{name}"
+                continue
+            torch.testing.assert_close(a, b, **TOL[torch.float64], msg=lambda m: f"order {order}, d{name}: {m}")

@@ -14,6 +14,9 @@
 // dM [B, S, H] (d_slots) and dP [B, S, A] (d_slot_keys, mlp) collect each slot's gradient until the sweep
 // reaches the step that wrote it; dP_j joins dM_j through att_wm (one GEMM) right before that. Rows are
 // independent until the weight gradients, so each thread sweeps one block of rows (see sweep).
+// Streaming (docs/SPEC.md section 8): the dM of the slots this call wrote start from grad_new_slots, the
+// gradient later calls sent them; the slots carried in are written by no step here, so after the sweep
+// their dM (with dP @ att_wm) is dmemory, or for a fresh call (slot 0 = h0) joins dh0.
 //
 // Weight gradients, in chunks of C steps: dx = dG W_ih, dW_ih = dG^T x, dW_hh = Σ_t dG_t^T h_{t-1},
 // db = column sums of dG, and (mlp) d att_wh = dQ^T ĥ. Keeping dG [T, B, 4H] and dQ [T, B, A] for the whole
@@ -85,7 +88,7 @@ template <typename T>
 void attention_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j_written, T* dq) {
   const int64_t H = a.H, k_top = a.k_top;
   T* dh = a.sweep.dh + b * H;
-  if (j_written > 0 && !a.provisional) add(dh, dh, a.d_slots + (b * a.S + j_written) * H, H);
+  if (j_written >= 0 && !a.provisional) add(dh, dh, a.d_slots + (b * a.S + j_written) * H, H);
 
   const int64_t* idx = a.idx + (t * a.B + b) * k_top;
   const T* w = a.w + (t * a.B + b) * k_top;
@@ -141,15 +144,15 @@ void sweep(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t b0, int64
     const int64_t t0 = t / a.C * a.C;  // first step of t's chunk
     T* dG = k.dG + (t - t0) * R * G;   // this step's rows in the chunk
     T* dQ = k.dQ + (t - t0) * R * A;
-    const int64_t j_written = (t + 1) % a.k_att == 0 ? (t + 1) / a.k_att : 0;
-    if (a.mlp && j_written > 0)  // every step reading slot j is done: dM_j += dP_j @ att_wm
+    const int64_t j_written = a.grid.written(t);
+    if (a.mlp && j_written >= 0)  // every step reading slot j is done: dM_j += dP_j @ att_wm
       gemm<T>(false, false, R, H, A, T(1), a.d_slot_keys + b0 * S * A + j_written * A, S * A, a.att_wm, H, T(1),
               a.d_slots + b0 * S * H + j_written * H, S * H);
     if (a.mlp)  // the query q_t = att_wh @ ĥ_t, as in the forward
       gemm<T>(false, true, R, A, H, T(1), a.hhat + (t * B + b0) * H, H, a.att_wh, H, T(0), a.query + b0 * A, A);
     for (int64_t b = b0; b < b0 + R; ++b) attention_backward_row(a, t, b, j_written, dQ + (b - b0) * A);
     if (a.mlp) gemm<T>(false, false, R, H, A, T(1), dQ, A, a.att_wh, H, T(1), a.sweep.dh + b0 * H, H);
-    if (j_written > 0 && a.provisional)  // the slot holds ĥ_t
+    if (j_written >= 0 && a.provisional)  // the slot holds ĥ_t
       for (int64_t b = b0; b < b0 + R; ++b)
         add(a.sweep.dh + b * H, a.sweep.dh + b * H, a.d_slots + (b * S + j_written) * H, H);
     lstm_step_backward(a.L, a.sweep, t, b0, R, dG);  // dh is dL/dĥ_t now
@@ -157,17 +160,30 @@ void sweep(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t b0, int64
   }
 }
 
+// After the sweep, the gradient of the S0 carried slots, which no step of this call wrote: dM_j, plus
+// dP_j @ att_wm (mlp; one GEMM over all of them). Returns it as dmemory [B, S0, H]; for a fresh call
+// (no memory) slot 0 is h0, so it joins dh0 (where step 0 left the recurrent gradient) and dmemory is [0].
+at::Tensor carried_slot_grads(const at::Tensor& d_slots, const at::Tensor& d_slot_keys, const at::Tensor& att_wm,
+                              bool mlp, int64_t S0, bool has_memory, at::Tensor& dh0) {
+  at::Tensor dm = d_slots.narrow(1, 0, S0);
+  if (mlp) dm.add_(at::matmul(d_slot_keys.narrow(1, 0, S0), att_wm));
+  if (has_memory) return dm.contiguous();
+  dh0.add_(dm.select(1, 0));
+  return at::empty({0}, d_slots.options());
+}
+
 // dx, dw_ih, dw_hh, db (the gradient of b_ih and of b_hh; [0] without bias), datt_wh, datt_wm, datt_vb,
-// dh0, dc0.
+// dh0, dc0, dmemory ([0] without memory).
 using SabBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                  at::Tensor, at::Tensor, at::Tensor>;
+                                  at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn,
-                                const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_vb,
-                                const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
-                                const at::Tensor& scale, const std::optional<at::Tensor>& lengths,
-                                const at::Tensor& y, const at::Tensor& gates, const at::Tensor& c,
+                                const std::optional<at::Tensor>& grad_new_slots, const at::Tensor& x,
+                                const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& att_wh,
+                                const at::Tensor& att_wm, const at::Tensor& att_vb, const at::Tensor& h0,
+                                const at::Tensor& c0, const at::Tensor& cut, const at::Tensor& scale,
+                                const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& memory,
+                                int64_t step0, const at::Tensor& y, const at::Tensor& gates, const at::Tensor& c,
                                 const at::Tensor& hhat, const at::Tensor& idx, const at::Tensor& w,
                                 const at::Tensor& thr, const at::Tensor& denom, const at::Tensor& slot_keys,
                                 int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional,
@@ -175,8 +191,17 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   ArgChecker ck("fastrnn::sab_backward", at::kCPU);
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
-  const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, S = num_slots(steps, k_att), G = 4 * H;
+  ck.lengths(lengths, d);
+  const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
+  const at::Tensor& carried = memory.has_value() ? *memory : h0;
+  const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, S = grid.n_mem(steps), S0 = grid.S0, G = 4 * H;
   const bool mlp = sd.mlp;
+  if (grad_new_slots.has_value()) {
+    TORCH_CHECK(!lengths.has_value(), ck.op(),
+                ": lengths cannot be combined with grad_new_slots (slots written past a row's length would be "
+                "carried into the next call)");
+    ck.tensor(*grad_new_slots, "grad_new_slots", {B, S - S0, H});
+  }
   ck.tensor(grad_y, "grad_y", {steps, B, H});
   ck.tensor(grad_hn, "grad_hn", {B, H});
   ck.tensor(grad_cn, "grad_cn", {B, H});
@@ -193,7 +218,6 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   } else {
     ck.tensor(slot_keys, "slot_keys", {B, S});
   }
-  ck.lengths(lengths, d);
   const int64_t* len = lengths_data(lengths);
 
   const auto opt = x.options();
@@ -205,6 +229,7 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   at::Tensor acc_b = at::zeros({nblocks, G}, opt), acc_att_wh = at::zeros({nblocks, A, H}, opt);
   at::Tensor query = at::empty({B, A}, opt);
   at::Tensor d_slots = empty_huge({B, S, H}, opt).zero_();
+  if (grad_new_slots.has_value()) d_slots.narrow(1, S0, S - S0).copy_(*grad_new_slots);
   at::Tensor d_slot_keys = at::zeros({mlp ? B : 0, S, A}, opt);
   at::Tensor dh = at::empty({B, H}, opt), dc0 = at::empty({B, H}, opt), dh0 = at::empty({B, H}, opt);
   at::Tensor row_datt_vb = at::zeros({B, mlp ? A : 1}, opt);
@@ -218,8 +243,8 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_backward", [&] {
     using T = scalar_t;
-    const BackwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, h0, y, hhat, slot_keys, idx, w, thr, denom, k_att,
-                                          mlp, provisional)},
+    const BackwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
+                                          denom, mlp, provisional)},
                             lstm_layer<T>(x, w_ih, w_hh, h0, c0, /*h=*/y, gates, c, /*h_cell=*/hhat),
                             lstm_sweep<T>(gy, grad_hn, grad_cn, len, cut, scale, dh, dc0, dh0), C,
                             query.data_ptr<T>(), d_slots.data_ptr<T>(), mlp ? d_slot_keys.data_ptr<T>() : nullptr,
@@ -231,12 +256,6 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
                                 acc_b.data_ptr<T>() + k * G, acc_att_wh.data_ptr<T>() + k * A * H};
       sweep(a, buf, b0, nb);
     });
-
-    // h0 is slot 0 as well as the recurrent input of step 0 (whose gradient step 0 left in dh0).
-    if (mlp)  // slot 0's key gradient joins it like any other slot's
-      gemm<T>(false, false, B, H, A, T(1), a.d_slot_keys, S * A, a.att_wm, H, T(1), a.d_slots, S * H);
-    T* dh0_p = dh0.data_ptr<T>();
-    for (int64_t b = 0; b < B; ++b) add(dh0_p + b * H, dh0_p + b * H, a.d_slots + b * S * H, H);
 
     if (mlp) {
       datt_wh = sum_blocks(acc_att_wh);
@@ -253,10 +272,11 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
       datt_wh = row_datt_wh.sum(0);
     }
   });
+  const at::Tensor dmemory = carried_slot_grads(d_slots, d_slot_keys, att_wm, mlp, S0, memory.has_value(), dh0);
   const at::Tensor datt_vb = row_datt_vb.sum(0);
   if (len) add_zero_length_grads(len, grad_hn, grad_cn, dh0, dc0);
   at::Tensor db = has_bias ? sum_blocks(acc_b) : at::empty({0}, opt);
-  return {dx, sum_blocks(acc_ih), sum_blocks(acc_hh), db, datt_wh, datt_wm, datt_vb, dh0, dc0};
+  return {dx, sum_blocks(acc_ih), sum_blocks(acc_hh), db, datt_wh, datt_wm, datt_vb, dh0, dc0, dmemory};
 }
 
 }  // namespace

@@ -8,14 +8,17 @@
 // summary y_t = ĥ_t + s_t, the state fed back.
 //   mlp:    the query q_t = att_wh @ ĥ_t is one GEMM over the block (not kept: the backward recomputes
 //           it); a_j = v · tanh(q_t + P_j) with the slot keys P_j = att_wm @ m_j computed once, when
-//           slot j is written (one GEMM).
+//           slot j is written (one GEMM), or at the start of the call for the slots carried in.
 //   linear: the slot part att_wm · m_j of the score never changes, so each row keeps its
 //           top-(k_top+1) slots incrementally: O(k_top) per step instead of O(|M|).
+// Streaming (docs/SPEC.md section 8): the memory starts as the slots carried in (sab_rows.h, SlotGrid), and
+// each slot written is also copied to new_slots, the memory the next call carries on.
 // Nothing is allocated inside the loop; what the backward needs is O(T·B·H) plus
 // O(T·B·k_top) indices and weights; never O(T·|M|) scores.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "checks.h"
@@ -33,7 +36,15 @@ template <typename T>
 struct ForwardArgs : SabLayer<T> {
   LstmLayer<T> L;  // h = y (the state fed back), h_cell = hhat (ĥ_t)
   T* query;        // [B, A]: the current step's query q_t = att_wh ĥ_t per row (mlp)
+  T* new_slots;    // [B, S - S0, H]: the slots written by this call
 };
+
+// SPEC step 8 for row b: slot j (>= S0), just written, into new_slots.
+template <typename T>
+void copy_new_slot(const ForwardArgs<T>& a, int64_t j, int64_t b) {
+  const int64_t S1 = a.S - a.grid.S0;
+  std::copy_n(a.slot(j, b), a.H, a.new_slots + (b * S1 + j - a.grid.S0) * a.H);
+}
 
 // Row b of step t, once its scores are ranked (`list`, over the n_mem slots written so far): the threshold,
 // the sparse weights into the attention record (SPEC steps 5-6), then the summary and the final state
@@ -67,13 +78,11 @@ struct Rankings {
 template <typename T>
 void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& rank) {
   const int64_t B = a.B, H = a.H, A = a.A, S = a.S;
-  T* keys = a.slot_keys + b0 * S * A;  // the block's [nb, S, A]
-  // Slot 0 = h0.
-  gemm<T>(false, true, nb, A, H, T(1), a.h0 + b0 * H, H, a.att_wm, H, T(0), keys, S * A);
+  T* keys = a.slot_keys + b0 * S * A;  // the block's [nb, S, A]; the carried slots' keys are there
   for (int64_t t = 0; t < a.steps; ++t) {
     lstm_step_forward(a.L, t, b0, nb);
     gemm<T>(false, true, nb, A, H, T(1), a.hhat + (t * B + b0) * H, H, a.att_wh, H, T(0), a.query + b0 * A, A);
-    const int64_t n_mem = 1 + t / a.k_att;
+    const int64_t n_mem = a.grid.n_mem(t);
     for (int64_t b = b0; b < b0 + nb; ++b) {
       sparse::TopList<T> list = rank.row(b);
       list.clear();
@@ -82,10 +91,11 @@ void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& r
       for (int64_t j = 0; j < n_mem; ++j) list.push(mlp_score(query, row_keys + j * A, a.att_vb, A), j);
       attend_row(a, t, b, list, n_mem);
     }
-    if ((t + 1) % a.k_att == 0) {  // SPEC step 8: the new slot's key, once
-      const int64_t j = (t + 1) / a.k_att;
+    const int64_t j = a.grid.written(t);
+    if (j >= 0) {  // SPEC step 8: the new slot's key, once
       const T* m = (a.provisional ? a.hhat : a.y) + (t * B + b0) * H;
       gemm<T>(false, true, nb, A, H, T(1), m, H, a.att_wm, H, T(0), keys + j * A, S * A);
+      for (int64_t b = b0; b < b0 + nb; ++b) copy_new_slot(a, j, b);
     }
   }
 }
@@ -96,18 +106,22 @@ void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>
   // Per row: `keep`, the running top-(k_top+1) of the slot keys att_wm · m_j, and `step`, the same
   // ranking with the full scores a_j = att_wm · m_j + att_wh · ĥ_t + att_b of the current step.
   const T att_b = a.att_vb[0];
-  auto write_slot = [&](int64_t b, int64_t j) {
-    const T* m = a.slot(j, b);
-    const T key = dot(a.att_wm, m, H);
-    a.slot_keys[b * S + j] = key;
+  auto rank_slot = [&](int64_t b, int64_t j) {
     sparse::TopList<T> list = keep.row(b);
-    list.push(key, j);
+    list.push(a.slot_keys[b * S + j], j);
     keep.n[b] = list.n;
   };
-  for (int64_t b = b0; b < b0 + nb; ++b) write_slot(b, 0);
+  auto write_slot = [&](int64_t b, int64_t j) {
+    a.slot_keys[b * S + j] = dot(a.att_wm, a.slot(j, b), H);
+    rank_slot(b, j);
+    copy_new_slot(a, j, b);
+  };
+  for (int64_t b = b0; b < b0 + nb; ++b)  // the carried slots, whose keys are there
+    for (int64_t j = 0; j < a.grid.S0; ++j) rank_slot(b, j);
   for (int64_t t = 0; t < a.steps; ++t) {
     lstm_step_forward(a.L, t, b0, nb);
-    const int64_t n_mem = 1 + t / a.k_att;
+    const int64_t n_mem = a.grid.n_mem(t);
+    const int64_t j = a.grid.written(t);
     for (int64_t b = b0; b < b0 + nb; ++b) {
       const T query = dot(a.att_wh, a.hhat + (t * B + b) * H, H);
       // The ranking by the slot key is the ranking by the full score, the query term being shared
@@ -119,30 +133,33 @@ void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>
         ranked.slot[r] = kept.slot[r];
       }
       attend_row(a, t, b, ranked, n_mem);
-      if ((t + 1) % a.k_att == 0) write_slot(b, (t + 1) / a.k_att);
+      if (j >= 0) write_slot(b, j);
     }
   }
 }
 
 // y, h_n, c_n, then what the backward needs: gates (activated) [T,B,4H], c [T,B,H], hhat [T,B,H],
 // idx [T,B,k_top] int64, w [T,B,k_top], thr [T,B] int64 (slot receiving dL/dtau), denom [T,B],
-// slot_keys (mlp [B,S,A], linear [B,S]).
+// slot_keys (mlp [B,S,A], linear [B,S]); last new_slots [B,S1,H], the slots this call wrote.
 using SabForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                 at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+                                 at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                               const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
                               const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_vb,
                               const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
-                              const at::Tensor& scale, const std::optional<at::Tensor>& lengths, int64_t k_top,
-                              int64_t k_att, c10::string_view scorer, bool provisional) {
+                              const at::Tensor& scale, const std::optional<at::Tensor>& lengths,
+                              const std::optional<at::Tensor>& memory, int64_t step0, int64_t k_top, int64_t k_att,
+                              c10::string_view scorer, bool provisional) {
   ArgChecker ck("fastrnn::sab_forward", at::kCPU);
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   ck.biases(b_ih, b_hh, d);
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
   ck.lengths(lengths, d);
+  const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
+  const at::Tensor& carried = memory.has_value() ? *memory : h0;
   const int64_t* len = lengths_data(lengths);
-  const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A, S = num_slots(steps, k_att);
+  const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A, S = grid.n_mem(steps);
   const bool mlp = sd.mlp;
   const auto opt = x.options();
   const auto lopt = opt.dtype(at::kLong);
@@ -156,14 +173,16 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
   at::Tensor denom = at::empty({steps, B}, opt);
   at::Tensor query = at::empty({B, A}, opt);  // the current step's query, per row (mlp)
   at::Tensor slot_keys = mlp ? at::empty({B, S, A}, opt) : at::empty({B, S}, opt);
+  at::Tensor new_slots = at::empty({B, S - grid.S0, H}, opt);
   input_projection(x, w_ih, b_ih, b_hh, gates);
+  carried_keys(carried, grid.S0, att_wm, mlp, slot_keys);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_forward", [&] {
     using T = scalar_t;
-    const ForwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, h0, y, hhat, slot_keys, idx, w, thr, denom, k_att,
-                                         mlp, provisional)},
+    const ForwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
+                                         denom, mlp, provisional)},
                            lstm_layer<T>(x, w_ih, w_hh, h0, c0, /*h=*/y, gates, c, /*h_cell=*/hhat),
-                           mlp ? query.data_ptr<T>() : nullptr};
+                           mlp ? query.data_ptr<T>() : nullptr, new_slots.data_ptr<T>()};
     Rankings<T> rank(B, k_top), step(B, k_top);
     for_each_row_block(B, [&](int64_t, int64_t b0, int64_t nb) {
       if (mlp) {
@@ -177,7 +196,7 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
   // backward reads the masked record: past a row's length nothing is selected and no gradient arrives.
   auto [h_n, c_n] = stop_at_lengths(len, y, c, h0, c0);
   if (len) mask_attention(len, idx, w);
-  return {y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, slot_keys};
+  return {y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, slot_keys, new_slots};
 }
 
 }  // namespace

@@ -142,33 +142,43 @@ inline void mlp_score_backward(const T* q, const T* p, const T* v, T da, T* dv, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Memory layout shared by forward and backward.
-//   slot j >= 1 is written at the end of step j * k_att - 1; slot 0 is h0.
-//   slot_keys, the scorer's projection of each slot, computed once when the slot is written (row-major per
-//   batch row, so one row's scan is contiguous):
+// Memory layout shared by forward and backward (docs/SPEC.md sections 1 and 8).
+//   The call's memory is cat(carried, new slots). Slots 0 .. S0-1 are carried in: `memory` [B, S0, H] of
+//   earlier calls, or h0 read as [B, 1, H] (S0 = 1) for a fresh sequence. Slot S0 + i is the i-th slot this
+//   call writes: after the steps t with (step0 + t + 1) % k_att == 0, step0 being the global index of step 0.
+//   slot_keys, the scorer's projection of each slot (row-major per batch row, so one row's scan is
+//   contiguous); a carried slot's key is computed at the start of the call, a new slot's when it is written:
 //     mlp     [B, S, A] = att_wm @ m_j
 //     linear  [B, S]    = att_wm · m_j (the slot's part of the score; it never changes)
-inline int64_t num_slots(int64_t T, int64_t k_att) { return 1 + T / k_att; }
-inline int64_t slot_step(int64_t j, int64_t k_att) { return j * k_att - 1; }
 
-// The value m_j of slot j for batch row b: h0, or the final (y) / provisional (ĥ) state of its step.
-template <typename T>
-inline const T* slot_value(int64_t j, int64_t b, const T* h0, const T* y, const T* hhat, bool provisional,
-                           int64_t k_att, int64_t B, int64_t H) {
-  if (j == 0) return h0 + b * H;
-  const T* base = provisional ? hhat : y;
-  return base + (slot_step(j, k_att) * B + b) * H;
-}
+// Which slots exist when, in one call.
+struct SlotGrid {
+  int64_t S0;     // slots carried in
+  int64_t step0;  // global index of the call's step 0
+  int64_t k_att;
+  int64_t first;  // the first local step that writes a slot (may be >= T: none)
+
+  SlotGrid(int64_t S0, int64_t step0, int64_t k_att)
+      : S0(S0), step0(step0), k_att(k_att), first((step0 / k_att + 1) * k_att - 1 - step0) {}
+
+  // The slots written before step t, which step t scores (|M| of SPEC step 4); n_mem(T) is the call's S.
+  int64_t n_mem(int64_t t) const { return S0 + (step0 + t) / k_att - step0 / k_att; }
+  // The slot written after step t (SPEC step 8), or -1 if none.
+  int64_t written(int64_t t) const { return (step0 + t + 1) % k_att == 0 ? n_mem(t) : -1; }
+  // The step that wrote slot j >= S0.
+  int64_t step_of(int64_t j) const { return first + (j - S0) * k_att; }
+};
 
 // The SAB part of one layer call (the LSTM part is lstm_step.h's LstmLayer): sizes, options, the scorer's
 // parameters, the states the slots hold, their keys and the attention record, [T, B, .] step-major. The
 // forward writes y, hhat, the keys and the record; the backward only reads them.
 template <typename T>
 struct SabLayer {
-  int64_t steps, B, H, A, S, k_top, k_att;  // A = 0 for the linear scorer
+  int64_t steps, B, H, A, S, k_top;  // A = 0 for the linear scorer; S = S0 + S1 slots
+  SlotGrid grid;
   bool mlp, provisional;
   const T *att_wh, *att_wm, *att_vb;  // mlp: [A, H], [A, H], att_v [A]; linear: [H], [H], att_b [1]
-  const T* h0;                        // [B, H]: slot 0
+  const T* carried;                   // [B, S0, H]: slots 0 .. S0-1 (memory, or h0)
   T *y, *hhat;                        // [T, B, H]: h_t (final states) and ĥ_t (the cell's outputs)
   T* slot_keys;                       // mlp [B, S, A], linear [B, S]
   int64_t* idx;                       // [T, B, k_top]: the selected slots, ascending, -1 padding
@@ -176,23 +186,37 @@ struct SabLayer {
   int64_t* thr;                       // [T, B]: the slot that receives dL/dtau
   T* denom;                           // [T, B]: Σ ã + eps
 
-  // The value m_j of slot j for batch row b.
-  const T* slot(int64_t j, int64_t b) const { return slot_value(j, b, h0, y, hhat, provisional, k_att, B, H); }
+  // The value m_j of slot j for batch row b: carried in, or the final (y) / provisional (ĥ) state of the
+  // step that wrote it.
+  const T* slot(int64_t j, int64_t b) const {
+    if (j < grid.S0) return carried + (b * grid.S0 + j) * H;
+    return (provisional ? hhat : y) + (grid.step_of(j) * B + b) * H;
+  }
 };
 
-// The SabLayer of contiguous tensors of the dtype T (checked by the op: csrc/checks.h).
+// The SabLayer of contiguous tensors of the dtype T (checked by the op: csrc/checks.h). `carried`: the
+// memory [B, S0, H], or h0 [B, H] (S0 = 1).
 template <typename T>
 inline SabLayer<T> sab_layer(const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_vb,
-                             const at::Tensor& h0, const at::Tensor& y, const at::Tensor& hhat,
-                             const at::Tensor& slot_keys, const at::Tensor& idx, const at::Tensor& w,
-                             const at::Tensor& thr, const at::Tensor& denom, int64_t k_att, bool mlp,
+                             const at::Tensor& carried, const SlotGrid& grid, const at::Tensor& y,
+                             const at::Tensor& hhat, const at::Tensor& slot_keys, const at::Tensor& idx,
+                             const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom, bool mlp,
                              bool provisional) {
   const int64_t steps = y.size(0);
-  return {steps, y.size(1), y.size(2), mlp ? att_wh.size(0) : 0, num_slots(steps, k_att), idx.size(2), k_att,
+  return {steps, y.size(1), y.size(2), mlp ? att_wh.size(0) : 0, grid.n_mem(steps), idx.size(2), grid,
           mlp, provisional,
-          att_wh.const_data_ptr<T>(), att_wm.const_data_ptr<T>(), att_vb.const_data_ptr<T>(), h0.const_data_ptr<T>(),
-          y.data_ptr<T>(), hhat.data_ptr<T>(), slot_keys.data_ptr<T>(), idx.data_ptr<int64_t>(), w.data_ptr<T>(),
-          thr.data_ptr<int64_t>(), denom.data_ptr<T>()};
+          att_wh.const_data_ptr<T>(), att_wm.const_data_ptr<T>(), att_vb.const_data_ptr<T>(),
+          carried.const_data_ptr<T>(), y.data_ptr<T>(), hhat.data_ptr<T>(), slot_keys.data_ptr<T>(),
+          idx.data_ptr<int64_t>(), w.data_ptr<T>(), thr.data_ptr<int64_t>(), denom.data_ptr<T>()};
+}
+
+// The keys of the S0 carried slots into slot_keys[:, :S0]: one GEMM over all B * S0 of them (mlp), or one
+// matrix-vector product (linear). Recomputed at every call: cached keys would be stale after an optimiser
+// step (docs/CONTRACT.md).
+inline void carried_keys(const at::Tensor& carried, int64_t S0, const at::Tensor& att_wm, bool mlp,
+                         at::Tensor& slot_keys) {
+  const at::Tensor m = carried.view({slot_keys.size(0), S0, att_wm.size(-1)});
+  slot_keys.narrow(1, 0, S0).copy_(mlp ? at::matmul(m, att_wm.t()) : at::matmul(m, att_wm));
 }
 
 }  // namespace cpu

@@ -32,28 +32,35 @@ def wants_graph() -> bool:
 
 
 def differentiable_backward(reference_layer: Callable, inputs: Sequence, needs_input_grad: Sequence[bool],
-                            output_grads: Sequence[Optional[Tensor]], **config) -> list:
-    """Gradients of the layer's tensor results with respect to `inputs`, with a graph, via the reference.
+                            output_grads: Sequence[Optional[Tensor]], *, keyword_inputs: Optional[dict] = None,
+                            **config) -> list:
+    """Gradients of the layer's outputs with respect to its inputs, with a graph, via the reference.
 
-    reference_layer: `fastrnn.reference.lstm_layer` or `sab_layer` (or a wrapper of it); `inputs` its
-    positional arguments in order (x, weights, ..., h0, c0, cut, scale), the tensors the forward saved
-    (still attached to the caller's graph); `needs_input_grad` the op's flags for them; `output_grads` the
-    gradients of the layer's tensor results in order, None where unused: (y, h_n, c_n), and new_slots
-    after them when streaming (the attention record is not a tensor result); `config` the reference's
-    keyword arguments (the SAB options, `lengths` and the streaming arguments, which the op's backward must
-    pass on: the reference then computes what the kernels did). Returns one entry per input: a gradient
-    (zeros where the input does not influence the outputs) or None where not needed.
+    reference_layer: `fastrnn.reference.lstm_layer` or `sab_layer`; `inputs` its positional arguments in
+    order (x, weights, ..., h0, c0, cut, scale), the tensors the forward saved (still attached to the
+    caller's graph), and `keyword_inputs` ({name: tensor or None}) those it takes by keyword that may need a
+    gradient too (a SAB layer's carried `memory`); `needs_input_grad` the op's flags for `inputs` followed by
+    `keyword_inputs` in their order; `output_grads` the gradients of the reference's tensor results in order
+    (y, h_n, c_n and, with `return_slots=True` in `config`, a SAB layer's new_slots; the attention record is
+    not one), None where unused; `config` the reference's other keyword arguments (the SAB options and
+    `lengths`, which the op's backward must pass on: the reference then stops each row where the kernels
+    did; step0). Returns one entry per input (positional, then keyword): a gradient (zeros where the input
+    does not influence the outputs) or None where not needed.
     """
-    result = [None] * len(inputs)
-    wanted = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and needs_input_grad[i]]
+    keyword_inputs = keyword_inputs or {}
+    names = list(keyword_inputs)
     with torch.enable_grad():
-        # Each wanted input through its own view: the gradient is then taken at that view, the partial
-        # derivative of this call. With the inputs themselves autograd.grad would also follow an input's
-        # history back to another input (a streamed call's h0 and memory come from earlier calls with the
-        # same weights) and count those calls again, which autograd's own backward already does. The view
-        # keeps the gradient attached to the input for the next order.
-        inputs = [t.view_as(t) if i in wanted else t for i, t in enumerate(inputs)]
-        outputs = [o for o in reference_layer(*inputs, **config) if isinstance(o, Tensor)]
+        # The reference runs on aliases of the inputs: autograd.grad stops at them, so it differentiates this
+        # layer call alone. On the inputs themselves it would also follow them upstream into whatever made them
+        # (an earlier chunk's h_n or new_slots, computed with the same weights) and add that call's gradient
+        # to the weights a second time. The aliases are views, so the gradients' graph still reaches the inputs.
+        everything = [t.view_as(t) if isinstance(t, Tensor) and t.requires_grad else t
+                      for t in (*inputs, *keyword_inputs.values())]
+        positional, keyword = everything[:len(inputs)], dict(zip(names, everything[len(inputs):]))
+        result = [None] * len(everything)
+        wanted = [i for i, t in enumerate(everything) if isinstance(t, Tensor) and needs_input_grad[i]]
+        results = reference_layer(*positional, **keyword, **config)
+        outputs = [o for o in results if isinstance(o, Tensor)]
         if len(outputs) != len(output_grads):
             raise RuntimeError(f"differentiable_backward: {len(output_grads)} output gradients for "
                                f"{len(outputs)} tensor results of the reference")
@@ -61,8 +68,8 @@ def differentiable_backward(reference_layer: Callable, inputs: Sequence, needs_i
         used = [(o, g) for o, g in zip(outputs, output_grads) if g is not None and o.requires_grad]
         if not wanted or not used:
             return result
-        grads = torch.autograd.grad([o for o, _ in used], [inputs[i] for i in wanted], [g for _, g in used],
+        grads = torch.autograd.grad([o for o, _ in used], [everything[i] for i in wanted], [g for _, g in used],
                                     create_graph=True, allow_unused=True)
     for i, g in zip(wanted, grads):
-        result[i] = torch.zeros_like(inputs[i]) if g is None else g
+        result[i] = torch.zeros_like(everything[i]) if g is None else g
     return result

@@ -11,6 +11,7 @@ import torch
 from .. import _native
 from . import glue
 from .attention import SABAttention, slot_steps
+from .streaming import check_stream
 
 __all__ = ["available", "sab_layer"]
 
@@ -21,75 +22,114 @@ def available() -> bool:
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
-              lengths=None):
-    """One SAB-LSTM layer (SPEC sections 1-2); returns (y, h_n, c_n, attention or None).
+              lengths=None, memory=None, step0: int = 0, return_slots: bool = False):
+    """One SAB-LSTM layer (SPEC sections 1-2); returns (y, h_n, c_n, attention or None[, new_slots]).
     att_vb is the scorer's last parameter: att_v [A] (scorer "mlp") or att_b [1] ("linear").
     lengths (None, or int64 [B] on x's device, each in [0, T]): each row stops at its own length
-    (docs/CONTRACT.md, "Variable length"); the attention record is -1 / 0 past it."""
+    (docs/CONTRACT.md, "Variable length"); the attention record is -1 / 0 past it.
+    Streaming (SPEC section 8): memory [B, S0, H] (None: a fresh sequence, memory [h0]) and step0, the global
+    index of x's first step; return_slots adds new_slots [B, S1, H], the slots this call wrote."""
     if not available():
         raise RuntimeError(f"fastrnn cpu backend: {_native.load_error() or 'sab ops missing from the library'}")
+    check_stream(memory, step0, lengths, return_slots, h0)
+    if memory is not None:
+        memory = memory.contiguous()       # a carried memory cut to max_slots is a strided view
     out = torch.ops.fastrnn.sab_forward(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale,
-                                        lengths, k_top, k_att, scorer, provisional)
+                                        lengths, memory, step0, k_top, k_att, scorer, provisional)
     y, h_n, c_n = out[0], out[1], out[2]
     attention = None
     if need_attention:
-        attention = SABAttention(out[6], out[7], slot_steps(x.shape[0], k_att, x.device))
+        S0 = 1 if memory is None else memory.shape[1]
+        attention = SABAttention(out[6], out[7], slot_steps(x.shape[0], k_att, x.device, S0=S0, step0=step0))
+    if return_slots:
+        return y, h_n, c_n, attention, out[11]
     return y, h_n, c_n, attention
 
 
-def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, k_top, k_att,
-                  scorer, provisional):
+def _new_slot_count(T, step0, k_att):
+    """S1, the slots a call of T steps starting at global step step0 writes (after (step0 + t + 1) % k_att == 0)."""
+    return (step0 + T) // k_att - step0 // k_att
+
+
+def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0,
+                  k_top, k_att, scorer, provisional):
     T, B, _ = x.shape
     H = h0.shape[1]
     mlp = scorer == "mlp"
     A = att_wh.shape[0] if mlp else 0
-    S = 1 + T // k_att
+    S1 = _new_slot_count(T, step0, k_att)
+    S = (1 if memory is None else memory.shape[1]) + S1
     e = x.new_empty
     return (e(T, B, H), e(B, H), e(B, H),                                     # y, h_n, c_n
             e(T, B, 4 * H), e(T, B, H), e(T, B, H),                           # gates, c, hhat
             e((T, B, k_top), dtype=torch.int64), e(T, B, k_top),              # idx, w
             e((T, B), dtype=torch.int64), e(T, B),                            # thr, denom
-            e(B, S, A) if mlp else e(B, S))                                   # slot_keys
+            e(B, S, A) if mlp else e(B, S),                                   # slot_keys
+            e(B, S1, H))                                                      # new_slots
 
 
-def _backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, y,
-                   gates, c, hhat, idx, w, thr, denom, slot_keys, k_top, k_att, scorer, provisional, has_bias):
+def _backward_fake(grad_y, grad_hn, grad_cn, grad_new_slots, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut,
+                   scale, lengths, memory, step0, y, gates, c, hhat, idx, w, thr, denom, slot_keys, k_top, k_att,
+                   scorer, provisional, has_bias):
     G = w_ih.shape[0]
     return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh),
             x.new_empty(G if has_bias else 0), torch.empty_like(att_wh), torch.empty_like(att_wm),
-            torch.empty_like(att_vb), torch.empty_like(h0), torch.empty_like(c0))
+            torch.empty_like(att_vb), torch.empty_like(h0), torch.empty_like(c0),
+            x.new_empty(0) if memory is None else torch.empty_like(memory))
 
 
 def _setup_context(ctx, inputs, output):
-    (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, k_top, k_att, scorer,
-     provisional) = inputs
-    y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, slot_keys = output
+    (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0, k_top, k_att,
+     scorer, provisional) = inputs
+    y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, slot_keys, new_slots = output
     # the biases are not needed by the kernels' backward, only by the differentiable one (glue.py)
-    ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths,
+    ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory,
                           y, gates, c, hhat, idx, w, thr, denom, slot_keys, b_ih, b_hh)
-    ctx.config = (k_top, k_att, scorer, provisional, b_ih is not None)
-    # Only y, h_n, c_n are differentiable; the attention weights are a detached record, as in the reference.
-    ctx.mark_non_differentiable(gates, c, hhat, idx, w, thr, denom, slot_keys)
-    # Otherwise autograd would allocate zero gradients for all eleven outputs (~T·B·7H floats).
+    ctx.config = (step0, k_top, k_att, scorer, provisional, b_ih is not None)
+    # y, h_n, c_n and new_slots (the memory a later call reads) are differentiable; the attention weights are
+    # a detached record, as in the reference. With lengths new_slots cannot be carried on (the op's backward
+    # refuses grad_new_slots), so it gets no gradient: AOT autograd would otherwise send it a zero tangent.
+    ctx.mark_non_differentiable(gates, c, hhat, idx, w, thr, denom, slot_keys,
+                                *((new_slots,) if lengths is not None else ()))
+    # Otherwise autograd would allocate zero gradients for all twelve outputs (~T·B·7H floats).
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_y, grad_hn, grad_cn, *unused):
-    x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, y, *saved, b_ih, b_hh = ctx.saved_tensors
-    k_top, k_att, scorer, provisional, has_bias = ctx.config
+def _backward(ctx, grad_y, grad_hn, grad_cn, _gates, _c, _hhat, _idx, _w, _thr, _denom, _slot_keys,
+              grad_new_slots):
+    (x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, y, *saved,
+     b_ih, b_hh) = ctx.saved_tensors
+    step0, k_top, k_att, scorer, provisional, has_bias = ctx.config
     if glue.wants_graph():
-        from .. import reference
-        grads = glue.differentiable_backward(
-            reference.sab_layer, (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale),
-            ctx.needs_input_grad, (grad_y, grad_hn, grad_cn),
-            k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, lengths=lengths)
-        return (*grads, None, None, None, None, None)
-    dx, dw_ih, dw_hh, db, datt_wh, datt_wm, datt_vb, dh0, dc0 = torch.ops.fastrnn.sab_backward(
-        glue.grad_or_zeros(grad_y, y), glue.grad_or_zeros(grad_hn, h0), glue.grad_or_zeros(grad_cn, c0),
-        x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, y, *saved,
-        k_top, k_att, scorer, provisional, has_bias)
-    return (dx, dw_ih, dw_hh, *glue.bias_grads(db, has_bias), datt_wh, datt_wm, datt_vb, dh0, dc0,
-            None, None, None, None, None, None, None)
+        output_grads = (grad_y, grad_hn, grad_cn, grad_new_slots)
+        *layer_grads, _cut, _scale, dmemory = _differentiable_backward(ctx, output_grads)
+    else:
+        dx, dw_ih, dw_hh, db, datt_wh, datt_wm, datt_vb, dh0, dc0, dmemory = torch.ops.fastrnn.sab_backward(
+            glue.grad_or_zeros(grad_y, y), glue.grad_or_zeros(grad_hn, h0), glue.grad_or_zeros(grad_cn, c0),
+            None if grad_new_slots is None else grad_new_slots.contiguous(),
+            x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0, y, *saved,
+            k_top, k_att, scorer, provisional, has_bias)
+        layer_grads = (dx, dw_ih, dw_hh, *glue.bias_grads(db, has_bias), datt_wh, datt_wm, datt_vb, dh0, dc0)
+        dmemory = None if memory is None else dmemory
+    #                      cut   scale lengths           step0 k_top k_att scorer provisional
+    return (*layer_grads, None, None, None, dmemory, None, None, None, None, None)
+
+
+def _differentiable_backward(ctx, output_grads):
+    """The gradients of (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, memory) with a
+    graph (None for cut and scale), through the reference (ops/glue.py; create_graph=True). new_slots is
+    asked of the reference only when it has a gradient: the reference refuses return_slots with lengths, as
+    the op's backward refuses grad_new_slots."""
+    from .. import reference
+    x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, *_, b_ih, b_hh = ctx.saved_tensors
+    step0, k_top, k_att, scorer, provisional, _ = ctx.config
+    return_slots = output_grads[3] is not None
+    needs = ctx.needs_input_grad
+    return glue.differentiable_backward(
+        reference.sab_layer, (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale),
+        needs[:12] + needs[13:14], output_grads if return_slots else output_grads[:3],
+        keyword_inputs=dict(memory=memory), k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional,
+        lengths=lengths, step0=step0, return_slots=return_slots)
 
 
 def _register() -> None:
