@@ -142,6 +142,24 @@ class ArgChecker {
                   d.T);
   }
 
+  // The streaming arguments of the SAB ops (docs/CONTRACT.md, "Streaming memory across calls"): step0 >= 0,
+  // memory None or [B, S0, H] with S0 >= 1 (x's device and dtype, contiguous), never with lengths (slots
+  // written past a row's length would be carried into the next call). Returns S0, the number of slots the
+  // call starts with: memory's, or 1 (the memory [h0] of a fresh sequence).
+  int64_t stream(const std::optional<at::Tensor>& memory, int64_t step0, const std::optional<at::Tensor>& lengths,
+                 const LayerDims& d) const {
+    TORCH_CHECK(step0 >= 0, op_, ": step0 must be >= 0, got ", step0);
+    if (!memory.has_value()) return 1;
+    TORCH_CHECK(!lengths.has_value(), op_,
+                ": lengths cannot be combined with memory (slots written past a row's length would be carried "
+                "into the next call)");
+    const at::Tensor& m = *memory;
+    TORCH_CHECK(m.dim() == 3 && m.size(0) == d.B && m.size(1) >= 1 && m.size(2) == d.H, op_,
+                ": memory must have shape [B, S0, H] = [", d.B, ", S0 >= 1, ", d.H, "], got ", m.sizes());
+    tensor(m, "memory", m.sizes());
+    return m.size(1);
+  }
+
  private:
   // "float32 or float64", "float32, float64 or bfloat16": the dtypes by torch's names.
   std::string dtype_list() const {

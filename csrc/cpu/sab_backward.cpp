@@ -85,14 +85,13 @@ template <typename T>
 void attention_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j_written, T* dq) {
   const int64_t H = a.H, k_top = a.k_top;
   T* dh = a.sweep.dh + b * H;
-  if (j_written > 0 && !a.provisional) add(dh, dh, a.d_slots + (b * a.S + j_written) * H, H);
+  if (j_written >= 0 && !a.provisional) add(dh, dh, a.d_slots + (b * a.S + j_written) * H, H);
 
   const int64_t* idx = a.idx + (t * a.B + b) * k_top;
   const T* w = a.w + (t * a.B + b) * k_top;
   T* dw = a.dw_da + b * 2 * k_top;
   T* da = dw + k_top;
-  int count = 0;
-  while (count < k_top && idx[count] >= 0) ++count;
+  const int count = sparse::selected_count(idx, k_top);
   for (int p = 0; p < count; ++p) {  // s_t = Σ w_j m_j; dh is also dL/ds_t
     const T* m = a.slot(idx[p], b);
     dw[p] = dot(dh, m, H);
@@ -100,13 +99,7 @@ void attention_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int6
   }
   const T dtau = sparse::weights_backward(w, dw, count, a.denom[t * a.B + b], da);
   const int64_t thr = a.thr[t * a.B + b];
-  bool thr_selected = false;
-  for (int p = 0; p < count; ++p) {
-    if (idx[p] == thr) {
-      da[p] += dtau;
-      thr_selected = true;
-    }
-  }
+  const bool thr_selected = sparse::add_threshold_grad(idx, count, thr, dtau, da);
   for (int64_t i = 0; i < a.A; ++i) dq[i] = T(0);
   T sum_da = T(0);
   for (int p = 0; p < count; ++p) score_backward(a, b, idx[p], da[p], dq, sum_da);
@@ -141,15 +134,15 @@ void sweep(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t b0, int64
     const int64_t t0 = t / a.C * a.C;  // first step of t's chunk
     T* dG = k.dG + (t - t0) * R * G;   // this step's rows in the chunk
     T* dQ = k.dQ + (t - t0) * R * A;
-    const int64_t j_written = (t + 1) % a.k_att == 0 ? (t + 1) / a.k_att : 0;
-    if (a.mlp && j_written > 0)  // every step reading slot j is done: dM_j += dP_j @ att_wm
+    const int64_t j_written = SlotGrid(1, 0, a.k_att).written(t);
+    if (a.mlp && j_written >= 0)  // every step reading slot j is done: dM_j += dP_j @ att_wm
       gemm<T>(false, false, R, H, A, T(1), a.d_slot_keys + b0 * S * A + j_written * A, S * A, a.att_wm, H, T(1),
               a.d_slots + b0 * S * H + j_written * H, S * H);
     if (a.mlp)  // the query q_t = att_wh @ ĥ_t, as in the forward
       gemm<T>(false, true, R, A, H, T(1), a.hhat + (t * B + b0) * H, H, a.att_wh, H, T(0), a.query + b0 * A, A);
     for (int64_t b = b0; b < b0 + R; ++b) attention_backward_row(a, t, b, j_written, dQ + (b - b0) * A);
     if (a.mlp) gemm<T>(false, false, R, H, A, T(1), dQ, A, a.att_wh, H, T(1), a.sweep.dh + b0 * H, H);
-    if (j_written > 0 && a.provisional)  // the slot holds ĥ_t
+    if (j_written >= 0 && a.provisional)  // the slot holds ĥ_t
       for (int64_t b = b0; b < b0 + R; ++b)
         add(a.sweep.dh + b * H, a.sweep.dh + b * H, a.d_slots + (b * S + j_written) * H, H);
     lstm_step_backward(a.L, a.sweep, t, b0, R, dG);  // dh is dL/dĥ_t now
@@ -175,7 +168,8 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   ArgChecker ck("fastrnn::sab_backward", at::kCPU);
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
-  const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, S = num_slots(steps, k_att), G = 4 * H;
+  const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, G = 4 * H;
+  const int64_t S = SlotGrid(1, 0, k_att).n_mem(steps);
   const bool mlp = sd.mlp;
   ck.tensor(grad_y, "grad_y", {steps, B, H});
   ck.tensor(grad_hn, "grad_hn", {B, H});

@@ -73,7 +73,7 @@ void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& r
   for (int64_t t = 0; t < a.steps; ++t) {
     lstm_step_forward(a.L, t, b0, nb);
     gemm<T>(false, true, nb, A, H, T(1), a.hhat + (t * B + b0) * H, H, a.att_wh, H, T(0), a.query + b0 * A, A);
-    const int64_t n_mem = 1 + t / a.k_att;
+    const int64_t n_mem = SlotGrid(1, 0, a.k_att).n_mem(t);
     for (int64_t b = b0; b < b0 + nb; ++b) {
       sparse::TopList<T> list = rank.row(b);
       list.clear();
@@ -82,8 +82,8 @@ void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& r
       for (int64_t j = 0; j < n_mem; ++j) list.push(mlp_score(query, row_keys + j * A, a.att_vb, A), j);
       attend_row(a, t, b, list, n_mem);
     }
-    if ((t + 1) % a.k_att == 0) {  // SPEC step 8: the new slot's key, once
-      const int64_t j = (t + 1) / a.k_att;
+    const int64_t j = SlotGrid(1, 0, a.k_att).written(t);
+    if (j >= 0) {  // SPEC step 8: the new slot's key, once
       const T* m = (a.provisional ? a.hhat : a.y) + (t * B + b0) * H;
       gemm<T>(false, true, nb, A, H, T(1), m, H, a.att_wm, H, T(0), keys + j * A, S * A);
     }
@@ -107,7 +107,7 @@ void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>
   for (int64_t b = b0; b < b0 + nb; ++b) write_slot(b, 0);
   for (int64_t t = 0; t < a.steps; ++t) {
     lstm_step_forward(a.L, t, b0, nb);
-    const int64_t n_mem = 1 + t / a.k_att;
+    const int64_t n_mem = SlotGrid(1, 0, a.k_att).n_mem(t);
     for (int64_t b = b0; b < b0 + nb; ++b) {
       const T query = dot(a.att_wh, a.hhat + (t * B + b) * H, H);
       // The ranking by the slot key is the ranking by the full score, the query term being shared
@@ -119,7 +119,7 @@ void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>
         ranked.slot[r] = kept.slot[r];
       }
       attend_row(a, t, b, ranked, n_mem);
-      if ((t + 1) % a.k_att == 0) write_slot(b, (t + 1) / a.k_att);
+      if (const int64_t j = SlotGrid(1, 0, a.k_att).written(t); j >= 0) write_slot(b, j);
     }
   }
 }
@@ -142,7 +142,7 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
   ck.lengths(lengths, d);
   const int64_t* len = lengths_data(lengths);
-  const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A, S = num_slots(steps, k_att);
+  const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A, S = SlotGrid(1, 0, k_att).n_mem(steps);
   const bool mlp = sd.mlp;
   const auto opt = x.options();
   const auto lopt = opt.dtype(at::kLong);

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "fastrnn/attention_score.h"  // the scorers' per-element math, shared with CUDA
+#include "fastrnn/memory_slots.h"     // SlotGrid, slot_value: the slot layout, shared with CUDA
 
 namespace fastrnn {
 namespace cpu {
@@ -148,17 +149,7 @@ inline void mlp_score_backward(const T* q, const T* p, const T* v, T da, T* dv, 
 //   batch row, so one row's scan is contiguous):
 //     mlp     [B, S, A] = att_wm @ m_j
 //     linear  [B, S]    = att_wm · m_j (the slot's part of the score; it never changes)
-inline int64_t num_slots(int64_t T, int64_t k_att) { return 1 + T / k_att; }
-inline int64_t slot_step(int64_t j, int64_t k_att) { return j * k_att - 1; }
-
-// The value m_j of slot j for batch row b: h0, or the final (y) / provisional (ĥ) state of its step.
-template <typename T>
-inline const T* slot_value(int64_t j, int64_t b, const T* h0, const T* y, const T* hhat, bool provisional,
-                           int64_t k_att, int64_t B, int64_t H) {
-  if (j == 0) return h0 + b * H;
-  const T* base = provisional ? hhat : y;
-  return base + (slot_step(j, k_att) * B + b) * H;
-}
+//   The slot numbering (SlotGrid) and slot_value are fastrnn/memory_slots.h's (a fresh call: SlotGrid(1, 0, k_att)).
 
 // The SAB part of one layer call (the LSTM part is lstm_step.h's LstmLayer): sizes, options, the scorer's
 // parameters, the states the slots hold, their keys and the attention record, [T, B, .] step-major. The
@@ -177,7 +168,9 @@ struct SabLayer {
   T* denom;                           // [T, B]: Σ ã + eps
 
   // The value m_j of slot j for batch row b.
-  const T* slot(int64_t j, int64_t b) const { return slot_value(j, b, h0, y, hhat, provisional, k_att, B, H); }
+  const T* slot(int64_t j, int64_t b) const {
+    return slot_value(SlotGrid(1, 0, k_att), j, b, h0, y, hhat, provisional, B, H);
+  }
 };
 
 // The SabLayer of contiguous tensors of the dtype T (checked by the op: csrc/checks.h).
@@ -188,8 +181,8 @@ inline SabLayer<T> sab_layer(const at::Tensor& att_wh, const at::Tensor& att_wm,
                              const at::Tensor& thr, const at::Tensor& denom, int64_t k_att, bool mlp,
                              bool provisional) {
   const int64_t steps = y.size(0);
-  return {steps, y.size(1), y.size(2), mlp ? att_wh.size(0) : 0, num_slots(steps, k_att), idx.size(2), k_att,
-          mlp, provisional,
+  return {steps, y.size(1), y.size(2), mlp ? att_wh.size(0) : 0, SlotGrid(1, 0, k_att).n_mem(steps), idx.size(2),
+          k_att, mlp, provisional,
           att_wh.const_data_ptr<T>(), att_wm.const_data_ptr<T>(), att_vb.const_data_ptr<T>(), h0.const_data_ptr<T>(),
           y.data_ptr<T>(), hhat.data_ptr<T>(), slot_keys.data_ptr<T>(), idx.data_ptr<int64_t>(), w.data_ptr<T>(),
           thr.data_ptr<int64_t>(), denom.data_ptr<T>()};
