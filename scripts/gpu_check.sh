@@ -2,11 +2,12 @@
 # The GPU check of issue #14, one command on a machine with one H100/H200 and the CUDA build of torch
 # (nothing from the network):
 #   1. builds the CUDA backend (fastrnn/ops/cuda_build.py: csrc/cuda with torch.utils.cpp_extension),
-#   2. runs the GPU tests (tests/test_cuda.py: cuda and triton backends against the reference),
+#   2. runs the GPU tests (tests/test_cuda.py: cuda and triton backends against the reference, streaming
+#      a SAB layer across calls included),
 #   3. runs compute-sanitizer --tool memcheck on a small LSTM and SAB forward+backward (cuda backend),
 #   4. prints fwd+bwd times as ratios to nn.LSTM (cuDNN) for fastrnn.LSTM and SABLSTM (cuda, triton) at
 #      B in {32, 256}, H in {128, 512, 1024}, T in {100, 1000}.
-# Each part is bounded with `timeout` (180 + 120 + 45 + 120 s): the whole check ends within 8 minutes.
+# Each part is bounded with `timeout` (180 + 135 + 45 + 105 s): the whole check ends within 8 minutes.
 #   PYTHON=/path/to/python   the interpreter with the CUDA torch (default: .venv/bin/python, else python3)
 # Exit codes: 0 all parts passed, or no CUDA device (prints "gpu_check: no CUDA device ..." and runs
 # nothing else); 1 the build failed; 2 GPU tests failed; 3 memcheck found errors; 4 the benchmark failed;
@@ -56,7 +57,7 @@ part() {  # part NAME SECONDS EXIT_CODE_ON_FAILURE COMMAND...
 }
 
 part "build the CUDA backend" 180 1 "$PYTHON" -m fastrnn.ops.cuda_build
-part "GPU tests (tests/test_cuda.py)" 120 2 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+part "GPU tests (tests/test_cuda.py)" 135 2 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 
 SANITIZER="$(command -v compute-sanitizer || true)"
 [ -n "$SANITIZER" ] || { [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/compute-sanitizer" ] && SANITIZER="$CUDA_HOME/bin/compute-sanitizer"; }
@@ -77,20 +78,31 @@ for mode in ("0", "1"):   # one launch per step, then persistent
             x = torch.randn(9, 3, 5, device="cuda", dtype=dt, requires_grad=True)
             y = m(x, schedule=fixed(9, 4), lengths=torch.tensor([9, 0, 5]))[0]
             y.float().square().sum().backward()
+from fastrnn.ops import cuda_build   # streaming: carried slots (S0 = 4 > B) and a step0 off the k_att grid
+d = dict(device="cuda", dtype=torch.float32)
+for mlp in (True, False):
+    T, B, I, H, A = 5, 3, 5, 40, 8
+    r = lambda *s: (torch.randn(*s, **d) * 0.3).requires_grad_()
+    att = (r(A, H), r(A, H), r(A)) if mlp else (r(H), r(H), r(1))
+    out = cuda_build.sab_layer(r(T, B, I), r(4 * H, I), r(4 * H, H), r(4 * H), r(4 * H), *att, r(B, H), r(B, H),
+                               torch.zeros(T, dtype=torch.bool, device="cuda"), torch.ones(T, **d), k_top=2,
+                               k_att=3, scorer="mlp" if mlp else "linear", provisional=mlp, memory=r(B, 4, H),
+                               step0=7, return_slots=True)
+    (out[0].square().sum() + out[4].square().sum()).backward()
 torch.cuda.synchronize()
-print("memcheck case ran: LSTM and SABLSTM (mlp, linear), float32 and bfloat16, both LSTM sweeps")
+print("memcheck case ran: LSTM and SABLSTM (mlp, linear), float32 and bfloat16, both LSTM sweeps; streaming")
 PY
 else
   echo; echo "== compute-sanitizer not found (CUDA_HOME/bin, PATH): memcheck skipped =="
 fi
 
-part "fwd+bwd time / nn.LSTM (cuDNN)" 120 4 "$PYTHON" - <<'PY'
+part "fwd+bwd time / nn.LSTM (cuDNN)" 105 4 "$PYTHON" - <<'PY'
 import time
 import torch
 import fastrnn
 from fastrnn import backends
 
-budget_end = time.monotonic() + 110
+budget_end = time.monotonic() + 95
 dev = torch.device("cuda")
 have = {b: b in ("cuda", "triton") and backends._layer_modules(b) is not None for b in ("cuda", "triton")}
 

@@ -1,11 +1,17 @@
-// Host-side exercise of the per-element math the CPU and CUDA backends share (csrc/include/fastrnn/*.h,
-// and with FASTRNN_WITH_CUDA_HEADERS the host/device helpers of csrc/cuda/sab.cuh). Compiled and run by
-// tests/test_shared_math.py, which checks what this prints (one JSON object per line) against Python.
+// Host-side exercise of every function of the per-element math the CPU and CUDA backends share
+// (csrc/include/fastrnn/*.h, FASTRNN_HD). Compiled and run by tests/test_shared_math.py, which checks what
+// this prints (one JSON object per line) against Python, and that every FASTRNN_HD function of those headers
+// is called here. Under nvcc (-x cu) the headers are compiled for the device too, and the CUDA sweeps' view
+// of the slots (csrc/cuda/sab.cuh) is included to check that it compiles on the host.
 #include <math.h>
-#include <stdio.h>
 #include <stdint.h>
+#include <stdio.h>
 
+#include "fastrnn/attention_score.h"
 #include "fastrnn/lstm_cell.h"
+#include "fastrnn/memory_slots.h"
+#include "fastrnn/reverse_sweep.h"
+#include "fastrnn/scalar_math.h"
 #include "fastrnn/sparse_attention.h"
 #ifdef FASTRNN_WITH_CUDA_HEADERS
 #include "cuda/sab.cuh"
@@ -19,6 +25,28 @@ static double uniform() {  // xorshift64, in [-2, 2)
   state ^= state >> 7;
   state ^= state << 17;
   return double(state >> 11) / double(1ull << 53) * 4.0 - 2.0;
+}
+
+// A double as JSON (NaN and infinities as the tokens Python's json reads).
+static void num(double v) {
+  if (isnan(v)) {
+    printf("NaN");
+  } else if (isinf(v)) {
+    printf(v > 0 ? "Infinity" : "-Infinity");
+  } else {
+    printf("%.17g", v);
+  }
+}
+
+static void scalar_math_cases() {
+  for (int n = 0; n < 12; ++n) {
+    const double x = 4.0 * uniform(), a = uniform(), b = uniform();
+    const float xf = float(x), af = float(a), bf = float(b);
+    printf("{\"kind\": \"scalar\", \"x\": %.17g, \"a\": %.17g, \"b\": %.17g, \"sigmoid\": %.17g, \"tanh\": %.17g, "
+           "\"fma\": %.17g, \"sigmoid_f32\": %.9g, \"tanh_f32\": %.9g, \"fma_f32\": %.9g}\n",
+           x, a, b, ScalarMath::sigmoid(x), ScalarMath::tanh(x), ScalarMath::fma(a, b, x),
+           double(ScalarMath::sigmoid(xf)), double(ScalarMath::tanh(xf)), double(ScalarMath::fma(af, bf, xf)));
+  }
 }
 
 static void cell_cases() {
@@ -38,7 +66,28 @@ static void cell_cases() {
   }
 }
 
-// Scores with many ties (drawn from a few values), pushed in ascending slot order as the kernels do.
+// The scorers' terms: mlp a += v tanh(q + p) and its backward (accumulating onto nonzero dv, dq, dp), linear.
+static void score_cases() {
+  for (int n = 0; n < 16; ++n) {
+    const double q = uniform(), p = uniform(), v = uniform(), acc = uniform(), da = uniform();
+    double dv = uniform(), dq = uniform(), dp = uniform();
+    const double dv0 = dv, dq0 = dq, dp0 = dp;
+    const double term = fastrnn::mlp_score_term<ScalarMath>(q, p, v, acc);
+    fastrnn::mlp_score_term_backward<ScalarMath>(q, p, v, da, dv, dq, dp);
+    float dvf = float(dv0), dqf = float(dq0), dpf = float(dp0);
+    const float term_f = fastrnn::mlp_score_term<ScalarMath>(float(q), float(p), float(v), float(acc));
+    fastrnn::mlp_score_term_backward<ScalarMath>(float(q), float(p), float(v), float(da), dvf, dqf, dpf);
+    const double key = uniform(), query = uniform(), bias = uniform();
+    printf("{\"kind\": \"score\", \"q\": %.17g, \"p\": %.17g, \"v\": %.17g, \"acc\": %.17g, \"da\": %.17g, "
+           "\"d0\": [%.17g, %.17g, %.17g], \"term\": %.17g, \"d\": [%.17g, %.17g, %.17g], \"term_f32\": %.9g, "
+           "\"d_f32\": [%.9g, %.9g, %.9g], \"key\": %.17g, \"query\": %.17g, \"bias\": %.17g, \"linear\": %.17g}\n",
+           q, p, v, acc, da, dv0, dq0, dp0, term, dv, dq, dp, double(term_f), double(dvf), double(dqf), double(dpf),
+           key, query, bias, fastrnn::linear_score(key, query, bias));
+  }
+}
+
+// Scores with many ties (drawn from a few values), pushed in ascending slot order as the kernels do; the
+// record row's count, and the threshold slot's share of dL/dtau.
 static void selection_cases() {
   for (int n = 0; n < 60; ++n) {
     const int n_mem = 1 + n % 9, k_top = 1 + (n / 9) % 4;
@@ -48,52 +97,104 @@ static void selection_cases() {
     int64_t rj[8], idx[8];
     double w[8];
     fastrnn::sparse::TopList<double> list{rs, rj, 0, k_top + 1};
+    list.push(100.0, 99);  // a stale entry, which clear() must drop (the kernels reuse one list per row)
+    list.clear();
     for (int j = 0; j < n_mem; ++j) list.push(scores[j], j);
     const auto sel = fastrnn::sparse::select_and_weigh(list, n_mem, k_top, idx, w);
     double dw[8], da[8];
     for (int p = 0; p < k_top; ++p) dw[p] = uniform();
     const double dtau = fastrnn::sparse::weights_backward(w, dw, sel.count, sel.denom, da);
+    const int count = fastrnn::sparse::selected_count(idx, k_top);
+    double da_thr[8];
+    for (int p = 0; p < sel.count; ++p) da_thr[p] = da[p];
+    const bool thr_selected = fastrnn::sparse::add_threshold_grad(idx, sel.count, sel.thr_slot, dtau, da_thr);
     printf("{\"kind\": \"select\", \"k_top\": %d, \"scores\": [", k_top);
     for (int j = 0; j < n_mem; ++j) printf("%s%.17g", j ? ", " : "", scores[j]);
     printf("], \"idx\": [");
     for (int p = 0; p < k_top; ++p) printf("%s%lld", p ? ", " : "", (long long)idx[p]);
     printf("], \"w\": [");
     for (int p = 0; p < k_top; ++p) printf("%s%.17g", p ? ", " : "", w[p]);
-    printf("], \"tau\": %.17g, \"thr\": %lld, \"denom\": %.17g, \"count\": %d, \"dw\": [", sel.tau,
-           (long long)sel.thr_slot, sel.denom, sel.count);
+    printf("], \"tau\": %.17g, \"thr\": %lld, \"denom\": %.17g, \"count\": %d, \"selected_count\": %d, \"dw\": [",
+           sel.tau, (long long)sel.thr_slot, sel.denom, sel.count, count);
     for (int p = 0; p < sel.count; ++p) printf("%s%.17g", p ? ", " : "", dw[p]);
     printf("], \"da\": [");
     for (int p = 0; p < sel.count; ++p) printf("%s%.17g", p ? ", " : "", da[p]);
-    printf("], \"dtau\": %.17g}\n", dtau);
+    printf("], \"dtau\": %.17g, \"thr_selected\": %s, \"da_thr\": [", dtau, thr_selected ? "true" : "false");
+    for (int p = 0; p < sel.count; ++p) printf("%s%.17g", p ? ", " : "", da_thr[p]);
+    printf("]}\n");
   }
 }
 
-#ifdef FASTRNN_WITH_CUDA_HEADERS
+// The slot numbering of a call (S0 carried slots, global step0) and where each slot's value is read: h0 /
+// memory, y and hhat are three regions of one array, so a pointer says which region and offset.
 static void slot_cases() {
-  // Slot values point into [T, B, H] buffers: h0, y and hhat are three regions of one array.
-  static double buf[3000];
-  const double *h0 = buf, *y = buf + 1000, *hhat = buf + 2000;
-  static const char* names[] = {"h0", "y", "hhat"};
-  for (int64_t k_att = 1; k_att <= 3; ++k_att)
-    for (int64_t j = 0; j < 4; ++j)
-      for (int prov = 0; prov < 2; ++prov) {
-        const int64_t B = 3, H = 5, b = 2;
-        const int64_t at = fastrnn::cuda::slot_value<double>(j, b, h0, y, hhat, prov != 0, k_att, B, H) - buf;
-        printf("{\"kind\": \"slot\", \"j\": %lld, \"k_att\": %lld, \"provisional\": %d, \"base\": \"%s\", "
-               "\"offset\": %lld}\n", (long long)j, (long long)k_att, prov, names[at / 1000], (long long)(at % 1000));
+  static double buf[3 * 100000];
+  const double *carried = buf, *y = buf + 100000, *hhat = buf + 200000;
+  static const char* names[] = {"carried", "y", "hhat"};
+  const int64_t T = 7, B = 3, H = 5, b = 2;
+  const int64_t step0s[] = {0, 1, 5, 6};
+  for (int64_t S0 = 1; S0 <= 3; S0 += 2)
+    for (int64_t step0 : step0s)
+      for (int64_t k_att = 1; k_att <= 3; ++k_att) {
+        const fastrnn::SlotGrid grid(S0, step0, k_att);
+        printf("{\"kind\": \"slots\", \"T\": %lld, \"S0\": %lld, \"step0\": %lld, \"k_att\": %lld, \"n_mem\": [",
+               (long long)T, (long long)S0, (long long)step0, (long long)k_att);
+        for (int64_t t = 0; t <= T; ++t) printf("%s%lld", t ? ", " : "", (long long)grid.n_mem(t));
+        printf("], \"written\": [");
+        for (int64_t t = 0; t < T; ++t) printf("%s%lld", t ? ", " : "", (long long)grid.written(t));
+        printf("], \"step_of\": [");
+        for (int64_t j = S0; j < grid.n_mem(T); ++j) printf("%s%lld", j > S0 ? ", " : "", (long long)grid.step_of(j));
+        printf("], \"value\": [");
+        for (int64_t j = 0; j < grid.n_mem(T); ++j)
+          for (int prov = 0; prov < 2; ++prov) {
+            const int64_t at = fastrnn::slot_value(grid, j, b, carried, y, hhat, prov != 0, B, H) - buf;
+            printf("%s[%lld, %d, \"%s\", %lld]", j || prov ? ", " : "", (long long)j, prov, names[at / 100000],
+                   (long long)(at % 100000));
+          }
+        printf("], \"B\": %lld, \"H\": %lld, \"b\": %lld}\n", (long long)B, (long long)H, (long long)b);
       }
-  for (int64_t k_att = 1; k_att <= 3; ++k_att)
-    for (int64_t t = 0; t < 7; ++t)
-      printf("{\"kind\": \"written\", \"t\": %lld, \"k_att\": %lld, \"slot\": %lld}\n", (long long)t,
-             (long long)k_att, (long long)fastrnn::cuda::slot_written_at(t, k_att));
 }
-#endif
+
+// The reverse sweep's lengths and schedule at one element: last_step, output_grad, carried_dc.
+static void sweep_cases() {
+  const int64_t len[] = {4, 0, 7};
+  for (int64_t b = 0; b < 3; ++b) {
+    printf("{\"kind\": \"last\", \"len\": %lld, \"steps\": 7, \"last\": %lld, \"last_no_len\": %lld}\n",
+           (long long)len[b], (long long)fastrnn::last_step(len, b, 7), (long long)fastrnn::last_step(nullptr, b, 7));
+  }
+  const double nan = NAN;
+  for (int64_t last = -1; last <= 3; ++last)
+    for (int64_t t = 0; t < 5; ++t) {
+      const double dy = uniform(), dh_n = uniform();
+      const double g = fastrnn::output_grad(dy, dh_n, t, last);
+      const double g_nan = fastrnn::output_grad(nan, dh_n, t, last);  // dy past the length may be anything
+      const float g_f32 = fastrnn::output_grad(float(dy), float(dh_n), t, last);
+      printf("{\"kind\": \"output_grad\", \"t\": %lld, \"last\": %lld, \"dy\": %.17g, \"dh_n\": %.17g, \"g\": ",
+             (long long)t, (long long)last, dy, dh_n);
+      num(g);
+      printf(", \"g_nan_dy\": ");
+      num(g_nan);
+      printf(", \"g_f32\": %.9g}\n", double(g_f32));
+    }
+  for (int n = 0; n < 8; ++n) {
+    const bool cut = n % 2 == 1;
+    const double dcp = n >= 6 ? nan : uniform(), scale = uniform();
+    printf("{\"kind\": \"carried_dc\", \"cut\": %s, \"dc_prev\": ", cut ? "true" : "false");
+    num(dcp);
+    printf(", \"scale\": %.17g, \"out\": ", scale);
+    num(fastrnn::carried_dc(dcp, cut, scale));
+    printf(", \"out_f32\": ");
+    num(double(fastrnn::carried_dc(float(dcp), cut, float(scale))));
+    printf("}\n");
+  }
+}
 
 int main() {
+  scalar_math_cases();
   cell_cases();
+  score_cases();
   selection_cases();
-#ifdef FASTRNN_WITH_CUDA_HEADERS
   slot_cases();
-#endif
+  sweep_cases();
   return 0;
 }

@@ -2,7 +2,9 @@
 float64 to 1e-9 relative (helpers.TOL), float32 at helpers.TOL, bfloat16 coarsely against the float32
 reference on the same rounded inputs (helpers.BF16_TOL); NaN-poisoned buffers; a slot selected by every
 step and every row; lengths; truncation schedules (fixed, ARTBP, a hand-made cut at step 0); both sweeps
-of the CUDA LSTM (persistent and one launch per step).
+of the CUDA LSTM (persistent and one launch per step); streaming a SAB layer across calls (docs/SPEC.md
+section 8: memory in, new slots out, the gradient through the carried memory), chunk by chunk against the
+reference's chunks, as tests/test_streaming.py does on the CPU.
 
 Skipped, with the reason, where torch.cuda.is_available() is False (every machine of this project but a
 lent GPU one). scripts/gpu_check.sh runs them there (with TRITON_INTERPRET=0, so Triton compiles for the
@@ -16,6 +18,7 @@ import torch  # noqa: E402
 
 from fastrnn import backends, reference, truncation as tr  # noqa: E402
 from helpers import BF16_TOL, TOL, compare, layer_args, run_with_grads, schedule_args  # noqa: E402
+from test_streaming import assert_chunked_matches_reference, grads_of  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -182,3 +185,50 @@ def test_auto_prefers_cuda_when_built():
     from fastrnn.ops import cuda_build
     expected = "cuda" if cuda_build.built() else ("triton" if backends._layer_modules("triton") else "reference")
     assert backends.resolve("auto", DEV) == expected
+
+
+# ---- streaming (docs/SPEC.md section 8, docs/CONTRACT.md "Streaming memory across calls") -----------------
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+@pytest.mark.parametrize("k_att,provisional", [(1, True), (2, False), (3, True)])
+def test_cuda_streaming_chunks_match_reference(dtype, scorer, k_att, provisional):
+    """The cuda backend's chunked calls (memory in, new slots out, the gradient of later chunks flowing into
+    earlier ones through the carried memory: grad_new_slots / dmemory) equal the reference's chunked calls:
+    outputs, the last chunk's attention record, the carried memory and every gradient, float64 to 1e-9 and
+    float32 to helpers.TOL; in float64 they also equal one call on the whole sequence."""
+    if backends._layer_modules("cuda") is None:
+        pytest.skip(f"cuda backend unavailable: {backends._why_unavailable('cuda')}")
+    torch.manual_seed(1)
+    T, B, I, H = 13, 3, 2, 20
+    args = _to_dev(layer_args(T, B, I, H, A=6, scorer=scorer, dtype=dtype))
+    sched = _sched(tr.fixed(T, 4), dtype)
+    kw = dict(k_top=2, k_att=k_att, scorer=scorer, provisional=provisional, need_attention=True)
+    assert_chunked_matches_reference(_fn("cuda", "sab_layer"), args, sched["cut"], sched["scale"], dtype, **kw)
+
+
+def test_cuda_streaming_fresh_call_and_new_slots():
+    """One call with return_slots, against the reference: fresh (memory None: slot 0 is h0, whose gradient
+    joins dh0), and with a memory of more slots than rows (S0 > B: the carried keys' batched GEMM) at a
+    step0 far from 0 (slots written off the k_att grid of the call). Outputs, new_slots, the record and the
+    gradients of every input, memory included."""
+    if backends._layer_modules("cuda") is None:
+        pytest.skip(f"cuda backend unavailable: {backends._why_unavailable('cuda')}")
+    T, B, I, H, dtype = 7, 2, 3, 16, torch.float64
+    args = _to_dev(layer_args(T, B, I, H, A=5, dtype=dtype))
+    sched = _sched(tr.full(T), dtype)
+    kw = dict(k_top=3, k_att=2, scorer="mlp", provisional=False, need_attention=True)
+    memory = (torch.randn(B, 9, H, dtype=dtype, device=DEV) * 0.5).requires_grad_()
+    for mem, step0 in ((None, 0), (memory, 1001)):
+        ours = _fn("cuda", "sab_layer")(**args, **sched, memory=mem, step0=step0, return_slots=True, **kw)
+        ref = reference.sab_layer(**args, **sched, memory=mem, step0=step0, return_slots=True, **kw)
+        S1 = (step0 + T) // 2 - step0 // 2
+        assert ours[4].shape == ref[4].shape == (B, S1, H)
+        for a, b in zip(ours[:3] + ours[4:], ref[:3] + ref[4:]):
+            torch.testing.assert_close(a, b, **TOL[dtype])
+        assert torch.equal(ours[3].indices, ref[3].indices) and torch.equal(ours[3].slot_steps, ref[3].slot_steps)
+        leaves = dict(args, memory=mem)
+        og = grads_of(ours[:3] + ours[4:], leaves)
+        rg = grads_of(ref[:3] + ref[4:], leaves)
+        assert og.keys() == rg.keys()
+        for name in rg:
+            torch.testing.assert_close(og[name], rg[name], **TOL[dtype], msg=lambda m: f"d{name}: {m}")

@@ -27,7 +27,7 @@ def chunked(sab_layer, args, cut, scale, chunks, **kw):
 
 def grads_of(outputs, args, seed=1):
     g = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outputs)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o)).sum() for o in outputs)
     named = leaves(args)
     gs = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
     return {k: torch.zeros_like(v) if gr is None else gr for (k, v), gr in zip(named.items(), gs)}
@@ -65,9 +65,18 @@ def test_backend_chunked_equals_reference(backend, dtype, scorer, k_att, provisi
     torch.manual_seed(1)
     args = layer_args(13, 3, 2, 4, A=5, scorer=scorer, dtype=dtype)
     sched = truncation.fixed(13, 4)
-    cut, scale = sched.cut, sched.scale.to(dtype)
     kw = dict(k_top=2, k_att=k_att, scorer=scorer, provisional=provisional, need_attention=True)
-    ours = chunked(layer_fn(backend, "sab_layer"), args, cut, scale, CHUNKS, **kw)
+    assert_chunked_matches_reference(layer_fn(backend, "sab_layer"), args, sched.cut, sched.scale.to(dtype), dtype,
+                                     **kw)
+
+
+def assert_chunked_matches_reference(sab_layer, args, cut, scale, dtype, **kw):
+    """sab_layer's chunked calls (CHUNKS) against the reference's on the same arguments (any device):
+    outputs, the last chunk's attention record, the carried memory and every gradient to TOL[dtype]
+    (scorer "linear": d att_wh and d att_vb are rounding noise on both sides); in float64 also against
+    sab_layer's own one-shot call. tests/test_cuda.py runs it for the cuda backend."""
+    scorer = kw["scorer"]
+    ours = chunked(sab_layer, args, cut, scale, CHUNKS, **kw)
     ref = chunked(reference.sab_layer, args, cut, scale, CHUNKS, **kw)
     for name, a, b in zip(("y", "h_n", "c_n", "memory"), ours[:3] + ours[4:], ref[:3] + ref[4:]):
         torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{name}: {m}")
@@ -78,7 +87,7 @@ def test_backend_chunked_equals_reference(backend, dtype, scorer, k_att, provisi
             continue                      # exact gradient zero, rounding noise only (helpers.compare)
         torch.testing.assert_close(og[name], rg[name], **TOL[dtype], msg=lambda m: f"d{name}: {m}")
     if dtype == torch.float64:
-        one = layer_fn(backend, "sab_layer")(**args, cut=cut, scale=scale, **kw)
+        one = sab_layer(**args, cut=cut, scale=scale, **kw)
         torch.testing.assert_close(ours[0], one[0], **TOL[dtype])
 
 

@@ -15,6 +15,8 @@
 #include <optional>
 #include <utility>
 
+#include "fastrnn/reverse_sweep.h"
+
 namespace fastrnn {
 namespace cpu {
 
@@ -71,14 +73,8 @@ inline at::Tensor fold_output_grads(const at::Tensor& dy, const at::Tensor& dh_n
     scalar_t* dst = g.data_ptr<scalar_t>();
     for (int64_t t = 0; t < steps; ++t)
       for (int64_t b = 0; b < B; ++b) {
-        const int64_t r = (t * B + b) * H;
-        if (t >= len[b]) {
-          std::fill_n(dst + r, H, scalar_t(0));
-        } else if (t == len[b] - 1) {
-          for (int64_t h = 0; h < H; ++h) dst[r + h] = src[r + h] + hn[b * H + h];
-        } else {
-          std::copy_n(src + r, H, dst + r);
-        }
+        const int64_t r = (t * B + b) * H, last = last_step(len, b, steps);
+        for (int64_t h = 0; h < H; ++h) dst[r + h] = output_grad(src[r + h], hn[b * H + h], t, last);
       }
   });
   return g;

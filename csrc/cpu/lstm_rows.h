@@ -6,7 +6,8 @@
 
 #include <ATen/cpu/vec/vec.h>
 
-#include "fastrnn/lstm_cell.h"  // the per-element math, shared with CUDA
+#include "fastrnn/lstm_cell.h"      // the per-element math, shared with CUDA
+#include "fastrnn/reverse_sweep.h"  // carried_dc: the schedule on dc, shared with CUDA
 
 namespace fastrnn {
 namespace cpu {
@@ -74,7 +75,6 @@ inline void lstm_row_backward(const T* dh, T* dc, const T* gates, const T* c_pre
   const T* gg = gates + 2 * H;
   const T* go = gates + 3 * H;
   const Vec vscale(carry_scale);
-  const Vec zero(T(0));
   int64_t j = 0;
   for (; j + Vec::size() <= H; j += Vec::size()) {
     Vec di, df, dg, d_o, dcp;
@@ -85,13 +85,13 @@ inline void lstm_row_backward(const T* dh, T* dc, const T* gates, const T* c_pre
     df.store(dgates + H + j);
     dg.store(dgates + 2 * H + j);
     d_o.store(dgates + 3 * H + j);
-    (cut ? zero : dcp * vscale).store(dc + j);
+    carried_dc(dcp, cut, vscale).store(dc + j);
   }
   for (; j < H; ++j) {
     T dcp;
     lstm_cell_backward<ScalarMath>(dh[j], dc[j], gi[j], gf[j], gg[j], go[j], c_prev[j], c[j], dgates[j],
                                    dgates[H + j], dgates[2 * H + j], dgates[3 * H + j], dcp);
-    dc[j] = cut ? T(0) : dcp * carry_scale;
+    dc[j] = carried_dc(dcp, cut, carry_scale);
   }
 }
 

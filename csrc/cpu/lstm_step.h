@@ -28,6 +28,7 @@
 #include <optional>
 
 #include "cpu_blas.h"
+#include "fastrnn/reverse_sweep.h"
 #include "lstm_rows.h"
 
 namespace fastrnn {
@@ -139,7 +140,8 @@ inline void start_reverse_sweep(const LstmLayer<T>& L, const LstmSweep<T>& S, in
     std::fill_n(dc, n, T(0));
   } else {
     const T* dh_n = S.dh_n + b0 * H;
-    for (int64_t r = 0; r < n; ++r) dh[r] = dy[r] + dh_n[r];
+    const int64_t last = L.steps - 1;
+    for (int64_t r = 0; r < n; ++r) dh[r] = output_grad(dy[r], dh_n[r], last, last);
     std::copy_n(S.dc_n + b0 * H, n, dc);
   }
 }
@@ -163,7 +165,7 @@ inline void lstm_step_backward(const LstmLayer<T>& L, const LstmSweep<T>& S, int
   T* dc = S.dc + b0 * H;
   if (S.len) {  // dc_n of the rows whose last step is t (c_n of such a row is c_t)
     for (int64_t b = 0; b < nb; ++b)
-      if (S.len[b0 + b] - 1 == t)
+      if (last_step(S.len, b0 + b, L.steps) == t)
         for (int64_t h = 0; h < H; ++h) dc[b * H + h] += S.dc_n[(b0 + b) * H + h];
   }
   const T* g = L.gates + L.row(t, b0, G);

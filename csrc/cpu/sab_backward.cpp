@@ -94,8 +94,7 @@ void attention_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int6
   const T* w = a.w + (t * a.B + b) * k_top;
   T* dw = a.dw_da + b * 2 * k_top;
   T* da = dw + k_top;
-  int count = 0;
-  while (count < k_top && idx[count] >= 0) ++count;
+  const int count = sparse::selected_count(idx, k_top);
   for (int p = 0; p < count; ++p) {  // s_t = Σ w_j m_j; dh is also dL/ds_t
     const T* m = a.slot(idx[p], b);
     dw[p] = dot(dh, m, H);
@@ -103,13 +102,7 @@ void attention_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int6
   }
   const T dtau = sparse::weights_backward(w, dw, count, a.denom[t * a.B + b], da);
   const int64_t thr = a.thr[t * a.B + b];
-  bool thr_selected = false;
-  for (int p = 0; p < count; ++p) {
-    if (idx[p] == thr) {
-      da[p] += dtau;
-      thr_selected = true;
-    }
-  }
+  const bool thr_selected = sparse::add_threshold_grad(idx, count, thr, dtau, da);
   for (int64_t i = 0; i < a.A; ++i) dq[i] = T(0);
   T sum_da = T(0);
   for (int p = 0; p < count; ++p) score_backward(a, b, idx[p], da[p], dq, sum_da);

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "fastrnn/attention_score.h"  // the scorers' per-element math, shared with CUDA
+#include "fastrnn/memory_slots.h"     // SlotGrid, slot_value: the slot layout, shared with CUDA
 
 namespace fastrnn {
 namespace cpu {
@@ -150,24 +151,7 @@ inline void mlp_score_backward(const T* q, const T* p, const T* v, T da, T* dv, 
 //   contiguous); a carried slot's key is computed at the start of the call, a new slot's when it is written:
 //     mlp     [B, S, A] = att_wm @ m_j
 //     linear  [B, S]    = att_wm · m_j (the slot's part of the score; it never changes)
-
-// Which slots exist when, in one call.
-struct SlotGrid {
-  int64_t S0;     // slots carried in
-  int64_t step0;  // global index of the call's step 0
-  int64_t k_att;
-  int64_t first;  // the first local step that writes a slot (may be >= T: none)
-
-  SlotGrid(int64_t S0, int64_t step0, int64_t k_att)
-      : S0(S0), step0(step0), k_att(k_att), first((step0 / k_att + 1) * k_att - 1 - step0) {}
-
-  // The slots written before step t, which step t scores (|M| of SPEC step 4); n_mem(T) is the call's S.
-  int64_t n_mem(int64_t t) const { return S0 + (step0 + t) / k_att - step0 / k_att; }
-  // The slot written after step t (SPEC step 8), or -1 if none.
-  int64_t written(int64_t t) const { return (step0 + t + 1) % k_att == 0 ? n_mem(t) : -1; }
-  // The step that wrote slot j >= S0.
-  int64_t step_of(int64_t j) const { return first + (j - S0) * k_att; }
-};
+//   The slot numbering (SlotGrid) and slot_value are fastrnn/memory_slots.h's, shared with CUDA.
 
 // The SAB part of one layer call (the LSTM part is lstm_step.h's LstmLayer): sizes, options, the scorer's
 // parameters, the states the slots hold, their keys and the attention record, [T, B, .] step-major. The
@@ -189,8 +173,7 @@ struct SabLayer {
   // The value m_j of slot j for batch row b: carried in, or the final (y) / provisional (ĥ) state of the
   // step that wrote it.
   const T* slot(int64_t j, int64_t b) const {
-    if (j < grid.S0) return carried + (b * grid.S0 + j) * H;
-    return (provisional ? hhat : y) + (grid.step_of(j) * B + b) * H;
+    return slot_value(grid, j, b, carried, y, hhat, provisional, B, H);
   }
 };
 

@@ -1,11 +1,12 @@
-// The CUDA implementations of the fastrnn:: ops (schemas in csrc/ops.cpp; the
-// argument lists and outputs are the CPU ops', so the Python autograd and fake kernels hold unchanged).
+// The CUDA implementations of the fastrnn:: ops (schemas in csrc/ops.cpp; the argument lists and outputs are
+// the CPU ops', so the Python autograd and fake kernels hold unchanged), their arguments checked by
+// csrc/checks.h as on the CPU (the same messages, "fastrnn::<op>: <argument> must ...").
 // Built by fastrnn/ops/cuda_build.py with torch.utils.cpp_extension together with the kernels
 // (csrc/cuda/*.cu, reached through the C launcher API of launchers.h); not built by CMake (it needs the
 // CUDA build of torch). This file does what is not sequential with torch (cuBLAS): the input projection
-// before the sweep, the weight gradients after it, the lengths' gathers and masks; the sweeps are the
-// launchers'. bfloat16 tensors compute in float32 (projection, gate gradients, accumulators) and return
-// bfloat16.
+// before the sweep, the weight gradients after it, the lengths' gathers and masks, the streaming slots'
+// gathers (new_slots) and gradients (dmemory); the sweeps are the launchers'. bfloat16 tensors compute in
+// float32 (projection, gate gradients, accumulators) and return bfloat16.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -14,7 +15,9 @@
 #include <cstdlib>
 #include <string>
 
+#include "checks.h"
 #include "cuda/launchers.h"
+#include "fastrnn/memory_slots.h"
 
 namespace fastrnn {
 namespace cuda_binding {
@@ -23,26 +26,10 @@ namespace {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-struct Checker {
-  const char* op;
-  at::Device device;
-  void tensor(const Tensor& t, const char* name, at::ScalarType dtype, at::IntArrayRef shape) const {
-    TORCH_CHECK(t.device() == device, op, ": ", name, " must be on ", device, " (like x), got ", t.device());
-    TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype, ", got ", t.scalar_type());
-    TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-    TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-  }
-};
+// The argument checks of every device (csrc/checks.h), for the CUDA key: float32, float64 and bfloat16.
+ArgChecker checker(const char* op) { return ArgChecker(op, at::kCUDA, {at::kFloat, at::kDouble, at::kBFloat16}); }
 
 at::ScalarType acc_type(at::ScalarType dt) { return dt == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_x(const char* op, const Tensor& x) {
-  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got device ", x.device());
-  TORCH_CHECK(x.dim() == 3 && x.size(0) >= 1, op, ": x must be [T, B, I] with T >= 1, got ", x.sizes());
-  const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16, op,
-              ": x must be float32, float64 or bfloat16, got ", dt);
-}
 
 void check_rc(int rc, const char* op) {
   TORCH_CHECK(rc == 0, op, ": CUDA launch failed: ",
@@ -50,14 +37,9 @@ void check_rc(int rc, const char* op) {
                      : std::string(cudaGetErrorString(static_cast<cudaError_t>(rc))));
 }
 
-// lengths: None or int64 [B] on x's device with values in [0, T] (one host read, as the CPU op checks).
-const int64_t* check_lengths(const Checker& ck, const OptTensor& lengths, int64_t T, int64_t B) {
-  if (!lengths.has_value()) return nullptr;
-  ck.tensor(*lengths, "lengths", at::kLong, {B});
-  if (B > 0)
-    TORCH_CHECK(((*lengths >= 0) & (*lengths <= T)).all().item<bool>(), ck.op, ": lengths must lie in [0, T] with T = ",
-                T);
-  return lengths->const_data_ptr<int64_t>();
+// The checked lengths (ArgChecker::lengths) as a device pointer, or nullptr for None.
+const int64_t* lengths_data(const OptTensor& lengths) {
+  return lengths.has_value() ? lengths->const_data_ptr<int64_t>() : nullptr;
 }
 
 // FASTRNN_CUDA_LSTM_MODE: 0 step kernels, 1 persistent where possible (default), 2 persistent or error.
@@ -122,27 +104,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> weight_grads(const Tensor& dG, const 
   return {dx, dw_ih, dw_hh, db};
 }
 
-struct LstmDims {
-  int64_t T, B, I, H;
-};
-
-LstmDims check_lstm(const Checker& ck, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& h0,
-                    const Tensor& c0, const Tensor& cut, const Tensor& scale) {
-  check_x(ck.op, x);
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1), ck.op, ": w_hh must be [4H, H], got ",
-              w_hh.sizes());
-  const LstmDims d{x.size(0), x.size(1), x.size(2), w_hh.size(1)};
-  const auto dt = x.scalar_type();
-  ck.tensor(x, "x", dt, {d.T, d.B, d.I});
-  ck.tensor(w_ih, "w_ih", dt, {4 * d.H, d.I});
-  ck.tensor(w_hh, "w_hh", dt, {4 * d.H, d.H});
-  ck.tensor(h0, "h0", dt, {d.B, d.H});
-  ck.tensor(c0, "c0", dt, {d.B, d.H});
-  ck.tensor(cut, "cut", at::kBool, {d.T});
-  ck.tensor(scale, "scale", dt, {d.T});
-  return d;
-}
-
 #define FASTRNN_DISPATCH(dt, F32, F64, BF16) \
   ((dt) == at::kFloat ? (F32) : (dt) == at::kDouble ? (F64) : (BF16))
 
@@ -151,16 +112,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(const Tenso
                                                                      const OptTensor& b_hh, const Tensor& h0,
                                                                      const Tensor& c0, const Tensor& cut,
                                                                      const Tensor& scale, const OptTensor& lengths) {
-  const Checker ck{"fastrnn::lstm_forward", x.device()};
-  const LstmDims d = check_lstm(ck, x, w_ih, w_hh, h0, c0, cut, scale);
-  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), ck.op, ": b_ih and b_hh must both be given or both be None");
-  if (b_ih.has_value()) {
-    ck.tensor(*b_ih, "b_ih", x.scalar_type(), {4 * d.H});
-    ck.tensor(*b_hh, "b_hh", x.scalar_type(), {4 * d.H});
-  }
+  ArgChecker ck = checker("fastrnn::lstm_forward");
+  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
+  ck.biases(b_ih, b_hh, d);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t* len = check_lengths(ck, lengths, d.T, d.B);
-  (void)len;
+  ck.lengths(lengths, d);
   const Tensor xg = input_projection(x, w_ih, b_ih, b_hh);
   Tensor gates = at::empty({d.T, d.B, 4 * d.H}, x.options());
   Tensor cs = at::empty({d.T, d.B, d.H}, x.options());
@@ -181,7 +137,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(const Tenso
                                    c0.const_data_ptr(), gates.data_ptr(), cs.data_ptr(), y.data_ptr(), d.T, d.B, d.H,
                                    mode, stream());
   }
-  check_rc(rc, ck.op);
+  check_rc(rc, ck.op());
   if (!lengths.has_value()) return {y, y[d.T - 1].clone(), cs[d.T - 1].clone(), gates, cs};
   auto [h_n, c_n] = stop_at_lengths(y, cs, h0, c0, *lengths);
   return {y, h_n, c_n, gates, cs};
@@ -191,17 +147,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cuda(
     const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Tensor& x, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& h0, const Tensor& c0, const Tensor& y, const Tensor& gates, const Tensor& cs,
     const Tensor& cut, const Tensor& scale, const OptTensor& lengths) {
-  const Checker ck{"fastrnn::lstm_backward", x.device()};
-  const LstmDims d = check_lstm(ck, x, w_ih, w_hh, h0, c0, cut, scale);
+  ArgChecker ck = checker("fastrnn::lstm_backward");
+  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   const auto dt = x.scalar_type(), acc = acc_type(dt);
-  ck.tensor(dy, "dy", dt, {d.T, d.B, d.H});
-  ck.tensor(dh_n, "dh_n", dt, {d.B, d.H});
-  ck.tensor(dc_n, "dc_n", dt, {d.B, d.H});
-  ck.tensor(y, "y", dt, {d.T, d.B, d.H});
-  ck.tensor(gates, "gates", dt, {d.T, d.B, 4 * d.H});
-  ck.tensor(cs, "cs", dt, {d.T, d.B, d.H});
+  ck.tensor(dy, "dy", {d.T, d.B, d.H});
+  ck.tensor(dh_n, "dh_n", {d.B, d.H});
+  ck.tensor(dc_n, "dc_n", {d.B, d.H});
+  ck.tensor(y, "y", {d.T, d.B, d.H});
+  ck.tensor(gates, "gates", {d.T, d.B, 4 * d.H});
+  ck.tensor(cs, "cs", {d.T, d.B, d.H});
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t* len = check_lengths(ck, lengths, d.T, d.B);
+  ck.lengths(lengths, d);
+  const int64_t* len = lengths_data(lengths);
   Tensor dG = at::empty({d.T, d.B, 4 * d.H}, x.options().dtype(acc));
   Tensor dc = len ? at::zeros({d.B, d.H}, dG.options()) : dc_n.to(acc).clone().contiguous();
   const int mode = lstm_mode();
@@ -226,7 +183,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cuda(
                                     cs.const_data_ptr(), cut.const_data_ptr<bool>(), scale.const_data_ptr(),
                                     dG.data_ptr<float>(), dc.data_ptr<float>(), d.T, d.B, d.H, mode, stream());
   }
-  check_rc(rc, ck.op);
+  check_rc(rc, ck.op());
   Tensor dh0 = recurrent_into_h0(dG, w_hh, cut, scale);
   if (len) add_zero_length_grads(*lengths, dh_n, dc_n, dh0, dc);
   auto [dx, dw_ih, dw_hh, db] = weight_grads(dG, x, w_ih, h0, y);
@@ -234,67 +191,43 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cuda(
 }
 
 // ---- SAB ------------------------------------------------------------------------------------------------
-struct SabDims {
-  int64_t T, B, I, H, A, S;
-  bool mlp;
-};
-
-SabDims check_sab(const Checker& ck, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& att_wh,
-                  const Tensor& att_wm, const Tensor& att_vb, const Tensor& h0, const Tensor& c0, const Tensor& cut,
-                  const Tensor& scale, int64_t k_top, int64_t k_att, c10::string_view scorer) {
-  check_x(ck.op, x);
-  TORCH_CHECK(h0.dim() == 2 && h0.size(1) >= 1, ck.op, ": h0 must be [B, H] with H >= 1, got ", h0.sizes());
-  TORCH_CHECK(k_top >= 1, ck.op, ": k_top must be >= 1, got ", k_top);
-  TORCH_CHECK(k_att >= 1, ck.op, ": k_att must be >= 1, got ", k_att);
-  TORCH_CHECK(scorer == "mlp" || scorer == "linear", ck.op, ": scorer must be 'mlp' or 'linear', got '",
-              std::string(scorer), "'");
-  SabDims d{x.size(0), x.size(1), x.size(2), h0.size(1), 0, 1 + x.size(0) / k_att, scorer == "mlp"};
-  const LstmDims l = check_lstm(ck, x, w_ih, w_hh, h0, c0, cut, scale);
-  (void)l;
-  const auto dt = x.scalar_type();
-  if (d.mlp) {
-    TORCH_CHECK(att_wh.dim() == 2 && att_wh.size(0) >= 1, ck.op, ": att_wh must be [A, H] for the mlp scorer, got ",
-                att_wh.sizes());
-    d.A = att_wh.size(0);
-    ck.tensor(att_wh, "att_wh", dt, {d.A, d.H});
-    ck.tensor(att_wm, "att_wm", dt, {d.A, d.H});
-    ck.tensor(att_vb, "att_vb", dt, {d.A});
-  } else {
-    ck.tensor(att_wh, "att_wh", dt, {d.H});
-    ck.tensor(att_wm, "att_wm", dt, {d.H});
-    ck.tensor(att_vb, "att_vb", dt, {1});
-  }
-  return d;
+// The values of the slots this call wrote, [B, S1, H] (a copy): the states (hhat or y) of the steps that wrote
+// them, grid.first, grid.first + k_att, ... (fastrnn/memory_slots.h).
+Tensor written_slots(const Tensor& states, const SlotGrid& grid, int64_t S1) {
+  const int64_t T = states.size(0);
+  if (S1 == 0) return at::empty({states.size(1), 0, states.size(2)}, states.options());
+  const Tensor s = states.slice(0, grid.first, T, grid.k_att);
+  TORCH_INTERNAL_ASSERT(s.size(0) == S1, "written_slots: ", s.size(0), " steps for ", S1, " slots");
+  return s.transpose(0, 1).contiguous();
 }
 
 using SabForwardOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                                 Tensor>;
+                                 Tensor, Tensor>;
 
 SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                                const OptTensor& b_hh, const Tensor& att_wh, const Tensor& att_wm, const Tensor& att_vb,
                                const Tensor& h0, const Tensor& c0, const Tensor& cut, const Tensor& scale,
-                               const OptTensor& lengths, int64_t k_top, int64_t k_att, c10::string_view scorer,
-                               bool provisional) {
-  const Checker ck{"fastrnn::sab_forward", x.device()};
-  const SabDims d = check_sab(ck, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, k_top, k_att, scorer);
-  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), ck.op, ": b_ih and b_hh must both be given or both be None");
-  if (b_ih.has_value()) {
-    ck.tensor(*b_ih, "b_ih", x.scalar_type(), {4 * d.H});
-    ck.tensor(*b_hh, "b_hh", x.scalar_type(), {4 * d.H});
-  }
+                               const OptTensor& lengths, const OptTensor& memory, int64_t step0, int64_t k_top,
+                               int64_t k_att, c10::string_view scorer, bool provisional) {
+  ArgChecker ck = checker("fastrnn::sab_forward");
+  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
+  ck.biases(b_ih, b_hh, d);
+  const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
   const c10::cuda::CUDAGuard guard(x.device());
-  check_lengths(ck, lengths, d.T, d.B);
-  const int64_t T = d.T, B = d.B, H = d.H, A = d.A, S = d.S, K = k_top;
+  ck.lengths(lengths, d);
+  const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
+  const int64_t T = d.T, B = d.B, H = d.H, A = sd.A, S = grid.n_mem(T), S0 = grid.S0, K = k_top;
+  const bool mlp = sd.mlp;
   const auto opt = x.options(), aopt = opt.dtype(acc_type(x.scalar_type())), lopt = opt.dtype(at::kLong);
   const Tensor xg = input_projection(x, w_ih, b_ih, b_hh);
   Tensor gates = at::empty({T, B, 4 * H}, opt), c = at::empty({T, B, H}, opt);
   Tensor hhat = at::empty({T, B, H}, opt), y = at::empty({T, B, H}, opt);
   Tensor idx = at::empty({T, B, K}, lopt), w = at::empty({T, B, K}, opt);
   Tensor thr = at::empty({T, B}, lopt), denom = at::empty({T, B}, opt);
-  Tensor slot_keys = d.mlp ? at::empty({B, S, A}, opt) : at::empty({B, S}, opt);
-  Tensor q = at::empty({d.mlp ? B : 0, A}, aopt), scores = at::empty({d.mlp ? B : 0, S}, aopt);
-  Tensor keep_score = at::empty({d.mlp ? 0 : B, K + 1}, aopt), keep_slot = at::empty({d.mlp ? 0 : B, K + 1}, lopt);
-  Tensor keep_n = at::zeros({d.mlp ? 0 : B}, opt.dtype(at::kInt));
+  Tensor slot_keys = mlp ? at::empty({B, S, A}, opt) : at::empty({B, S}, opt);
+  Tensor q = at::empty({mlp ? B : 0, A}, aopt), scores = at::empty({mlp ? B : 0, S}, aopt);
+  Tensor keep_score = at::empty({mlp ? 0 : B, K + 1}, aopt), keep_slot = at::empty({mlp ? 0 : B, K + 1}, lopt);
+  Tensor keep_n = at::zeros({mlp ? 0 : B}, opt.dtype(at::kInt));
   fastrnn_sab_forward_args a{};
   a.T = T;
   a.B = B;
@@ -303,7 +236,9 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
   a.S = S;
   a.K = K;
   a.k_att = k_att;
-  a.mlp = d.mlp;
+  a.S0 = S0;
+  a.step0 = step0;
+  a.mlp = mlp;
   a.provisional = provisional;
   a.xg = xg.const_data_ptr();
   a.w_hh = w_hh.const_data_ptr();
@@ -312,6 +247,7 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
   a.att_vb = att_vb.const_data_ptr();
   a.h0 = h0.const_data_ptr();
   a.c0 = c0.const_data_ptr();
+  a.memory = memory.has_value() ? memory->const_data_ptr() : nullptr;
   a.gates = gates.data_ptr();
   a.c = c.data_ptr();
   a.hhat = hhat.data_ptr();
@@ -329,53 +265,69 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
   const auto dt = x.scalar_type();
   check_rc(FASTRNN_DISPATCH(dt, fastrnn_sab_forward_f32(&a, stream()), fastrnn_sab_forward_f64(&a, stream()),
                             fastrnn_sab_forward_bf16(&a, stream())),
-           ck.op);
-  if (!lengths.has_value()) return {y, y[T - 1].clone(), c[T - 1].clone(), gates, c, hhat, idx, w, thr, denom, slot_keys};
+           ck.op());
+  // Gathered before y is masked: the values the slots held (lengths and carried slots do not go together).
+  Tensor new_slots = written_slots(provisional ? hhat : y, grid, S - S0);
+  if (!lengths.has_value())
+    return {y, y[T - 1].clone(), c[T - 1].clone(), gates, c, hhat, idx, w, thr, denom, slot_keys, new_slots};
   auto [h_n, c_n] = stop_at_lengths(y, c, h0, c0, *lengths);
   const Tensor past = past_lengths(T, *lengths).unsqueeze(2);  // the record past each row's length
   idx.masked_fill_(past, -1);
   w.masked_fill_(past, 0);
-  return {y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, slot_keys};
+  return {y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, slot_keys, new_slots};
 }
 
-using SabBackwardOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using SabBackwardOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& x,
-                                 const Tensor& w_ih, const Tensor& w_hh, const Tensor& att_wh, const Tensor& att_wm,
-                                 const Tensor& att_vb, const Tensor& h0, const Tensor& c0, const Tensor& cut,
-                                 const Tensor& scale, const OptTensor& lengths, const Tensor& y, const Tensor& gates,
-                                 const Tensor& c, const Tensor& hhat, const Tensor& idx, const Tensor& w,
-                                 const Tensor& thr, const Tensor& denom, const Tensor& slot_keys, int64_t k_top,
-                                 int64_t k_att, c10::string_view scorer, bool provisional, bool has_bias) {
-  const Checker ck{"fastrnn::sab_backward", x.device()};
-  const SabDims d = check_sab(ck, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, k_top, k_att, scorer);
-  const int64_t T = d.T, B = d.B, H = d.H, A = d.A, S = d.S, K = k_top, G = 4 * H;
-  const auto dt = x.scalar_type(), acc = acc_type(dt);
-  ck.tensor(grad_y, "grad_y", dt, {T, B, H});
-  ck.tensor(grad_hn, "grad_hn", dt, {B, H});
-  ck.tensor(grad_cn, "grad_cn", dt, {B, H});
-  ck.tensor(y, "y", dt, {T, B, H});
-  ck.tensor(gates, "gates", dt, {T, B, G});
-  ck.tensor(c, "c", dt, {T, B, H});
-  ck.tensor(hhat, "hhat", dt, {T, B, H});
-  ck.tensor(idx, "idx", at::kLong, {T, B, K});
-  ck.tensor(w, "w", dt, {T, B, K});
-  ck.tensor(thr, "thr", at::kLong, {T, B});
-  ck.tensor(denom, "denom", dt, {T, B});
-  if (d.mlp) {
-    ck.tensor(slot_keys, "slot_keys", dt, {B, S, A});
-  } else {
-    ck.tensor(slot_keys, "slot_keys", dt, {B, S});
-  }
+SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, const Tensor& grad_cn,
+                                 const OptTensor& grad_new_slots, const Tensor& x, const Tensor& w_ih,
+                                 const Tensor& w_hh, const Tensor& att_wh, const Tensor& att_wm, const Tensor& att_vb,
+                                 const Tensor& h0, const Tensor& c0, const Tensor& cut, const Tensor& scale,
+                                 const OptTensor& lengths, const OptTensor& memory, int64_t step0, const Tensor& y,
+                                 const Tensor& gates, const Tensor& c, const Tensor& hhat, const Tensor& idx,
+                                 const Tensor& w, const Tensor& thr, const Tensor& denom, const Tensor& slot_keys,
+                                 int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional,
+                                 bool has_bias) {
+  ArgChecker ck = checker("fastrnn::sab_backward");
+  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
+  const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t* len = check_lengths(ck, lengths, T, B);
+  ck.lengths(lengths, d);
+  const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
+  const int64_t T = d.T, B = d.B, H = d.H, A = sd.A, S = grid.n_mem(T), S0 = grid.S0, K = k_top, G = 4 * H;
+  const bool mlp = sd.mlp;
+  const auto dt = x.scalar_type(), acc = acc_type(dt);
+  if (grad_new_slots.has_value()) {
+    TORCH_CHECK(!lengths.has_value(), ck.op(),
+                ": lengths cannot be combined with grad_new_slots (slots written past a row's length would be "
+                "carried into the next call)");
+    ck.tensor(*grad_new_slots, "grad_new_slots", {B, S - S0, H});
+  }
+  ck.tensor(grad_y, "grad_y", {T, B, H});
+  ck.tensor(grad_hn, "grad_hn", {B, H});
+  ck.tensor(grad_cn, "grad_cn", {B, H});
+  ck.tensor(y, "y", {T, B, H});
+  ck.tensor(gates, "gates", {T, B, G});
+  ck.tensor(c, "c", {T, B, H});
+  ck.tensor(hhat, "hhat", {T, B, H});
+  ck.tensor(idx, "idx", at::kLong, {T, B, K});
+  ck.tensor(w, "w", {T, B, K});
+  ck.tensor(thr, "thr", at::kLong, {T, B});
+  ck.tensor(denom, "denom", {T, B});
+  if (mlp) {
+    ck.tensor(slot_keys, "slot_keys", {B, S, A});
+  } else {
+    ck.tensor(slot_keys, "slot_keys", {B, S});
+  }
+  const int64_t* len = lengths_data(lengths);
   const auto aopt = x.options().dtype(acc);
-  Tensor dG = at::empty({T, B, G}, aopt), dQ = at::empty({d.mlp ? T : 0, B, A}, aopt);
-  Tensor dM = at::zeros({B, S, H}, aopt), dP = at::zeros({d.mlp ? B : 0, S, A}, aopt);
-  Tensor dv = at::zeros({d.mlp ? B : 0, A}, aopt);
-  Tensor acc_wm = at::zeros({d.mlp ? 0 : B, H}, aopt), acc_wh = at::zeros({d.mlp ? 0 : B, H}, aopt);
-  Tensor acc_b = at::zeros({d.mlp ? 0 : B}, aopt);
-  Tensor q = at::empty({d.mlp ? B : 0, A}, aopt), carry = at::empty({B, H}, aopt), dhh = at::empty({B, H}, aopt);
+  Tensor dG = at::empty({T, B, G}, aopt), dQ = at::empty({mlp ? T : 0, B, A}, aopt);
+  Tensor dM = at::zeros({B, S, H}, aopt), dP = at::zeros({mlp ? B : 0, S, A}, aopt);
+  if (grad_new_slots.has_value()) dM.narrow(1, S0, S - S0).copy_(*grad_new_slots);  // from later calls
+  Tensor dv = at::zeros({mlp ? B : 0, A}, aopt);
+  Tensor acc_wm = at::zeros({mlp ? 0 : B, H}, aopt), acc_wh = at::zeros({mlp ? 0 : B, H}, aopt);
+  Tensor acc_b = at::zeros({mlp ? 0 : B}, aopt);
+  Tensor q = at::empty({mlp ? B : 0, A}, aopt), carry = at::empty({B, H}, aopt), dhh = at::empty({B, H}, aopt);
   Tensor dc = len ? at::zeros({B, H}, aopt) : grad_cn.to(acc).clone().contiguous();
   fastrnn_sab_backward_args a{};
   a.T = T;
@@ -385,7 +337,9 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
   a.S = S;
   a.K = K;
   a.k_att = k_att;
-  a.mlp = d.mlp;
+  a.S0 = S0;
+  a.step0 = step0;
+  a.mlp = mlp;
   a.provisional = provisional;
   a.grad_y = grad_y.const_data_ptr();
   a.grad_hn = grad_hn.const_data_ptr();
@@ -397,6 +351,7 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
   a.att_vb = att_vb.const_data_ptr();
   a.h0 = h0.const_data_ptr();
   a.c0 = c0.const_data_ptr();
+  a.memory = memory.has_value() ? memory->const_data_ptr() : nullptr;
   a.scale = scale.const_data_ptr();
   a.cut = cut.const_data_ptr<bool>();
   a.y = y.const_data_ptr();
@@ -422,20 +377,27 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
   a.dc = dc.data_ptr();
   check_rc(FASTRNN_DISPATCH(dt, fastrnn_sab_backward_f32(&a, stream()), fastrnn_sab_backward_f64(&a, stream()),
                             fastrnn_sab_backward_bf16(&a, stream())),
-           ck.op);
-  // Slot 0 is h0: its projection's gradient joins it like any other slot's (mlp), then the recurrent path.
-  Tensor dM0 = dM.select(1, 0);
-  if (d.mlp) dM0 = dM0 + dP.select(1, 0).mm(att_wm.to(acc));
-  Tensor dh0 = dM0 + recurrent_into_h0(dG, w_hh, cut, scale);
+           ck.op());
+  // The carried slots, written by no step of this call: their gradient (with their keys', mlp) is dmemory,
+  // or for a fresh call slot 0's, which is h0's (beside the recurrent path into it).
+  Tensor d_carried = dM.narrow(1, 0, S0);
+  if (mlp) d_carried = d_carried + at::matmul(dP.narrow(1, 0, S0), att_wm.to(acc));
+  Tensor dh0 = recurrent_into_h0(dG, w_hh, cut, scale);
+  Tensor dmemory = at::empty({0}, x.options());
+  if (memory.has_value()) {
+    dmemory = d_carried.to(dt).contiguous();
+  } else {
+    dh0 = d_carried.select(1, 0) + dh0;
+  }
   if (len) add_zero_length_grads(*lengths, grad_hn, grad_cn, dh0, dc);
   auto [dx, dw_ih, dw_hh, db] = weight_grads(dG, x, w_ih, h0, y);
   if (!has_bias) db = at::empty({0}, x.options());
   Tensor datt_wh, datt_wm, datt_s;
-  if (d.mlp) {
+  if (mlp) {
     datt_wh = dQ.view({T * B, A}).t().mm(hhat.reshape({T * B, H}).to(acc));
-    // the slot values [B, S, H]: h0, then the state of steps k_att - 1, 2 k_att - 1, ...
-    const Tensor src = provisional ? hhat : y;
-    const Tensor M = at::cat({h0.unsqueeze(1), src.slice(0, k_att - 1, T, k_att).transpose(0, 1)}, 1);
+    // the slot values [B, S, H]: the carried ones (memory, or h0), then the states of the steps that wrote one
+    const Tensor carried = memory.has_value() ? *memory : h0.unsqueeze(1);
+    const Tensor M = at::cat({carried, written_slots(provisional ? hhat : y, grid, S - S0)}, 1);
     datt_wm = dP.view({B * S, A}).t().mm(M.reshape({B * S, H}).to(acc));
     datt_s = dv.sum(0);
   } else {
@@ -443,7 +405,7 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
     datt_wh = acc_wh.sum(0);
     datt_s = acc_b.sum(0, /*keepdim=*/true);
   }
-  return {dx, dw_ih, dw_hh, db, datt_wh.to(dt), datt_wm.to(dt), datt_s.to(dt), dh0.to(dt), dc.to(dt)};
+  return {dx, dw_ih, dw_hh, db, datt_wh.to(dt), datt_wm.to(dt), datt_s.to(dt), dh0.to(dt), dc.to(dt), dmemory};
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 // slot projections and their backward, the recurrent gradient of the SAB backward):
 //   C[m * ldc + n] = alpha * sum_k A[m * sam + k * sak] * B[k * sbk + n * sbn]  (+ beta * C when beta != 0)
 // Strides give transposes for free. Accumulates in acc_t of C's type (float for bfloat16 operands).
+// launch_gemm_batched runs `batch` such products in one launch (grid z), the z-th with A + z * saz and
+// C + z * scz (B shared).
 // beta == 0 never reads C, so C may hold garbage (even NaN) then.
 // Tile: 32 x 32 outputs per block of 16 x 16 threads (2 x 2 per thread), K in chunks of 32 through shared
 // memory. Bound by shared-memory bandwidth, not tensor cores: these products are small ([B, <=4H] x
@@ -18,8 +20,10 @@ constexpr int kGemmTile = 32, kGemmK = 32;
 template <class TA, class TB, class TC>
 __global__ void __launch_bounds__(256) gemm_kernel(int64_t M, int64_t N, int64_t K, acc_t<TC> alpha, const TA* A,
                                                    int64_t sam, int64_t sak, const TB* B, int64_t sbk, int64_t sbn,
-                                                   acc_t<TC> beta, TC* C, int64_t ldc) {
+                                                   acc_t<TC> beta, TC* C, int64_t ldc, int64_t saz, int64_t scz) {
   using Acc = acc_t<TC>;
+  A += int64_t(blockIdx.z) * saz;
+  C += int64_t(blockIdx.z) * scz;
   __shared__ Acc As[kGemmTile][kGemmK + 1];
   __shared__ Acc Bs[kGemmK][kGemmTile + 1];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -63,8 +67,25 @@ int launch_gemm(int64_t M, int64_t N, int64_t K, acc_t<TC> alpha, const TA* A, i
   const int64_t gy = ceil_div(M, kGemmTile), gx = ceil_div(N, kGemmTile);
   if (gy > 65535 || gx > 2147483647) return static_cast<int>(cudaErrorInvalidValue);
   gemm_kernel<TA, TB, TC><<<dim3(unsigned(gx), unsigned(gy)), 256, 0, stream>>>(M, N, K, alpha, A, sam, sak, B, sbk,
-                                                                               sbn, beta, C, ldc);
+                                                                               sbn, beta, C, ldc, 0, 0);
   return last_error();
+}
+
+template <class TA, class TB, class TC>
+int launch_gemm_batched(int64_t batch, int64_t M, int64_t N, int64_t K, acc_t<TC> alpha, const TA* A, int64_t sam,
+                        int64_t sak, int64_t saz, const TB* B, int64_t sbk, int64_t sbn, acc_t<TC> beta, TC* C,
+                        int64_t ldc, int64_t scz, cudaStream_t stream) {
+  if (batch == 0 || M == 0 || N == 0) return 0;
+  const int64_t gy = ceil_div(M, kGemmTile), gx = ceil_div(N, kGemmTile);
+  if (gy > 65535 || gx > 2147483647) return static_cast<int>(cudaErrorInvalidValue);
+  constexpr int64_t kMaxZ = 65535;
+  for (int64_t z0 = 0; z0 < batch; z0 += kMaxZ) {
+    const int64_t gz = batch - z0 < kMaxZ ? batch - z0 : kMaxZ;
+    gemm_kernel<TA, TB, TC><<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), 256, 0, stream>>>(
+        M, N, K, alpha, A + z0 * saz, sam, sak, B, sbk, sbn, beta, C + z0 * scz, ldc, saz, scz);
+    if (const int err = last_error()) return err;
+  }
+  return 0;
 }
 
 }  // namespace cuda

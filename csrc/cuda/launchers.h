@@ -78,18 +78,23 @@ int fastrnn_lstm_backward_bf16(const void* dy, const void* dh_n, const void* dc_
 // sweep goes step by step). dtype: 0 float32, 1 float64, 2 bfloat16; forward: 1 forward, 0 backward.
 int fastrnn_lstm_persistent_units(int64_t B, int64_t H, int dtype, int forward);
 
-// The SAB-LSTM layer's forward sweep (SPEC section 1). T = storage type, acc = accumulation type.
+// The SAB-LSTM layer's forward sweep (SPEC sections 1 and 8). T = storage type, acc = accumulation type.
+// The memory is cat(carried, new slots) (fastrnn/memory_slots.h): S0 carried slots, `memory` [B, S0, H] or,
+// when NULL, h0 (S0 = 1); a slot is written after step t when (step0 + t + 1) % k_att == 0. The new slots'
+// values stay in hhat / y (the binding gathers new_slots from there).
 struct fastrnn_sab_forward_args {
-  int64_t T, B, H, A, S, K, k_att;  // A = 0 for the linear scorer; S = 1 + T / k_att; K = k_top
+  int64_t T, B, H, A, S, K, k_att;  // A = 0 for the linear scorer; S = S0 + S1 slots; K = k_top
+  int64_t S0, step0;                // carried slots (1 without memory), global index of step 0
   int mlp, provisional;
   const void* xg;                                              // acc [T, B, 4H]
   const void *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0;        // T
+  const void* memory;                                          // T [B, S0, H], or NULL (fresh: h0)
   void *gates, *c, *hhat, *y;                                  // T outputs ([T, B, 4H], [T, B, H] x3)
   int64_t* idx;                                                // [T, B, K]
   void* w;                                                     // T [T, B, K]
   int64_t* thr;                                                // [T, B]
   void* denom;                                                 // T [T, B]
-  void* slot_keys;                                                 // T: mlp [B, S, A], linear [B, S]
+  void* slot_keys;                                             // T: mlp [B, S, A], linear [B, S]
   void *q, *scores;                                            // acc workspace, mlp: [B, A], [B, S]
   void* keep_score;                                            // acc workspace, linear: [B, K + 1]
   int64_t* keep_slot;                                          // linear: [B, K + 1]
@@ -99,21 +104,25 @@ int fastrnn_sab_forward_f32(const struct fastrnn_sab_forward_args* args, void* s
 int fastrnn_sab_forward_f64(const struct fastrnn_sab_forward_args* args, void* stream);
 int fastrnn_sab_forward_bf16(const struct fastrnn_sab_forward_args* args, void* stream);
 
-// The SAB-LSTM layer's reverse sweep (SPEC section 2). After it the caller forms (docs in binding.cpp):
-// slot 0's gradient (mlp: dM[:, 0] += dP[:, 0] att_wm), dh0 = dM[:, 0] + (cut[0] ? 0 : scale[0] dG_0 W_hh),
+// The SAB-LSTM layer's reverse sweep (SPEC section 2), slots as in the forward. After it the caller forms
+// (docs in binding.cpp): the carried slots' gradient (mlp: dM[:, :S0] += dP[:, :S0] att_wm), which is
+// dmemory, or with no memory slot 0's, joining dh0 = dM[:, 0] + (cut[0] ? 0 : scale[0] dG_0 W_hh);
 // dc0 = dc, the weight gradients from dG, and the attention parameters' gradients (mlp: dQ^T hhat,
 // dP^T slots, dv summed over rows; linear: the row accumulators summed).
 struct fastrnn_sab_backward_args {
   int64_t T, B, H, A, S, K, k_att;
+  int64_t S0, step0;
   int mlp, provisional;
   const void *grad_y, *grad_hn, *grad_cn;                        // T
   const int64_t* lengths;                                        // [B] or NULL
   const void *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0, *scale;  // T
+  const void* memory;                                            // T [B, S0, H], or NULL (fresh: h0)
   const bool* cut;                                               // [T]
-  const void *y, *gates, *c, *hhat, *w, *denom, *slot_keys;          // T (the forward's outputs)
+  const void *y, *gates, *c, *hhat, *w, *denom, *slot_keys;      // T (the forward's outputs)
   const int64_t *idx, *thr;
   void *dG, *dQ;            // acc out: [T, B, 4H], mlp [T, B, A]
-  void *dM, *dP, *dv;       // acc, zeroed by the caller: [B, S, H], mlp [B, S, A], mlp [B, A]
+  void *dM, *dP, *dv;       // acc, zeroed by the caller (dM's new slots: grad_new_slots): [B, S, H],
+                            // mlp [B, S, A], mlp [B, A]
   void *acc_wm, *acc_wh;    // acc, zeroed, linear: [B, H] each (d att_wm, d att_wh per row)
   void* acc_b;              // acc, zeroed, linear: [B] (d att_b per row)
   void *q, *carry, *dhh;    // acc workspace: mlp [B, A], [B, H], [B, H]

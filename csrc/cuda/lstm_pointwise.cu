@@ -1,10 +1,11 @@
 // The LSTM cell pointwise pass on the GPU: one thread per (batch row, hidden unit), grid-stride, running
-// the same per-element math as the CPU kernels (fastrnn/lstm_cell.h). Compile-only on this machine
-// (no GPU); the CPU tests exercise lstm_cell.h itself.
+// the same per-element math as the CPU kernels (fastrnn/lstm_cell.h, fastrnn/reverse_sweep.h). Compile-only
+// on this machine (no GPU); the CPU tests exercise those headers themselves.
 #include <cuda_runtime.h>
 
 #include "cuda/launchers.h"
 #include "fastrnn/lstm_cell.h"
+#include "fastrnn/reverse_sweep.h"
 
 namespace {
 
@@ -36,7 +37,7 @@ __global__ void backward_kernel(const T* dh, T* dc, const T* gates, const T* c_p
     fastrnn::lstm_cell_backward<fastrnn::ScalarMath>(dh[e], dc[e], g[j], g[H + j], g[2 * H + j], g[3 * H + j],
                                                      c_prev[e], c[e], dg[j], dg[H + j], dg[2 * H + j],
                                                      dg[3 * H + j], dc_prev);
-    dc[e] = cut ? T(0) : dc_prev * carry_scale;  // a cut is a detach: not even NaN crosses it
+    dc[e] = fastrnn::carried_dc(dc_prev, cut, carry_scale);  // a cut is a detach: not even NaN crosses it
   }
 }
 

@@ -5,8 +5,8 @@
 //   - the persistent kernels (one launch per sequence; each block keeps its W_hh slice in shared memory for
 //     every step and the grid synchronises between steps, cooperative launch).
 // The forward tile owns hidden units [j0, j0 + UJ) of all four gates, so the cell runs in registers right
-// after the dot products; the backward tile owns the same units of dh. The per-element math is
-// fastrnn/lstm_cell.h's (shared with the CPU backend).
+// after the dot products; the backward tile owns the same units of dh. The per-element math is the CPU
+// backend's: fastrnn/lstm_cell.h (the cell) and fastrnn/reverse_sweep.h (lengths and schedule in the sweep).
 // Layouts (the CPU op's): xg, gates, dG [T, B, 4H] (i, f, g, o blocks), c, y [T, B, H], W_hh [4H, H].
 #pragma once
 
@@ -14,6 +14,7 @@
 
 #include "cuda/common.cuh"
 #include "fastrnn/lstm_cell.h"
+#include "fastrnn/reverse_sweep.h"
 
 namespace fastrnn {
 namespace cuda {
@@ -169,20 +170,12 @@ struct BwdStep {
   acc_t<T>* dc;             // [B, H] carried dL/dc: in from step t+1, out into step t-1 (cut/scaled)
 };
 
-// dL/dh_t from the output: dy (ignored past a row's length) plus dh_n where the row ends (docs/CONTRACT.md).
+// dL/dh_t of element e = (b, j) from the output: dy (ignored past a row's length) plus dh_n where the row
+// ends (docs/CONTRACT.md), fastrnn/reverse_sweep.h's output_grad.
 template <class T>
-__device__ __forceinline__ acc_t<T> output_grad(const T* dy_t, const T* dh_n, const int64_t* len, int64_t t,
-                                                int64_t steps, int64_t b, int64_t e) {
-  using Acc = acc_t<T>;
-  if (len) {
-    const int64_t n = len[b];
-    Acc v = t < n ? to_acc(dy_t[e]) : Acc(0);
-    if (t == n - 1) v += to_acc(dh_n[e]);
-    return v;
-  }
-  Acc v = to_acc(dy_t[e]);
-  if (t == steps - 1) v += to_acc(dh_n[e]);
-  return v;
+__device__ __forceinline__ acc_t<T> load_output_grad(const T* dy_t, const T* dh_n, const int64_t* len, int64_t t,
+                                                     int64_t steps, int64_t b, int64_t e) {
+  return output_grad(to_acc(dy_t[e]), to_acc(dh_n[e]), t, last_step(len, b, steps));
 }
 
 // The cell backward of element (b, j) given dL/dh_t (all paths): dc_n enters at the row's last step, the
@@ -191,8 +184,8 @@ template <class T>
 __device__ __forceinline__ void cell_backward_element(const BwdStep<T>& s, int64_t b, int64_t j, acc_t<T> dh) {
   using Acc = acc_t<T>;
   const int64_t H = s.H, G = 4 * H, e = b * H + j;
-  Acc dc = s.dc[e];
-  if (s.len && s.t == s.len[b] - 1) dc += to_acc(s.dc_n[e]);
+  Acc dc = s.dc[e];  // without lengths it started as dc_n (the caller's), with them dc_n enters here
+  if (s.len && last_step(s.len, b, s.steps) == s.t) dc += to_acc(s.dc_n[e]);
   const T* gr = s.gates_t + b * G;
   Acc di, df, dg, d_o, dcp;
   lstm_cell_backward<ScalarMath>(dh, dc, to_acc(gr[j]), to_acc(gr[H + j]), to_acc(gr[2 * H + j]),
@@ -203,7 +196,7 @@ __device__ __forceinline__ void cell_backward_element(const BwdStep<T>& s, int64
   dgr[H + j] = df;
   dgr[2 * H + j] = dg;
   dgr[3 * H + j] = d_o;
-  s.dc[e] = s.cut[s.t] ? Acc(0) : dcp * to_acc(s.scale[s.t]);
+  s.dc[e] = carried_dc(dcp, s.cut[s.t], to_acc(s.scale[s.t]));
 }
 
 // One pass of the fused backward step: rec = dG_{t+1} W_hh (K = 4H) for rows [rb0, rb0 + RB) x units
@@ -242,7 +235,7 @@ __device__ void lstm_bwd_pass(const BwdStep<T>& s, int64_t rb0, int64_t j0, cons
     }
   }
   if (b < B && j < H) {
-    Acc dh = output_grad(s.dy_t, s.dh_n, s.len, s.t, s.steps, b, b * H + j);
+    Acc dh = load_output_grad(s.dy_t, s.dh_n, s.len, s.t, s.steps, b, b * H + j);
     if (has_rec) dh += to_acc(s.scale[s.t + 1]) * rec;
     cell_backward_element(s, b, j, dh);
   }

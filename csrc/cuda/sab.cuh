@@ -1,30 +1,17 @@
 // What the SAB forward and backward sweeps on the GPU share: the typed view of the C arguments and the
-// memory layout (as the CPU's csrc/cpu/sab_rows.h: slot j >= 1 holds the state of step j * k_att - 1,
-// slot 0 is h0; the slot values are not copied, they are read from h0 / hhat / y).
+// memory layout, fastrnn/memory_slots.h's as on the CPU (the call's memory is cat(carried, new slots):
+// the carried slots are `memory` [B, S0, H] or h0, the new ones the states of the steps that wrote them;
+// the slot values are not copied, they are read from there).
 #pragma once
 
 #include "cuda/common.cuh"
 #include "cuda/launchers.h"
-#include "fastrnn/hd.h"
+#include "fastrnn/memory_slots.h"
 
 namespace fastrnn {
 namespace cuda {
 
 constexpr int kRowThreads = 128;  // threads of the per-row attention kernels (a multiple of 32)
-
-// The value m_j of slot j for batch row b (host/device: the same arithmetic as the CPU's slot_value).
-template <class T>
-FASTRNN_HD inline const T* slot_value(int64_t j, int64_t b, const T* h0, const T* y, const T* hhat,
-                                      bool provisional, int64_t k_att, int64_t B, int64_t H) {
-  if (j == 0) return h0 + b * H;
-  const T* base = provisional ? hhat : y;
-  return base + ((j * k_att - 1) * B + b) * H;
-}
-
-// The slot written at the end of step t (0: none), SPEC step 8.
-FASTRNN_HD inline int64_t slot_written_at(int64_t t, int64_t k_att) {
-  return (t + 1) % k_att == 0 ? (t + 1) / k_att : 0;
-}
 
 // Shared memory of the per-row kernels: ranking (K + 1 scores and slots), the selection (K slots and
 // weights), and K more accumulators (dL/dw, dL/da in the backward), plus a 33-entry reduction buffer.
@@ -55,10 +42,11 @@ struct RowSmem {
 
 template <class T>
 struct SabFwd {
-  int64_t steps, B, H, A, S, K, k_att;
+  int64_t steps, B, H, A, S, K, k_att, S0, step0;
   bool mlp, provisional;
   const acc_t<T>* xg;
   const T *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0;
+  const T* carried;  // [B, S0, H]: memory, or h0 (S0 = 1)
   T *gates, *c, *hhat, *y;
   int64_t* idx;
   T* w;
@@ -68,6 +56,12 @@ struct SabFwd {
   acc_t<T>*q, *scores, *keep_score;
   int64_t* keep_slot;
   int32_t* keep_n;
+
+  FASTRNN_HD SlotGrid grid() const { return SlotGrid(S0, step0, k_att); }
+  // The value m_j of slot j for batch row b.
+  FASTRNN_HD const T* slot(int64_t j, int64_t b) const {
+    return slot_value(grid(), j, b, carried, y, hhat, provisional, B, H);
+  }
 };
 
 template <class T>
@@ -81,6 +75,8 @@ SabFwd<T> typed(const fastrnn_sab_forward_args& a) {
   f.S = a.S;
   f.K = a.K;
   f.k_att = a.k_att;
+  f.S0 = a.S0;
+  f.step0 = a.step0;
   f.mlp = a.mlp != 0;
   f.provisional = a.provisional != 0;
   f.xg = static_cast<const Acc*>(a.xg);
@@ -90,6 +86,7 @@ SabFwd<T> typed(const fastrnn_sab_forward_args& a) {
   f.att_vb = static_cast<const T*>(a.att_vb);
   f.h0 = static_cast<const T*>(a.h0);
   f.c0 = static_cast<const T*>(a.c0);
+  f.carried = a.memory ? static_cast<const T*>(a.memory) : f.h0;
   f.gates = static_cast<T*>(a.gates);
   f.c = static_cast<T*>(a.c);
   f.hhat = static_cast<T*>(a.hhat);
@@ -109,15 +106,22 @@ SabFwd<T> typed(const fastrnn_sab_forward_args& a) {
 
 template <class T>
 struct SabBwd {
-  int64_t steps, B, H, A, S, K, k_att;
+  int64_t steps, B, H, A, S, K, k_att, S0, step0;
   bool mlp, provisional;
   const T *gy, *ghn, *gcn;
   const int64_t* len;
   const T *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0, *scale;
+  const T* carried;  // [B, S0, H]: memory, or h0 (S0 = 1)
   const bool* cut;
   const T *y, *gates, *c, *hhat, *w, *denom, *slot_keys;
   const int64_t *idx, *thr;
   acc_t<T> *dG, *dQ, *dM, *dP, *dv, *acc_wm, *acc_wh, *acc_b, *q, *carry, *dhh, *dc;
+
+  FASTRNN_HD SlotGrid grid() const { return SlotGrid(S0, step0, k_att); }
+  // The value m_j of slot j for batch row b.
+  FASTRNN_HD const T* slot(int64_t j, int64_t b) const {
+    return slot_value(grid(), j, b, carried, y, hhat, provisional, B, H);
+  }
 };
 
 template <class T>
@@ -131,6 +135,8 @@ SabBwd<T> typed(const fastrnn_sab_backward_args& a) {
   f.S = a.S;
   f.K = a.K;
   f.k_att = a.k_att;
+  f.S0 = a.S0;
+  f.step0 = a.step0;
   f.mlp = a.mlp != 0;
   f.provisional = a.provisional != 0;
   f.gy = static_cast<const T*>(a.grad_y);
@@ -143,6 +149,7 @@ SabBwd<T> typed(const fastrnn_sab_backward_args& a) {
   f.att_vb = static_cast<const T*>(a.att_vb);
   f.h0 = static_cast<const T*>(a.h0);
   f.c0 = static_cast<const T*>(a.c0);
+  f.carried = a.memory ? static_cast<const T*>(a.memory) : f.h0;
   f.scale = static_cast<const T*>(a.scale);
   f.cut = a.cut;
   f.y = static_cast<const T*>(a.y);

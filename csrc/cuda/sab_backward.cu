@@ -4,16 +4,20 @@
 //      q_t = ĥ_t att_wh^T recomputed (gemm.cuh);
 //   3. one block per batch row (sab_attention_bwd_kernel): dh_t = dy_t + scale[t+1] carry [+ dM_j, final
 //      slots], then the summary's and the scores' backward over the selected slots and the threshold
-//      slot only (fastrnn/sparse_attention.h's weights_backward, the CPU's code). Every gradient it adds
+//      slot only (fastrnn/sparse_attention.h's weights_backward and add_threshold_grad,
+//      fastrnn/attention_score.h's mlp_score_term_backward: the CPU's code). Every gradient it adds
 //      to goes to this row's own buffers (dM[b], dP[b], dv[b], the linear accumulators [b]), written by
 //      this block only, in a fixed order: no atomics, deterministic, and right when one slot is selected
 //      by every step and every row;
 //   4. mlp: dh_t += dq_t att_wh (gemm.cuh);
 //   5. the cell backward (lstm_step.cuh's cell_backward_element) [+ dM_j, provisional slots], with
 //      dc_n entering at each row's last step and the carried dc cut/scaled by the schedule of step t.
+// Streaming (SPEC section 8): dM of the slots this call wrote starts from grad_new_slots (the caller's);
+// the carried slots are written by no step here, so their dM (+ dP att_wm) is left for the caller (dmemory).
 #include "cuda/gemm.cuh"
 #include "cuda/lstm_step.cuh"
 #include "cuda/sab.cuh"
+#include "fastrnn/attention_score.h"
 #include "fastrnn/sparse_attention.h"
 
 namespace fastrnn {
@@ -31,7 +35,7 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_bwd_kernel(SabBwd<T
   const RowSmem<T> sm = RowSmem<T>::make(smem_raw, a.K);
   Acc* da = sm.rank_score;  // [K]: dL/da of the selected slots (the ranking is not needed here)
   const int64_t b = blockIdx.x, B = a.B, H = a.H, A = a.A, S = a.S, K = a.K;
-  const int64_t row = t * B + b, jw = slot_written_at(t, a.k_att);
+  const int64_t row = t * B + b, jw = a.grid().written(t);
   Acc* dh = a.dhh + b * H;
   const T* hh = a.hhat + row * H;
 
@@ -40,14 +44,13 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_bwd_kernel(SabBwd<T
   Acc sc = Acc(0);
   if (t + 1 < a.steps && !a.cut[t + 1]) sc = to_acc(a.scale[t + 1]);
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
-    Acc v = output_grad(a.gy + t * B * H, a.ghn, a.len, t, a.steps, b, b * H + h);
+    Acc v = load_output_grad(a.gy + t * B * H, a.ghn, a.len, t, a.steps, b, b * H + h);
     if (sc != Acc(0)) v += sc * a.carry[b * H + h];
-    if (jw > 0 && !a.provisional) v += a.dM[(b * S + jw) * H + h];
+    if (jw >= 0 && !a.provisional) v += a.dM[(b * S + jw) * H + h];
     dh[h] = v;
   }
   if (threadIdx.x == 0) {
-    int count = 0;
-    while (count < K && a.idx[row * K + count] >= 0) ++count;
+    const int count = sparse::selected_count(a.idx + row * K, K);
     for (int p = 0; p < count; ++p) {
       sm.sel_idx[p] = a.idx[row * K + p];
       sm.sel_w[p] = to_acc(a.w[row * K + p]);
@@ -58,7 +61,7 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_bwd_kernel(SabBwd<T
   const int count = s_count;
   // s_t = Σ w_j m_j: dL/dw_j = dh · m_j, dM_j += w_j dh.
   for (int p = 0; p < count; ++p) {
-    const T* m = slot_value(sm.sel_idx[p], b, a.h0, a.y, a.hhat, a.provisional, a.k_att, B, H);
+    const T* m = a.slot(sm.sel_idx[p], b);
     Acc s = Acc(0);
     for (int64_t h = threadIdx.x; h < H; h += blockDim.x) s += dh[h] * to_acc(m[h]);
     s = block_sum(s, sm.red);
@@ -69,24 +72,20 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_bwd_kernel(SabBwd<T
   if (threadIdx.x == 0) {
     const Acc dtau = sparse::weights_backward(sm.sel_w, sm.dw, count, to_acc(a.denom[row]), da);
     const int64_t thr = a.thr[row];
-    int selected = 0;
-    for (int p = 0; p < count; ++p)
-      if (sm.sel_idx[p] == thr) {
-        da[p] += dtau;
-        selected = 1;
-      }
+    const bool selected = sparse::add_threshold_grad(sm.sel_idx, count, thr, dtau, da);
     Acc sum = Acc(0);  // the linear scorer's query term: Σ da, in the CPU's order (selected, then threshold)
     for (int p = 0; p < count; ++p) sum += da[p];
     if (!selected) sum += dtau;
     s_dtau = dtau;
     s_thr = thr;
-    s_thr_selected = selected;
+    s_thr_selected = selected ? 1 : 0;
     s_sum_da = sum;
   }
   __syncthreads();
   const int n_scored = count + (s_thr_selected ? 0 : 1);  // selected slots, then the threshold slot
   if (a.mlp) {
-    // a_j = v · tanh(q_t + P_j): u recomputed; dv += da u; du = da v (1 - u²); dq += du; dP_j += du.
+    // a_j = v · tanh(q_t + P_j): u recomputed; dv += da u; du = da v (1 - u²); dq += du; dP_j += du
+    // (mlp_score_term_backward).
     const Acc* qb = a.q + b * A;
     for (int64_t i = threadIdx.x; i < A; i += blockDim.x) {
       const Acc v = to_acc(a.att_vb[i]);
@@ -94,11 +93,8 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_bwd_kernel(SabBwd<T
       for (int p = 0; p < n_scored; ++p) {
         const int64_t j = p < count ? sm.sel_idx[p] : s_thr;
         const Acc d = p < count ? da[p] : s_dtau;
-        const Acc u = ScalarMath::tanh(qb[i] + to_acc(a.slot_keys[(b * S + j) * A + i]));
-        const Acc du = d * v * (Acc(1) - u * u);
-        dv += d * u;
-        dq += du;
-        a.dP[(b * S + j) * A + i] += du;
+        const int64_t e = (b * S + j) * A + i;
+        mlp_score_term_backward<ScalarMath>(qb[i], to_acc(a.slot_keys[e]), v, d, dv, dq, a.dP[e]);
       }
       a.dv[b * A + i] = dv;
       a.dQ[row * A + i] = dq;
@@ -112,7 +108,7 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_bwd_kernel(SabBwd<T
       for (int p = 0; p < n_scored; ++p) {
         const int64_t j = p < count ? sm.sel_idx[p] : s_thr;
         const Acc d = p < count ? da[p] : s_dtau;
-        g += d * to_acc(slot_value(j, b, a.h0, a.y, a.hhat, a.provisional, a.k_att, B, H)[h]);
+        g += d * to_acc(a.slot(j, b)[h]);
         a.dM[(b * S + j) * H + h] += d * wm;
       }
       a.acc_wm[b * H + h] = g;
@@ -130,7 +126,7 @@ __global__ void __launch_bounds__(256) sab_cell_bwd_kernel(SabBwd<T> a, BwdStep<
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = e / a.H, j = e % a.H;
     acc_t<T> dh = a.dhh[e];
-    if (jw > 0 && a.provisional) dh += a.dM[(b * a.S + jw) * a.H + j];
+    if (jw >= 0 && a.provisional) dh += a.dM[(b * a.S + jw) * a.H + j];
     cell_backward_element(s, b, j, dh);
   }
 }
@@ -160,16 +156,17 @@ int sab_backward(const fastrnn_sab_backward_args& args, cudaStream_t stream) {
   q.cut = a.cut;
   q.dG = a.dG;
   q.dc = a.dc;
+  const SlotGrid grid = a.grid();
   int err = 0;
   for (int64_t t = a.steps - 1; t >= 0; --t) {
-    const int64_t jw = slot_written_at(t, a.k_att);
+    const int64_t jw = grid.written(t);
     if (t + 1 < a.steps) {  // carry = dG_{t+1} W_hh
       err = launch_gemm<Acc, T, Acc>(B, H, G, Acc(1), a.dG + (t + 1) * B * G, G, 1, a.w_hh, H, 1, Acc(0), a.carry,
                                      H, stream);
       if (err) return err;
     }
     if (a.mlp) {
-      if (jw > 0) {  // dM_j += dP_j att_wm
+      if (jw >= 0) {  // dM_j += dP_j att_wm
         err = launch_gemm<Acc, T, Acc>(B, H, A, Acc(1), a.dP + jw * A, S * A, 1, a.att_wm, H, 1, Acc(1),
                                        a.dM + jw * H, S * H, stream);
         if (err) return err;

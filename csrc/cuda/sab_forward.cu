@@ -1,15 +1,20 @@
-// The SAB-LSTM layer's forward sweep on the GPU (SPEC section 1), launch per step:
+// The SAB-LSTM layer's forward sweep on the GPU (SPEC sections 1 and 8). First the keys of the carried
+// slots (the memory of earlier calls, or h0: mlp, one batched GEMM; linear, in the first step's row kernel),
+// then per step:
 //   1. the fused LSTM step (lstm_step.cuh) writes gates_t, c_t and ĥ_t;
 //   2. mlp: q_t = ĥ_t att_wh^T (gemm.cuh, all rows);
 //   3. one block per batch row (sab_attention_fwd_kernel): the scores of every slot (mlp: one warp per
-//      slot, a = att_v · tanh(q_t + P_j); linear: the row's running top-(k_top+1) of att_wm · m_j plus the
-//      query term, as the CPU keeps it), the ranking and the threshold with the tie rules of
-//      docs/CONTRACT.md (fastrnn/sparse_attention.h's TopList and select_and_weigh, the CPU's code), the
-//      sparse weights, the summary y_t = ĥ_t + Σ w_j m_j, and the linear scorer's slot write;
+//      slot, a = att_v · tanh(q_t + P_j), fastrnn/attention_score.h's mlp_score_term; linear: the row's
+//      running top-(k_top+1) of att_wm · m_j plus the query term, linear_score, as the CPU keeps it), the
+//      ranking and the threshold with the tie rules of docs/CONTRACT.md (fastrnn/sparse_attention.h's
+//      TopList and select_and_weigh, the CPU's code), the sparse weights, the summary
+//      y_t = ĥ_t + Σ w_j m_j, and the linear scorer's slot write;
 //   4. mlp, on steps that write a slot: its projection P_j = m_j att_wm^T into the slot_keys (gemm.cuh).
+// Slots are numbered by fastrnn/memory_slots.h's SlotGrid, as on the CPU.
 #include "cuda/gemm.cuh"
 #include "cuda/lstm_step.cuh"
 #include "cuda/sab.cuh"
+#include "fastrnn/attention_score.h"
 #include "fastrnn/sparse_attention.h"
 
 namespace fastrnn {
@@ -38,18 +43,20 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_fwd_kernel(SabFwd<T
   __shared__ int s_count;
   const RowSmem<T> sm = RowSmem<T>::make(smem_raw, a.K);
   const int64_t b = blockIdx.x, B = a.B, H = a.H, A = a.A, S = a.S, K = a.K, cap = K + 1;
-  const int64_t n_mem = 1 + t / a.k_att;  // slots written before step t
+  const SlotGrid grid = a.grid();
+  const int64_t n_mem = grid.n_mem(t);  // the carried slots and those written before step t
   const int64_t row = t * B + b;
   const T* hh = a.hhat + row * H;
   if (!a.mlp) {
-    if (t == 0) linear_write_slot(a, b, 0, a.h0 + b * H, sm.red);
-    const Acc query = block_dot<Acc>(a.att_wh, hh, H, sm.red);  // synchronises: slot 0's push is visible
+    if (t == 0)  // the carried slots, in ascending order
+      for (int64_t j = 0; j < a.S0; ++j) linear_write_slot(a, b, j, a.slot(j, b), sm.red);
+    const Acc query = block_dot<Acc>(a.att_wh, hh, H, sm.red);  // synchronises: thread 0 pushed, reads below
     if (threadIdx.x == 0) {
       // The ranking by the slot part is the ranking by the full score (the query term is shared).
       const int n = a.keep_n[b];
       const Acc att_b = to_acc(a.att_vb[0]);
       for (int r = 0; r < n; ++r) {
-        sm.rank_score[r] = a.keep_score[b * cap + r] + query + att_b;
+        sm.rank_score[r] = linear_score(a.keep_score[b * cap + r], query, att_b);
         sm.rank_slot[r] = a.keep_slot[b * cap + r];
       }
       const sparse::TopList<Acc> ranked{sm.rank_score, sm.rank_slot, n, int(cap)};
@@ -64,7 +71,8 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_fwd_kernel(SabFwd<T
     for (int64_t j = warp; j < n_mem; j += nwarps) {
       const T* P = a.slot_keys + (b * S + j) * A;
       Acc s = Acc(0);
-      for (int64_t i = lane; i < A; i += 32) s += to_acc(a.att_vb[i]) * ScalarMath::tanh(qb[i] + to_acc(P[i]));
+      for (int64_t i = lane; i < A; i += 32)
+        s = mlp_score_term<ScalarMath>(qb[i], to_acc(P[i]), to_acc(a.att_vb[i]), s);
       s = warp_sum(s);
       if (lane == 0) a.scores[b * S + j] = s;
     }
@@ -88,12 +96,11 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_fwd_kernel(SabFwd<T
   T* yt = a.y + row * H;
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
     Acc s = Acc(0);
-    for (int p = 0; p < count; ++p)
-      s += sm.sel_w[p] * to_acc(slot_value(sm.sel_idx[p], b, a.h0, a.y, a.hhat, a.provisional, a.k_att, B, H)[h]);
+    for (int p = 0; p < count; ++p) s += sm.sel_w[p] * to_acc(a.slot(sm.sel_idx[p], b)[h]);
     yt[h] = from_acc<T>(s + to_acc(hh[h]));
   }
-  const int64_t j = slot_written_at(t, a.k_att);
-  if (!a.mlp && j > 0) {
+  const int64_t j = grid.written(t);
+  if (!a.mlp && j >= 0) {
     __syncthreads();  // y_t of this row is complete (a final-state slot reads it)
     linear_write_slot(a, b, j, a.provisional ? hh : yt, sm.red);
   }
@@ -111,9 +118,11 @@ int sab_forward(const fastrnn_sab_forward_args& args, cudaStream_t stream) {
   if (gy > 65535) return static_cast<int>(cudaErrorInvalidValue);
   const dim3 step_grid(unsigned(ceil_div(H, UJ)), unsigned(gy));
   const size_t step_smem = tile_smem<T, UJ>(H, false), rsmem = row_smem<Acc>(a.K);
+  const SlotGrid grid = a.grid();
   int err = 0;
-  if (a.mlp) {  // slot 0: P_0 = h0 att_wm^T
-    err = launch_gemm<T, T, T>(B, A, H, Acc(1), a.h0, H, 1, a.att_wm, 1, H, Acc(0), a.slot_keys, S * A, stream);
+  if (a.mlp) {  // the carried slots j < S0: P_j = m_j att_wm^T, batched over j (rows b: m_j of row b)
+    err = launch_gemm_batched<T, T, T>(a.S0, B, A, H, Acc(1), a.carried, a.S0 * H, 1, H, a.att_wm, 1, H, Acc(0),
+                                       a.slot_keys, S * A, A, stream);
     if (err) return err;
   }
   for (int64_t t = 0; t < a.steps; ++t) {
@@ -129,8 +138,8 @@ int sab_forward(const fastrnn_sab_forward_args& args, cudaStream_t stream) {
     }
     sab_attention_fwd_kernel<T><<<unsigned(B), kRowThreads, rsmem, stream>>>(a, t);
     if ((err = last_error())) return err;
-    const int64_t j = slot_written_at(t, a.k_att);
-    if (a.mlp && j > 0) {
+    const int64_t j = grid.written(t);
+    if (a.mlp && j >= 0) {
       const T* m = (a.provisional ? a.hhat : a.y) + t * B * H;
       err = launch_gemm<T, T, T>(B, A, H, Acc(1), m, H, 1, a.att_wm, 1, H, Acc(0), a.slot_keys + j * A, S * A, stream);
       if (err) return err;

@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from .. import _native
+from .streaming import check_stream
 
 NAME = "fastrnn_cuda_ops"
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,15 +132,21 @@ def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
-              lengths=None):
-    """One SAB-LSTM layer on the CUDA ops (docs/CONTRACT.md)."""
+              lengths=None, memory=None, step0: int = 0, return_slots: bool = False):
+    """One SAB-LSTM layer on the CUDA ops (docs/CONTRACT.md), streaming included (docs/SPEC.md section 8):
+    `memory` [B, S0, H] replaces [h0] as the initial memory, `step0` is the global index of x's first step,
+    and with `return_slots` a fifth result holds the slots this call wrote, new_slots [B, S1, H]
+    (fastrnn.reference.sab_layer is the oracle)."""
+    check_stream(memory, step0, lengths, return_slots, h0)
     if not load():
         raise RuntimeError(f"fastrnn cuda backend unavailable: {_error}")
     _check_cuda(x)
     from . import sab
     args = _contiguous(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale)
+    lengths, memory = _contiguous(lengths, memory)
     return sab.sab_layer(*args, k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional,
-                         need_attention=need_attention, lengths=None if lengths is None else lengths.contiguous())
+                         need_attention=need_attention, lengths=lengths, memory=memory, step0=step0,
+                         return_slots=return_slots)
 
 
 if __name__ == "__main__":

@@ -9,21 +9,13 @@
 //
 // `V` is the value type (float, double, or a SIMD vector) and `M` a math policy providing M::tanh(V) and
 // M::fma(V a, V b, V c) = a * b + c: the CPU passes its vector policy (a fast rational tanh for float32),
-// ScoreMath below serves CUDA and scalar code.
+// ScalarMath (scalar_math.h) serves CUDA and scalar code.
 #pragma once
 
-#include <math.h>
-
 #include "fastrnn/hd.h"
+#include "fastrnn/scalar_math.h"
 
 namespace fastrnn {
-
-struct ScoreMath {
-  FASTRNN_HD static float tanh(float x) { return tanhf(x); }
-  FASTRNN_HD static double tanh(double x) { return ::tanh(x); }
-  FASTRNN_HD static float fma(float a, float b, float c) { return fmaf(a, b, c); }
-  FASTRNN_HD static double fma(double a, double b, double c) { return ::fma(a, b, c); }
-};
 
 // One term of the mlp score, accumulated: acc += v * tanh(q + p).
 template <class M, class V>

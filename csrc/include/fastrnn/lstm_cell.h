@@ -4,21 +4,13 @@
 //
 // Gate order is torch.nn.LSTM's: i, f, g, o. `V` is the value type (float, double, or a SIMD vector) and
 // `M` a math policy providing `M::sigmoid(V)` and `M::tanh(V)`: the CPU passes a Vectorized policy, the
-// scalar policy below serves CUDA and the CPU's tail elements.
+// scalar policy (scalar_math.h) serves CUDA and the CPU's tail elements.
 #pragma once
 
-#include <math.h>
-
 #include "fastrnn/hd.h"
+#include "fastrnn/scalar_math.h"
 
 namespace fastrnn {
-
-struct ScalarMath {
-  FASTRNN_HD static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-  FASTRNN_HD static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
-  FASTRNN_HD static float tanh(float x) { return tanhf(x); }
-  FASTRNN_HD static double tanh(double x) { return ::tanh(x); }
-};
 
 // Forward: from the gate pre-activations and c_{t-1}, the activated gates (stored for backward), c_t, h_t.
 template <class M, class V>

@@ -111,5 +111,27 @@ FASTRNN_HD inline T weights_backward(const T* w, const T* dw, int count, T denom
   return dtau;
 }
 
+// The selected slots of a record row idx[0..k_top) (ascending, -1 padding): how many there are.
+FASTRNN_HD inline int selected_count(const int64_t* idx, int64_t k_top) {
+  int count = 0;
+  while (count < k_top && idx[count] >= 0) ++count;
+  return count;
+}
+
+// dL/dtau goes to the threshold slot `thr` only. When it is one of the `count` selected slots idx[], it is
+// added to that slot's dL/da (da[], as weights_backward left it) and this returns true; otherwise the
+// caller takes the threshold slot's score backward on its own, with dL/da = dtau, and this returns false.
+template <typename T>
+FASTRNN_HD inline bool add_threshold_grad(const int64_t* idx, int count, int64_t thr, T dtau, T* da) {
+  bool selected = false;
+  for (int p = 0; p < count; ++p) {
+    if (idx[p] == thr) {
+      da[p] += dtau;
+      selected = true;
+    }
+  }
+  return selected;
+}
+
 }  // namespace sparse
 }  // namespace fastrnn
