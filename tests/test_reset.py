@@ -201,3 +201,205 @@ def test_layer_per_row_arguments_checked():
         name = next(iter(kw))
         with pytest.raises(ValueError, match=name if name != "reset" or "lengths" not in kw else "lengths"):
             reference.sab_layer(**args, **sched, **opts, **kw)
+
+
+# ---- module level ---------------------------------------------------------------------------------
+
+I, H = 3, 4
+
+
+def _model(backend, seed=0, **kw):
+    torch.manual_seed(seed)
+    options = dict(k_top=2, k_att=2, dtype=f64, backend=backend)
+    options.update(kw)
+    return fastrnn.SABLSTM(I, H, **options)
+
+
+def _pieces_module(sab, x, reset, hx):
+    """Each row of x [T, B, I] alone, split at its resets, through `sab` (the first piece from hx, the others
+    from hx=None). Returns (y [T, B, H], h_n, c_n, per layer the selected slots' global steps [T, B, k_top]
+    and weights)."""
+    T, B = x.shape[:2]
+    L = sab.num_layers
+    ys, hs, cs, steps, weights = [], [], [], [], []
+    for b in range(B):
+        starts = [t for t in range(T) if reset[t, b]]
+        bounds = sorted({0, *starts, T})
+        parts = []
+        for a, e in zip(bounds[:-1], bounds[1:]):
+            kw = {} if a in starts else dict(hx=(hx[0][:, b:b + 1], hx[1][:, b:b + 1]))
+            y, (h, c), att = sab(x[a:e, b:b + 1], return_attention=True, **kw)
+            sel = [torch.where(r.indices >= 0, r.slot_steps[r.indices.clamp(min=0)] + a, r.indices)
+                   for r in att]     # the pieces number their steps from 0: shift to the call's steps
+            parts.append((y, sel, [r.weights for r in att]))
+        ys.append(torch.cat([p[0] for p in parts]))
+        hs.append(h)
+        cs.append(c)
+        steps.append([torch.cat([p[1][k] for p in parts]) for k in range(L)])
+        weights.append([torch.cat([p[2][k] for p in parts]) for k in range(L)])
+    return (torch.cat(ys, 1), torch.cat(hs, 1), torch.cat(cs, 1),
+            [torch.cat([s[k] for s in steps], 1) for k in range(L)],
+            [torch.cat([w[k] for w in weights], 1) for k in range(L)])
+
+
+def _selected_steps(att):
+    """The global step of every selected slot of a per-row record [T, B, k_top] (-1 padding stays -1; a
+    piece's fresh slot is the step before the piece)."""
+    idx = att.indices
+    steps = att.slot_steps.unsqueeze(0).expand(idx.shape[0], -1, -1).gather(2, idx.clamp(min=0))
+    return torch.where(idx >= 0, steps, idx)
+
+
+MODULE_RESETS = [(0, 1), (3, 0), (4, 0), (9, 0), (6, 2), (11, 3), (12, 1)]   # row 4: none; T = 13, B = 5
+
+
+@pytest.mark.parametrize("backend", RESET_BACKENDS)
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+@pytest.mark.parametrize("slot_state", ["provisional", "final"])
+@pytest.mark.parametrize("num_layers,batch_first", [(1, False), (2, True)])
+def test_module_reset_equals_pieces(backend, scorer, slot_state, num_layers, batch_first):
+    T, B = 13, 5
+    sab = _model(backend, attention=scorer, slot_state=slot_state, num_layers=num_layers, batch_first=batch_first)
+    x = torch.randn(T, B, I, dtype=f64, requires_grad=True)
+    hx = tuple((torch.randn(num_layers, B, H, dtype=f64) * 0.5).requires_grad_() for _ in range(2))
+    reset = _mask(T, B, MODULE_RESETS)
+    xin, rin = (x.transpose(0, 1), reset.t()) if batch_first else (x, reset)
+    y, (h_n, c_n), att = sab(xin, hx, reset=rin, return_attention=True)
+    if batch_first:
+        y = y.transpose(0, 1)
+    named = {**{f"d{k}": p for k, p in sab.named_parameters()}, "x": x, "h0": hx[0], "c0": hx[1]}
+    got = _grads(_weighted((y, h_n, c_n)), named)
+
+    sab.batch_first = False           # the pieces run time-major
+    ey, eh, ec, esteps, eweights = _pieces_module(sab, x, reset, hx)
+    want = _grads(_weighted((ey, eh, ec)), named)
+
+    tol = _tol(backend)
+    for name, a, b in (("y", y, ey), ("h_n", h_n, eh), ("c_n", c_n, ec)):
+        _assert_close(a, b, tol, name)
+    for k in range(num_layers):
+        assert att[k].slot_steps.shape[0] == B
+        assert torch.equal(_selected_steps(att[k]), esteps[k]), f"layer {k}: selected slots"
+        _assert_close(att[k].weights, eweights[k], tol, f"layer {k}: weights")
+    for name in want:
+        if scorer == "linear" and (name.startswith("datt_wh") or name.startswith("datt_b")):
+            continue                  # rounding noise on both sides (SPEC section 1.5)
+        _assert_close(got[name], want[name], tol, name)
+    for b in (1,):                    # reset at t = 0: hx of that row is never read
+        assert torch.equal(got["h0"][:, b], torch.zeros(num_layers, H, dtype=f64))
+        assert torch.equal(got["c0"][:, b], torch.zeros(num_layers, H, dtype=f64))
+
+
+@pytest.mark.parametrize("backend", RESET_BACKENDS)
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+@pytest.mark.parametrize("slot_state", ["provisional", "final"])
+def test_streaming_chunks_across_resets_equal_one_shot(backend, scorer, slot_state):
+    T, B = 13, 5
+    chunks = [(0, 5), (5, 6), (6, 13)]     # resets at a chunk's start, inside chunks, at t = 0
+    sab = _model(backend, attention=scorer, slot_state=slot_state, num_layers=2)
+    x = torch.randn(T, B, I, dtype=f64, requires_grad=True)
+    reset = _mask(T, B, MODULE_RESETS + [(4, 2)])
+    y, (h_n, c_n), att = sab(x, reset=reset, return_attention=True)
+    named = {**{f"d{k}": p for k, p in sab.named_parameters()}, "x": x}
+    want = _grads(_weighted((y, h_n, c_n)), named)
+
+    state, ys, atts = None, [], []
+    for i, (a, e) in enumerate(chunks):
+        kw = dict(state=state) if state is not None else {}
+        # the middle chunk has no reset of its own: a per-row state continues without reset=
+        rkw = {} if i == 1 else dict(reset=reset[a:e])
+        yc, (hc, cc), attc, state = sab(x[a:e], return_state=True, return_attention=True, **kw, **rkw)
+        assert state.per_row and state.row_steps.shape == (B,)
+        ys.append(yc)
+        atts.append(attc)
+    assert not bool(reset[5].any())
+    yc = torch.cat(ys)
+    got = _grads(_weighted((yc, hc, cc)), named)
+    tol = _tol(backend)
+    for name, a, b in (("y", yc, y), ("h_n", hc, h_n), ("c_n", cc, c_n)):
+        _assert_close(a, b, tol, name)
+    for k in range(2):
+        sel = torch.cat([_selected_steps(attc[k]) for attc in atts])
+        assert torch.equal(sel, _selected_steps(att[k])), f"layer {k}: selected slots"
+    for name in want:
+        if scorer == "linear" and (name.startswith("datt_wh") or name.startswith("datt_b")):
+            continue
+        _assert_close(got[name], want[name], tol, name)
+    # the state's rows hold their current piece only: row 1 (reset at 12) holds its fresh slot and nothing else
+    assert state.slot_steps[1].tolist()[-1] == 11 and (state.slot_steps[1] >= -1).sum() == 1
+    assert state.row_steps.tolist() == [4, 1, 7, 2, 13]
+
+
+def test_reset_chunk_boundary_needs_no_state_change():
+    """Calls without reset= on a per-row state, and a reset exactly at a chunk's first step."""
+    T, B = 8, 2
+    sab = _model("reference")
+    x = torch.randn(T, B, I, dtype=f64)
+    reset = _mask(T, B, [(4, 0)])
+    y, _ = sab(x, reset=reset)
+    y1, _, st = sab(x[:4], return_state=True)
+    assert not st.per_row
+    y2, _, st = sab(x[4:], state=st, reset=reset[4:], return_state=True)
+    torch.testing.assert_close(torch.cat([y1, y2]), y, rtol=1e-12, atol=1e-14)
+    assert st.per_row and st.row_steps.tolist() == [4, 8]
+
+
+def test_unbatched_reset_and_state_round_trip(tmp_path):
+    T = 9
+    sab = _model("reference", max_slots=3)
+    x = torch.randn(T, I, dtype=f64)
+    reset = torch.zeros(T, dtype=torch.bool)
+    reset[5] = True
+    y, (h, c), att = sab(x, reset=reset, return_attention=True)
+    ey, (eh, ec) = sab(x[5:])
+    torch.testing.assert_close(y[5:], ey, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(h, eh, rtol=1e-12, atol=1e-14)
+    assert att[0].indices.shape == (T, 2) and att[0].slot_steps.dim() == 1
+    y1, _, st = sab(x[:7], reset=reset[:7], return_state=True)
+    assert st.row_steps.shape == () and st.slot_steps.tolist() == [4, 6] and st.layers[0].memory.shape == (2, H)
+    path = tmp_path / "state.pt"
+    torch.save(st.detach(), path)
+    back = torch.load(path, weights_only=True)
+    assert torch.equal(back.row_steps, st.row_steps)
+    y2, _ = sab(x[7:], state=back)
+    torch.testing.assert_close(torch.cat([y1, y2]), y, rtol=1e-12, atol=1e-14)
+
+
+def test_max_slots_per_row():
+    T, B = 12, 3
+    sab = _model("reference", k_att=1, max_slots=4)
+    x = torch.randn(T, B, I, dtype=f64)
+    reset = _mask(T, B, [(9, 0), (10, 2)])
+    _, _, st = sab(x, reset=reset, return_state=True)
+    # row 0: fresh slot (step 8) and the slots of steps 9..11, row 1: the newest 4, row 2: step 9, 10, 11
+    assert st.slot_steps.tolist() == [[8, 9, 10, 11], [8, 9, 10, 11], [PAD_STEP, 9, 10, 11]]
+    assert torch.equal(st.layers[0].memory[2, 0], torch.zeros(H, dtype=f64))
+    assert st.row_steps.tolist() == [3, 12, 2]
+
+
+def test_reset_argument_errors():
+    sab = _model("reference", batch_first=True)
+    x = torch.randn(2, 5, I, dtype=f64)        # [B, T, I]
+    with pytest.raises(TypeError, match="reset"):
+        sab(x, reset=torch.zeros(2, 5))
+    with pytest.raises(TypeError, match="reset"):
+        sab(x, reset=[[False] * 5] * 2)
+    with pytest.raises(ValueError, match=r"reset must have shape \[B, T\]"):
+        sab(x, reset=torch.zeros(5, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="reset is on meta"):
+        sab(x, reset=torch.zeros(2, 5, dtype=torch.bool, device="meta"))
+    with pytest.raises(ValueError, match="reset cannot be combined with lengths"):
+        sab(x, reset=torch.zeros(2, 5, dtype=torch.bool), lengths=[5, 3])
+    with pytest.raises(ValueError, match=r"\[T\] \(unbatched"):
+        sab(x[0], reset=torch.zeros(2, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("backend", NO_RESET_BACKENDS)
+def test_backends_without_resets_refuse_them(backend):
+    sab = _model(backend)
+    x = torch.randn(5, 2, I, dtype=f64)
+    with pytest.raises(NotImplementedError, match=f"backend '{backend}' does not implement per-row resets"):
+        sab(x, reset=torch.zeros(5, 2, dtype=torch.bool))
+    _, _, st = _model("reference")(x, reset=torch.zeros(5, 2, dtype=torch.bool), return_state=True)
+    with pytest.raises(NotImplementedError, match=f"backend '{backend}'"):
+        sab(x, state=st)
