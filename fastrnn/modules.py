@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import backends, profiling
 from .ops.attention import SABAttention, slot_steps
-from .ops.streaming import PAD_STEP, reset_plan
+from .ops.streaming import PAD_STEP, reset_plan, supports_reset
 from .state import SABLayerState, SABState
 from .truncation import Schedule, fixed
 
@@ -605,7 +605,7 @@ class SABLSTM(_LSTMBase):
             call = self._from_state(call, state)
         _, sab_layer = self._layer_functions(call)
         rows = reset is not None or (state is not None and state.per_row)     # per-row slot tables (SPEC 9)
-        if rows and not getattr(sab_layer, "supports_reset", False):
+        if rows and not supports_reset(sab_layer, call.x.device.type):
             name = getattr(sab_layer, "__module__", "")
             name = {"fastrnn.reference": "reference", "fastrnn.ops.triton_backend": "triton"}.get(
                 name, "cuda" if call.x.device.type == "cuda" else "cpu")
