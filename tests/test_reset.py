@@ -490,3 +490,35 @@ def test_cpu_second_order_with_resets_equals_reference():
         out[backend] = torch.autograd.grad(penalty, [x, *params])
     for a, b in zip(out["cpu"], out["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.cpu
+@pytest.mark.skipif("cpu" not in fastrnn.available_backends(), reason="cpu backend unavailable")
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+def test_cpu_random_resets_two_threads_several_chunks(scorer):
+    """Random resets over T = 197 steps (several backward chunks, csrc/cpu/sab_backward.cpp) and B = 7 rows
+    split over two threads' row blocks: the cpu layer equals the reference (its pieces)."""
+    T, B = 197, 7
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(T, B, I, dtype=f64, generator=g)
+        reset = torch.rand(T, B, generator=g) < 0.05
+        res = {}
+        for backend in ("reference", "cpu"):
+            sab = _model(backend, attention=scorer, k_top=3, k_att=3)
+            xx = x.clone().requires_grad_()
+            y, (h, c), att = sab(xx, reset=reset, return_attention=True)
+            named = {**{f"d{k}": p for k, p in sab.named_parameters()}, "x": xx}
+            res[backend] = (y, h, c, att[0], _grads(_weighted((y, h, c)), named))
+    finally:
+        torch.set_num_threads(threads)
+    (y, h, c, att, got), (ey, eh, ec, eatt, want) = res["cpu"], res["reference"]
+    for name, a, b in (("y", y, ey), ("h_n", h, eh), ("c_n", c, ec)):
+        _assert_close(a, b, _tol("cpu"), name)
+    assert torch.equal(att.indices, eatt.indices) and torch.equal(att.slot_steps, eatt.slot_steps)
+    for name in want:
+        if scorer == "linear" and (name.startswith("datt_wh") or name.startswith("datt_b")):
+            continue
+        _assert_close(got[name], want[name], dict(rtol=1e-11, atol=1e-13), name)
