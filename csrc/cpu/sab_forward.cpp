@@ -107,12 +107,13 @@ void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& r
   for (int64_t t = 0; t < a.steps; ++t) {
     cell_step(a, t, b0, nb, &put_aside);
     gemm<T>(false, true, nb, A, H, T(1), a.hhat + (t * B + b0) * H, H, a.att_wh, H, T(0), a.query + b0 * A, A);
+    const int64_t n_grid = a.grid.n_mem(t);  // every row's, without per-row tables
     for (int64_t b = b0; b < b0 + nb; ++b) {
       sparse::TopList<T> list = rank.row(b);
       list.clear();
       const T* query = a.query + b * A;
       const T* row_keys = a.slot_keys + b * S * A;
-      const int64_t first = a.first_slot(t, b), n_mem = a.n_slots(t, b);
+      const int64_t first = a.rows ? a.first_slot(t, b) : 0, n_mem = a.rows ? a.n_slots(t, b) : n_grid;
       for (int64_t j = first; j < n_mem; ++j) list.push(mlp_score(query, row_keys + j * A, a.att_vb, A), j);
       attend_row(a, t, b, list, n_mem - first);
     }
@@ -159,8 +160,10 @@ void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>
   ResetRows<T> put_aside(a.rows ? nb : 0, H);
   for (int64_t t = 0; t < a.steps; ++t) {
     cell_step(a, t, b0, nb, &put_aside);
+    const int64_t n_grid = a.grid.n_mem(t), j_grid = a.grid.written(t);  // every row's, without per-row tables
     for (int64_t b = b0; b < b0 + nb; ++b) {
-      const int64_t first = a.first_slot(t, b), n_mem = a.n_slots(t, b) - first, j = a.written(t, b);
+      const int64_t first = a.rows ? a.first_slot(t, b) : 0;
+      const int64_t n_mem = (a.rows ? a.n_slots(t, b) : n_grid) - first, j = a.rows ? a.written(t, b) : j_grid;
       if (a.rows && a.rows->reset[t * B + b]) {  // the row's memory restarts at its fresh slot (key 0)
         keep.n[b] = 0;
         rank_slot(b, first);
