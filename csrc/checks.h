@@ -160,6 +160,34 @@ class ArgChecker {
     return m.size(1);
   }
 
+  // The per-row arguments of the SAB ops (docs/CONTRACT.md "Per-row resets"): reset bool [T, B], slot_offset
+  // int64 [B] in [0, S0) (0 without memory), row_step0 int64 [B] >= 0, each contiguous on x's device, never
+  // with lengths (the values are checked on CPU). Returns whether the call is per row (any of them given).
+  bool rows(const std::optional<at::Tensor>& reset, const std::optional<at::Tensor>& slot_offset,
+            const std::optional<at::Tensor>& row_step0, const std::optional<at::Tensor>& memory,
+            const std::optional<at::Tensor>& lengths, const LayerDims& d, int64_t S0) const {
+    if (!reset.has_value() && !slot_offset.has_value() && !row_step0.has_value()) return false;
+    TORCH_CHECK(!lengths.has_value(), op_, ": lengths cannot be combined with reset / slot_offset / row_step0");
+    if (reset.has_value()) tensor(*reset, "reset", at::kBool, {d.T, d.B});
+    for (const auto& [t, name] : {std::pair{&slot_offset, "slot_offset"}, std::pair{&row_step0, "row_step0"}}) {
+      if (!t->has_value()) continue;
+      tensor(**t, name, at::kLong, {d.B});
+    }
+    if (!device_.is_cpu()) return true;  // the values are read on the host by the CPU ops only
+    if (slot_offset.has_value()) {
+      const int64_t* p = slot_offset->const_data_ptr<int64_t>();
+      for (int64_t b = 0; b < d.B; ++b)
+        TORCH_CHECK(p[b] >= 0 && p[b] < S0 && (memory.has_value() || p[b] == 0), op_, ": slot_offset[", b, "] = ",
+                    p[b], " must lie in [0, S0) with S0 = ", S0, memory.has_value() ? "" : " (0 without memory)");
+    }
+    if (row_step0.has_value()) {
+      const int64_t* p = row_step0->const_data_ptr<int64_t>();
+      for (int64_t b = 0; b < d.B; ++b)
+        TORCH_CHECK(p[b] >= 0, op_, ": row_step0[", b, "] = ", p[b], " must be >= 0");
+    }
+    return true;
+  }
+
  private:
   // "float32 or float64", "float32, float64 or bfloat16": the dtypes by torch's names.
   std::string dtype_list() const {

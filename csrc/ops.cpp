@@ -34,10 +34,16 @@ TORCH_LIBRARY(fastrnn, m) {
   // the first step; a slot is written after step t when (step0 + t + 1) % k_att == 0. The last output,
   // new_slots [B, S1, H], holds the slots this call wrote (differentiable); slot_keys then cover S0 + S1
   // slots, and idx/thr index cat(memory, new_slots). lengths cannot be combined with memory.
+  // Per-row resets (docs/SPEC.md section 9, docs/CONTRACT.md "Per-row resets"; None, None, None: none):
+  // reset bool [T, B] restarts a row's (h, c), memory and step counter before step t; slot_offset int64 [B]
+  // is each row's first valid carried slot (memory left-padded), row_step0 int64 [B] each row's step counter.
+  // Then idx/thr index each row's own table (carried, then a fresh slot per reset and the written slots),
+  // new_slots is [B, S1, H] with S1 the most any row appends (zero padding), and lengths is refused.
   m.def(
       "sab_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor att_wh, "
       "Tensor att_wm, Tensor att_vb, Tensor h0, Tensor c0, Tensor cut, Tensor scale, Tensor? lengths, "
-      "Tensor? memory, int step0, int k_top, int k_att, str scorer, bool provisional) -> (Tensor y, "
+      "Tensor? memory, int step0, Tensor? reset, Tensor? slot_offset, Tensor? row_step0, int k_top, int k_att, "
+      "str scorer, bool provisional) -> (Tensor y, "
       "Tensor h_n, Tensor c_n, Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, "
       "Tensor denom, Tensor slot_keys, Tensor new_slots)");
   // Its backward (SPEC section 2) under the truncation schedule (cut, scale). db is the gradient of both
@@ -47,7 +53,8 @@ TORCH_LIBRARY(fastrnn, m) {
   m.def(
       "sab_backward(Tensor grad_y, Tensor grad_hn, Tensor grad_cn, Tensor? grad_new_slots, Tensor x, "
       "Tensor w_ih, Tensor w_hh, Tensor att_wh, Tensor att_wm, Tensor att_vb, Tensor h0, Tensor c0, "
-      "Tensor cut, Tensor scale, Tensor? lengths, Tensor? memory, int step0, Tensor y, Tensor gates, "
+      "Tensor cut, Tensor scale, Tensor? lengths, Tensor? memory, int step0, Tensor? reset, Tensor? slot_offset, "
+      "Tensor? row_step0, Tensor y, Tensor gates, "
       "Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, Tensor slot_keys, int k_top, "
       "int k_att, str scorer, bool provisional, bool has_bias) -> (Tensor dx, Tensor dw_ih, Tensor dw_hh, "
       "Tensor db, Tensor datt_wh, Tensor datt_wm, Tensor datt_vb, Tensor dh0, Tensor dc0, Tensor dmemory)");

@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import backends, profiling
 from .ops.attention import SABAttention, slot_steps
+from .ops.streaming import PAD_STEP, reset_plan, supports_reset
 from .state import SABLayerState, SABState
 from .truncation import Schedule, fixed
 
@@ -490,7 +491,7 @@ class SABLSTM(_LSTMBase):
     (ValueError); dropout > 0 with num_layers == 1 warns, as torch.nn.LSTM.
 
     forward(input, hx=None, *, state=None, return_state=False, lengths=None, schedule=None,
-            return_attention=False) -> output, (h_n, c_n)[, attention][, state]
+            return_attention=False, reset=None) -> output, (h_n, c_n)[, attention][, state]
       attention: a list with one `SABAttention(indices, weights, slot_steps)` per layer, indices and
         weights [T, B, k_top] (T-major whatever batch_first, in the original batch order for a
         PackedSequence; [T, k_top] for unbatched input); past a sequence's length its indices are -1 and
@@ -508,6 +509,16 @@ class SABLSTM(_LSTMBase):
         is the call's own; its cut[0] acts on the carried (h, c), never on the memory. With a state,
         attention indices index the carried memory followed by the call's new slots, and slot_steps is the
         state's slot_steps followed by the new slots' steps.
+      reset (keyword; docs/SPEC.md section 9): None or a torch.bool tensor [T, B] ([B, T] with batch_first, [T]
+        unbatched). reset[t, b] restarts row b before step t: its (h, c) become zeros in every layer (no
+        gradient crosses), its memory [0] and its step counter 0 (episode boundaries in RL rollouts). Equal
+        to running each row's pieces separately (the first from hx / state, the later ones from hx=None),
+        outputs, (h_n, c_n), attention and gradients. With reset, the attention's indices index each row's
+        own slot table (its carried slots, then a fresh slot per reset and every slot written, in order)
+        and slot_steps is [B, S] int64 (-2 padding); the state it returns is per row (SABState.row_steps,
+        slot_steps [B, S], memory left-padded with zeros), and later calls continue it with or without reset.
+        TypeError for a non-bool reset, ValueError for its shape or device, or with lengths / a
+        PackedSequence; NotImplementedError on a backend that does not implement resets (it names it).
       Streaming errors: TypeError if state is not a SABState; ValueError for state together with hx, for
         state or return_state with lengths or a PackedSequence (a sequence that ended would carry slots
         written on padding), for a state whose num_layers, hidden_size, batch size (or batched-ness),
@@ -580,25 +591,48 @@ class SABLSTM(_LSTMBase):
         return s
 
     def forward(self, input, hx=None, *, state: Optional[SABState] = None, return_state: bool = False,
-                lengths=None, schedule: Optional[Schedule] = None, return_attention: bool = False):
+                lengths=None, schedule: Optional[Schedule] = None, return_attention: bool = False, reset=None):
         streaming = state is not None or bool(return_state)
         if streaming:
             self._check_streaming(input, hx, state, lengths)
+        if reset is not None and (lengths is not None or isinstance(input, PackedSequence)):
+            raise ValueError("reset cannot be combined with lengths or a PackedSequence input (docs/SPEC.md "
+                             "section 9)")
         call = self._prepare(input, hx, lengths, schedule, self.k_trunc)
+        if reset is not None:
+            reset = self._check_reset(reset, call)
         if state is not None:
             call = self._from_state(call, state)
         _, sab_layer = self._layer_functions(call)
+        rows = reset is not None or (state is not None and state.per_row)     # per-row slot tables (SPEC 9)
+        if rows and not supports_reset(sab_layer, call.x.device.type):
+            name = getattr(sab_layer, "__module__", "")
+            name = {"fastrnn.reference": "reference", "fastrnn.ops.triton_backend": "triton"}.get(
+                name, "cuda" if call.x.device.type == "cuda" else "cpu")
+            raise NotImplementedError(
+                f"SABLSTM: backend {name!r} does not implement per-row resets yet (reset=, or a state of a stream "
+                f"that had resets); use backend='reference'")
         step0 = 0 if state is None else state.step
         # the carried memory of each layer as the layers take it: [B, S0, H], contiguous, compute dtype
         memories = None if state is None else [
             self._cast(m.memory if call.batched else m.memory.unsqueeze(0), call.precision).contiguous()
             for m in state.layers]
+        row_args = {}
+        if rows:
+            carried_steps = self._carried_row_steps(call, state)
+            row_args = dict(reset=reset,
+                            slot_offset=None if state is None else (carried_steps == PAD_STEP).sum(1),
+                            row_step0=None if state is None or not state.per_row else
+                            state.row_steps.reshape(-1).to(call.x.device))
 
         def layer_fn(layer, x, h0, c0):
             params = self._parameters_for((*self._lstm_parameters(layer), *self._attention_parameters(layer)),
                                           call)
             stream = {} if not streaming else dict(memory=None if memories is None else memories[layer],
                                                     step0=step0, return_slots=True)
+            stream.update(row_args)
+            if rows and not streaming:
+                stream["step0"] = step0
             out = profiling.layer(f"fastrnn.sab.layer{layer}", sab_layer, x, *params, h0, c0, call.cut,
                                   call.scale, k_top=self.k_top, k_att=self.k_att, scorer=self.attention,
                                   provisional=self.slot_state == "provisional", need_attention=return_attention,
@@ -619,19 +653,94 @@ class SABLSTM(_LSTMBase):
         if return_attention:
             if call.x.shape[0] == 0:
                 attention = [self._empty_attention(call.x) for _ in range(self.num_layers)]
-            if state is not None:          # the carried slots' true steps, then the new slots' steps
+            if rows and call.x.shape[0] == 0:
+                attention = [a._replace(slot_steps=carried_steps) for a in attention]
+            elif rows:                     # per row [B, S]: the carried slots' true steps, then the new ones'
+                S0 = carried_steps.shape[1]
+                attention = [a._replace(slot_steps=torch.cat([carried_steps, a.slot_steps[:, S0:]], 1))
+                             for a in attention]
+            elif state is not None:        # the carried slots' true steps, then the new slots' steps
                 S0 = state.num_slots
                 carried = state.slot_steps.to(call.x.device)
                 attention = [a._replace(slot_steps=torch.cat([carried, a.slot_steps[S0:]])) for a in attention]
             if call.precision.emulate is not None:
                 attention = [a._replace(weights=a.weights.to(call.precision.dtype)) for a in attention]
             if not call.batched:
-                attention = [SABAttention(a.indices.squeeze(1), a.weights.squeeze(1), a.slot_steps)
+                attention = [SABAttention(a.indices.squeeze(1), a.weights.squeeze(1),
+                                          a.slot_steps.squeeze(0) if rows else a.slot_steps)
                              for a in attention]
             result = (*result, attention)
         if return_state:
-            result = (*result, self._next_state(call, state, memories, new_slots, *output[1]))
+            if rows:
+                result = (*result, self._next_row_state(call, state, memories, new_slots, *output[1],
+                                                        carried_steps, row_args))
+            else:
+                result = (*result, self._next_state(call, state, memories, new_slots, *output[1]))
         return result
+
+    def _check_reset(self, reset, call: _Call) -> Tensor:
+        """`reset` as the layers take it: bool [T, B] on x's device (SPEC section 9)."""
+        T, B = call.x.shape[0], call.x.shape[1]
+        if not isinstance(reset, Tensor):
+            raise TypeError(f"reset must be a torch.bool tensor, got {type(reset).__name__}")
+        if reset.dtype != torch.bool:
+            raise TypeError(f"reset must be a torch.bool tensor (True where a row restarts), got {reset.dtype}")
+        if call.batched:
+            want = (B, T) if self.batch_first else (T, B)
+            what = "[B, T] (batch_first)" if self.batch_first else "[T, B]"
+        else:
+            want, what = (T,), "[T] (unbatched input)"
+        if tuple(reset.shape) != want:
+            raise ValueError(f"reset must have shape {what} = {list(want)}, got {list(reset.shape)}")
+        if reset.device != call.x.device:
+            raise ValueError(f"reset is on {reset.device} but the input is on {call.x.device}")
+        if not call.batched:
+            return reset.unsqueeze(1)
+        return (reset.t() if self.batch_first else reset).contiguous()
+
+    @staticmethod
+    def _carried_row_steps(call: _Call, state: Optional[SABState]) -> Tensor:
+        """[B, S0] int64: the true steps of each row's carried slots (PAD_STEP for padding)."""
+        B, device = call.x.shape[1], call.x.device
+        if state is None:
+            return torch.full((B, 1), -1, dtype=torch.int64, device=device)
+        steps = state.slot_steps.to(device)
+        return steps.expand(B, -1) if steps.dim() == 1 else steps
+
+    def _next_row_state(self, call: _Call, state, memories, new_slots, h_n, c_n, carried_steps, row_args):
+        """The per-row state after this call (SPEC section 9): per row the slots of its current piece (the
+        newest max_slots of them), left-padded with zeros, their true steps (PAD_STEP for padding) and the
+        row's step counter."""
+        T, B, device = call.x.shape[0], call.x.shape[1], call.x.device
+        step0 = 0 if state is None else state.step
+        if state is None:                                   # a fresh call: M = [h0]
+            memories = [call.h0[layer].unsqueeze(1) for layer in range(self.num_layers)]
+        S0 = carried_steps.shape[1]
+        plan = reset_plan(T, B, self.k_att, device, S0=S0, step0=step0, **row_args)
+        table_steps = torch.cat([carried_steps, plan.new_steps], 1)
+        end = S0 + plan.appended                             # one past each row's last slot
+        S = int((end - plan.base).max()) if B > 0 else 1
+        if self.max_slots is not None:
+            S = min(S, self.max_slots)
+        src = end.unsqueeze(1) - S + torch.arange(S, device=device).unsqueeze(0)     # [B, S], right-aligned
+        live = src >= plan.base.unsqueeze(1)
+        src = src.clamp(min=0)
+        steps = torch.where(live, table_steps.gather(1, src), torch.full_like(src, PAD_STEP))
+        layers = []
+        for layer in range(self.num_layers):
+            table = memories[layer]
+            if new_slots is not None and T > 0:
+                table = torch.cat([table, new_slots[layer]], dim=1)
+            H = table.shape[2]
+            memory = table.gather(1, src.unsqueeze(2).expand(B, S, H))
+            memory = torch.where(live.unsqueeze(2), memory, torch.zeros((), dtype=memory.dtype, device=device))
+            if call.precision.emulate is not None:
+                memory = memory.to(call.precision.dtype)
+            if not call.batched:
+                memory = memory.squeeze(0)
+            layers.append(SABLayerState(h_n[layer], c_n[layer], memory, steps if call.batched else steps.squeeze(0)))
+        counters = plan.counter_end if call.batched else plan.counter_end.squeeze(0)
+        return SABState(layers, step0 + T, counters)
 
     def _check_streaming(self, input, hx, state, lengths) -> None:
         """The arguments of a streaming call (state= or return_state=True), SPEC section 8."""

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .ops.attention import SABAttention, slot_steps
-from .ops.streaming import check_stream
+from .ops.streaming import carried_row_steps, check_rows, check_stream, per_row, reset_plan
 
 # Added to the normaliser of the sparse weights (SPEC section 1, step 6).
 NORM_EPS = 1e-7
@@ -130,14 +130,22 @@ def selected(w: Tensor, k_top: int):
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
-              lengths=None, memory=None, step0: int = 0, return_slots: bool = False):
+              lengths=None, memory=None, step0: int = 0, return_slots: bool = False, reset=None,
+              slot_offset=None, row_step0=None):
     """One SAB-LSTM layer, SPEC section 1 step by step; the backward pass is autograd's (section 2).
     Rows stop at `lengths` (stop_at_lengths; the attention record is -1 / 0 past a row's length).
     Streaming (section 8): `memory` [B, S0, H] (S0 >= 1) is the memory of earlier calls, used instead of
     [h0]; `step0` >= 0 is the global index of this call's first step. With `return_slots`, a fifth result
-    `new_slots` [B, S1, H] holds the slots written by this call, with their graph."""
+    `new_slots` [B, S1, H] holds the slots written by this call, with their graph.
+    Per-row resets (section 9; `reset` [T, B] bool, `slot_offset` / `row_step0` [B] int64): see _sab_layer_rows."""
     T = x.shape[0]
     check_stream(memory, step0, lengths, return_slots, h0)
+    if per_row(reset, slot_offset, row_step0):
+        check_rows(x, memory, step0, lengths, reset, slot_offset, row_step0)
+        return _sab_layer_rows(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, k_top=k_top,
+                               k_att=k_att, scorer=scorer, provisional=provisional, need_attention=need_attention,
+                               memory=memory, step0=step0, return_slots=return_slots, reset=reset,
+                               slot_offset=slot_offset, row_step0=row_step0)
     cut, scale = cut.tolist(), scale.tolist()
     h, c = h0, c0
     memory = [h0] if memory is None else list(memory.unbind(1))   # M; slots are never cut
@@ -175,6 +183,78 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
         new_slots = torch.stack(memory[S0:], dim=1) if len(memory) > S0 else h0.new_zeros(h0.shape[0], 0, H)
         return torch.stack(ys), h, c, attention, new_slots
     return torch.stack(ys), h, c, attention
+
+
+def _sab_layer_rows(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *, k_top, k_att,
+                    scorer, provisional, need_attention, memory, step0, return_slots, reset, slot_offset,
+                    row_step0):
+    """A SAB layer with per-row slot tables and resets (SPEC section 9; docs/CONTRACT.md "Per-row resets"),
+    literally: each row is split at its resets and every piece runs alone through sab_layer above. The first
+    piece of row b starts from h0[b], c0[b], its carried slots memory[b, slot_offset[b]:] (or [h0[b]]) and
+    the step counter row_step0[b] (step0 if None); every later piece from zeros, memory [0] and counter 0.
+
+    Row b's slot table: its S0 carried entries (memory[b], padding first, or [h0[b]]), then the slots the
+    call appends in order: a fresh slot (zeros) at each reset, and each slot a piece writes. The attention
+    indices index this table; slot_steps is [B, S0 + S1] (reset_plan numbering, PAD_STEP padding); new_slots
+    [B, S1, H] holds the appended slots, zero padding on the right (S1 = the most any row appends)."""
+    T, B = x.shape[0], x.shape[1]
+    H = h0.shape[1]
+    S0 = 1 if memory is None else memory.shape[1]
+    offsets = [0] * B if slot_offset is None else slot_offset.tolist()
+    counters = [step0] * B if row_step0 is None else row_step0.tolist()
+    resets = [[False] * B for _ in range(T)] if reset is None else reset.tolist()
+    ys, h_ns, c_ns, idx_rows, w_rows, new_rows = [], [], [], [], [], []
+    for b in range(B):
+        starts = [t for t in range(T) if resets[t][b]]
+        bounds = sorted(set([0, *starts, T]))
+        table = S0                      # entries of the row's table so far
+        appended, y_parts, idx_parts, w_parts = [], [], [], []
+        h_last, c_last = h0[b:b + 1], c0[b:b + 1]
+        for a, e in zip(bounds[:-1], bounds[1:]):
+            if a in starts:             # a fresh piece: state and memory restart at zeros, counter at 0
+                zeros = h0.new_zeros(1, H)
+                hb, cb, mem, counter, base = zeros, zeros, None, 0, table
+                appended.append(zeros)
+                table += 1
+            else:                       # the first piece continues from the given state
+                hb, cb, counter = h0[b:b + 1], c0[b:b + 1], counters[b]
+                mem = None if memory is None else memory[b:b + 1, offsets[b]:]
+                base = offsets[b]
+            y, h_last, c_last, att, new = sab_layer(
+                x[a:e, b:b + 1], w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, hb, cb, cut[a:e], scale[a:e],
+                k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, need_attention=need_attention,
+                memory=mem, step0=counter, return_slots=True)
+            y_parts.append(y)
+            appended.extend(new[0].unbind(0))
+            table += new.shape[1]
+            if need_attention:
+                idx_parts.append(torch.where(att.indices >= 0, att.indices + base, att.indices))
+                w_parts.append(att.weights)
+        ys.append(torch.cat(y_parts))
+        h_ns.append(h_last)
+        c_ns.append(c_last)
+        new_rows.append([s.reshape(H) for s in appended])
+        if need_attention:
+            idx_rows.append(torch.cat(idx_parts))
+            w_rows.append(torch.cat(w_parts))
+    S1 = max((len(r) for r in new_rows), default=0)
+    new_slots = torch.stack([torch.stack(r + [h0.new_zeros(H)] * (S1 - len(r))) if S1 else h0.new_zeros(0, H)
+                             for r in new_rows]) if B else h0.new_zeros(0, 0, H)
+    attention = None
+    if need_attention:
+        plan = reset_plan(T, B, k_att, x.device, S0=S0, step0=step0, reset=reset, slot_offset=slot_offset,
+                          row_step0=row_step0)
+        steps = torch.cat([carried_row_steps(B, k_att, x.device, memory=memory, slot_offset=slot_offset),
+                           plan.new_steps], dim=1)
+        attention = SABAttention(torch.cat(idx_rows, dim=1), torch.cat(w_rows, dim=1), steps)
+    y, h_n, c_n = torch.cat(ys, dim=1), torch.cat(h_ns), torch.cat(c_ns)
+    if return_slots:
+        return y, h_n, c_n, attention, new_slots
+    return y, h_n, c_n, attention
+
+
+# The per-row arguments (reset, slot_offset, row_step0) are implemented (SPEC section 9).
+sab_layer.supports_reset = True
 
 
 def available() -> bool:

@@ -26,6 +26,8 @@ class SABLayerState(NamedTuple):
     c:          [B, H], the last cell state c_{t-1}.
     memory:     [B, S, H], the memory M, oldest slot first (slot 0 is the first call's h0 until dropped).
     slot_steps: [S] int64, the global step whose state each slot holds (-1 for the first call's h0).
+                Per row (a stream with resets, docs/SPEC.md section 9): [B, S], each row's own slots of its
+                current piece, right-aligned; memory[b, j] is padding (zeros) where slot_steps[b, j] == -2.
     """
 
     h: Tensor
@@ -42,6 +44,9 @@ class SABState:
         slot_steps [S] int64; every layer holds the same S and slot_steps). Unbatched input ([T, I])
         gives a state without the B dimension (h, c [H], memory [S, H]).
     step: the global index of the next step (the number of steps the stream has run), an int >= 0.
+    row_steps: None, or (a per-row stream: one that has seen `reset=`, docs/SPEC.md section 9) int64 [B]
+        ([] for unbatched input): each row's own step counter, which a reset restarts at 0. Such a state's
+        slot_steps are [B, S] for batched input (each row's slots, left-padded: -2 marks padding).
 
     The floating tensors share one dtype and device; slot_steps is on the same device. The tensors keep their
     autograd graph as the module returned them: gradient from a later call then flows into the calls that
@@ -57,9 +62,9 @@ class SABState:
     fit together.
     """
 
-    __slots__ = ("layers", "step")
+    __slots__ = ("layers", "step", "row_steps")
 
-    def __init__(self, layers: Sequence[SABLayerState], step: int):
+    def __init__(self, layers: Sequence[SABLayerState], step: int, row_steps: Optional[Tensor] = None):
         if isinstance(layers, (SABLayerState, Tensor)) or not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list or tuple of SABLayerState (one per layer), got "
                             f"{type(layers).__name__}")
@@ -86,8 +91,20 @@ class SABState:
                                ("device", layer.h.device, first.h.device)):
                 if a != b:
                     raise ValueError(f"layers[{k}] and layers[0] differ in {what}: {a} vs {b}")
+        if row_steps is not None:
+            want = tuple(first.h.shape[:-1])
+            if not isinstance(row_steps, Tensor) or row_steps.dtype != torch.int64 or tuple(row_steps.shape) != want:
+                raise ValueError(f"row_steps must be an int64 tensor of shape {list(want)} (one step counter per "
+                                 f"row), got {row_steps!r}")
+            if row_steps.device != first.h.device:
+                raise ValueError(f"row_steps must be on the state's device {first.h.device}, got {row_steps.device}")
+            if row_steps.numel() and bool((row_steps < 0).any()):
+                raise ValueError(f"row_steps must be >= 0, got {row_steps.tolist()}")
+        elif any(layer.slot_steps.dim() == 2 for layer in checked):
+            raise ValueError("per-row slot_steps [B, S] need row_steps (the per-row step counters)")
         self.layers: Tuple[SABLayerState, ...] = tuple(checked)
         self.step: int = step
+        self.row_steps: Optional[Tensor] = row_steps
 
     # ---- what it holds ---------------------------------------------------------------------------
 
@@ -111,13 +128,18 @@ class SABState:
 
     @property
     def num_slots(self) -> int:
-        """S, the number of memory slots each layer holds."""
-        return self.layers[0].slot_steps.shape[0]
+        """S, the number of memory slots each layer holds (per row: padding included)."""
+        return self.layers[0].slot_steps.shape[-1]
 
     @property
     def slot_steps(self) -> Tensor:
-        """[S] int64: the global step of each slot (every layer's)."""
+        """[S] int64 ([B, S] per row): the global step of each slot (every layer's)."""
         return self.layers[0].slot_steps
+
+    @property
+    def per_row(self) -> bool:
+        """Whether this is the state of a per-row stream (one that has seen resets: row_steps is set)."""
+        return self.row_steps is not None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -142,7 +164,8 @@ class SABState:
     def detach(self) -> "SABState":
         """A copy with every tensor detached (the values shared, no graph): no gradient from a later call
         reaches the calls that made this state, neither along (h, c) nor through the memory."""
-        return SABState([SABLayerState(*(t.detach() for t in layer)) for layer in self.layers], self.step)
+        return SABState([SABLayerState(*(t.detach() for t in layer)) for layer in self.layers], self.step,
+                        self.row_steps)
 
     @property
     def requires_grad(self) -> bool:
@@ -150,12 +173,13 @@ class SABState:
         return any(t.requires_grad for layer in self.layers for t in layer)
 
     def __reduce__(self):
-        return SABState, (list(self.layers), self.step)
+        return SABState, (list(self.layers), self.step, self.row_steps)
 
     def __repr__(self) -> str:
         b = f"batch_size={self.batch_size}, " if self.batched else "unbatched, "
         return (f"SABState(num_layers={self.num_layers}, {b}hidden_size={self.hidden_size}, "
-                f"num_slots={self.num_slots}, step={self.step}, dtype={self.dtype}, device={self.device}, "
+                f"num_slots={self.num_slots}, step={self.step}, "
+                f"{'per_row=True, ' if self.per_row else ''}dtype={self.dtype}, device={self.device}, "
                 f"requires_grad={self.requires_grad})")
 
 
@@ -170,8 +194,10 @@ def _check_layer(k: int, layer: SABLayerState) -> SABLayerState:
             or memory.shape[-2] < 1):
         raise ValueError(f"layers[{k}].memory must be {want} with S >= 1 and h's B and H "
                          f"({tuple(h.shape)}), got {tuple(memory.shape)}")
-    if steps.dim() != 1 or steps.shape[0] != memory.shape[-2] or steps.dtype != torch.int64:
-        raise ValueError(f"layers[{k}].slot_steps must be int64 [S] = [{memory.shape[-2]}], got "
+    per_row = steps.dim() == 2 and h.dim() == 2 and steps.shape[0] == h.shape[0]
+    if ((steps.dim() != 1 and not per_row) or steps.shape[-1] != memory.shape[-2]
+            or steps.dtype != torch.int64):
+        raise ValueError(f"layers[{k}].slot_steps must be int64 [S] = [{memory.shape[-2]}] (or [B, S] per row), got "
                          f"{steps.dtype} {tuple(steps.shape)}")
     if not h.is_floating_point() or c.dtype != h.dtype or memory.dtype != h.dtype:
         raise ValueError(f"layers[{k}]: h, c and memory must share one floating dtype, got "

@@ -264,8 +264,10 @@ def test_bfloat16_rejected(backend):
 
 # ---------------------------------------------------------------- cpu: opcheck
 
-def op_inputs(scorer, requires_grad, T=5, B=2, I=3, H=4, k_top=2, k_att=2, S0=None, step0=0):
-    """sab_forward's arguments; S0: a carried memory [B, S0, H] (None: a fresh sequence)."""
+def op_inputs(scorer, requires_grad, T=5, B=2, I=3, H=4, k_top=2, k_att=2, S0=None, step0=0, reset=None,
+              slot_offset=None, row_step0=None):
+    """sab_forward's arguments; S0: a carried memory [B, S0, H] (None: a fresh sequence); reset, slot_offset,
+    row_step0: the per-row arguments (docs/CONTRACT.md "Per-row resets")."""
     args = layer_args(T, B, I, H, A=3 if scorer == "mlp" else None, scorer=scorer)
     if S0 is not None:
         args["memory"] = (torch.randn(B, S0, H, dtype=torch.float64) * 0.5).requires_grad_()
@@ -274,15 +276,16 @@ def op_inputs(scorer, requires_grad, T=5, B=2, I=3, H=4, k_top=2, k_att=2, S0=No
     s = schedule_args(truncation.fixed(T, 2), torch.float64)
     return (args["x"], args["w_ih"], args["w_hh"], args["b_ih"], args["b_hh"], args["att_wh"], args["att_wm"],
             args["att_vb"], args["h0"], args["c0"], s["cut"], s["scale"], None, args.get("memory"), step0,
-            k_top, k_att, scorer, True)
+            reset, slot_offset, row_step0, k_top, k_att, scorer, True)
 
 
 def backward_inputs(fwd, out, grads, grad_new_slots=None):
     """sab_backward's arguments after `out = sab_forward(*fwd)`: `grads` of (y, h_n, c_n), grad_new_slots."""
-    (x, w_ih, w_hh, b_ih, _, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0, k_top, k_att,
-     scorer, provisional) = fwd
+    (x, w_ih, w_hh, b_ih, _, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0, reset, slot_offset,
+     row_step0, k_top, k_att, scorer, provisional) = fwd
     return [*grads, grad_new_slots, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory,
-            step0, out[0], *out[3:11], k_top, k_att, scorer, provisional, b_ih is not None]
+            step0, reset, slot_offset, row_step0, out[0], *out[3:11], k_top, k_att, scorer, provisional,
+            b_ih is not None]
 
 
 @only("cpu")
@@ -338,9 +341,9 @@ ERROR_CASES = [
     (10, lambda a: a[10].to(torch.int64), "cut"),
     (11, lambda a: a[11][:2], "scale"),
     (3, lambda a: None, "b_ih and b_hh"),
-    (15, lambda a: 0, "k_top"),
-    (16, lambda a: 0, "k_att"),
-    (17, lambda a: "dot", "scorer"),
+    (18, lambda a: 0, "k_top"),
+    (19, lambda a: 0, "k_att"),
+    (20, lambda a: "dot", "scorer"),
     (0, lambda a: a[0][:0], "x"),
     (13, lambda a: torch.zeros(3, 2, 5, dtype=F64), r"memory must have shape \[B, S0, H\]"),
     (13, lambda a: torch.zeros(3, 0, 4, dtype=F64), r"memory must have shape .*S0 >= 1"),
@@ -365,9 +368,10 @@ def test_forward_refuses_lengths_with_memory():
         torch.ops.fastrnn.sab_forward(*args)
 
 
-# In sab_backward's arguments (backward_inputs): grad_new_slots 3, lengths 14, memory 15, step0 16, idx 21.
+# In sab_backward's arguments (backward_inputs): grad_new_slots 3, lengths 14, memory 15, step0 16, reset 17,
+# slot_offset 18, row_step0 19, idx 24.
 BACKWARD_ERROR_CASES = [
-    (21, lambda a: a[21][:, :, :1].contiguous(), "idx"),
+    (24, lambda a: a[24][:, :, :1].contiguous(), "idx"),
     (3, lambda a: torch.zeros(2, 2, 4, dtype=F64), r"grad_new_slots must have shape \[2, 3, 4\]"),
     (3, lambda a: torch.zeros(2, 3, 4), "grad_new_slots must have dtype"),
     (15, lambda a: a[15][:, :2].contiguous(), "slot_keys must have shape"),   # another S0: slot_keys disagree

@@ -250,7 +250,8 @@ def _sab_op_args(T=5, B=3, lengths=(5, 0, 2), scorer="mlp"):
     a = {k: v.detach() for k, v in layer_args(T, B, 2, 3, A=2 if scorer == "mlp" else None, scorer=scorer).items()}
     s = schedule_args(tr.fixed(T, 2), F64)
     return [a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["att_wh"], a["att_wm"], a["att_vb"], a["h0"],
-            a["c0"], s["cut"], s["scale"], torch.tensor(lengths), None, 0, 2, 2, scorer, True]   # memory, step0
+            a["c0"], s["cut"], s["scale"], torch.tensor(lengths), None, 0, None, None, None,    # memory, step0, resets
+            2, 2, scorer, True]
 
 
 BAD_LENGTHS = [
@@ -277,10 +278,11 @@ def test_ops_check_lengths(make, match):
     with pytest.raises(RuntimeError, match=match):
         torch.ops.fastrnn.lstm_backward(y, h_n, c_n, x, w_ih, w_hh, h0, c0, y, gates, cs, cut, scale, bad_l)
     out = torch.ops.fastrnn.sab_forward(*sargs)
-    x, w_ih, w_hh, _, _, att_wh, att_wm, att_vb, h0, c0, cut, scale, _, _, _, k_top, k_att, scorer, prov = sargs
+    x, w_ih, w_hh, _, _, att_wh, att_wm, att_vb, h0, c0, cut, scale, _, _, _, _, _, _, k_top, k_att, scorer, prov = sargs
     with pytest.raises(RuntimeError, match=match):
         torch.ops.fastrnn.sab_backward(*out[:3], None, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale,
-                                       bad_l, None, 0, out[0], *out[3:11], k_top, k_att, scorer, prov, True)
+                                       bad_l, None, 0, None, None, None, out[0], *out[3:11], k_top, k_att, scorer,
+                                       prov, True)
 
 
 @cpu_only
@@ -305,11 +307,11 @@ def test_opcheck_sab_ops_with_lengths(scorer):
     fwd[11] = fwd[11].detach()   # scale
     torch.library.opcheck(torch.ops.fastrnn.sab_forward.default, tuple(fwd))
     out = torch.ops.fastrnn.sab_forward(*args)
-    x, w_ih, w_hh, _, _, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, _, _, k_top, k_att, _, prov = args
+    x, w_ih, w_hh, _, _, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, _, _, _, _, _, k_top, k_att, _, prov = args
     g = [torch.randn_like(t) for t in out[:3]]
     torch.library.opcheck(torch.ops.fastrnn.sab_backward.default,
                           (*g, None, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, None, 0,
-                           out[0], *out[3:11], k_top, k_att, scorer, prov, True))
+                           None, None, None, out[0], *out[3:11], k_top, k_att, scorer, prov, True))
 
 
 # ---- PackedSequence --------------------------------------------------------------------------------

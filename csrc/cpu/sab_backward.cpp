@@ -17,6 +17,8 @@
 // Streaming (docs/SPEC.md section 8): the dM of the slots this call wrote start from grad_new_slots, the
 // gradient later calls sent them; the slots carried in are written by no step here, so after the sweep
 // their dM (with dP @ att_wm) is dmemory, or for a fresh call (slot 0 = h0) joins dh0.
+// Per-row resets (docs/SPEC.md section 9; sab_rows.h RowSlots): slots per row as in the forward, and at a
+// row's reset step nothing flows into step t-1 along h and c (cell_step_backward_reset).
 //
 // Weight gradients, in chunks of C steps: dx = dG W_ih, dW_ih = dG^T x, dW_hh = Σ_t dG_t^T h_{t-1},
 // db = column sums of dG, and (mlp) d att_wh = dQ^T ĥ. Keeping dG [T, B, 4H] and dQ [T, B, A] for the whole
@@ -127,28 +129,67 @@ void flush_chunk(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t t0,
   }
 }
 
+// lstm_step_backward for a step where some rows of the block are reset (docs/CONTRACT.md "Per-row resets"):
+// their c_{t-1} reads as zero (put aside around the step; c here is the backward's own copy), and nothing
+// flows into step t-1 (or h0, c0) along h and c: dL/dh_{t-1} is its output gradient alone, dL/dc_{t-1} zero.
+// h_{t-1} is zero in the weight gradient through the op's zeroed copy of y (the LstmLayer's h).
+template <typename T>
+void cell_step_backward_reset(const BackwardArgs<T>& a, int64_t t, int64_t b0, int64_t R, T* dG,
+                              ResetRows<T>& put_aside) {
+  const int64_t B = a.B, H = a.H;
+  if (t > 0) put_aside.zero(*a.rows, t, b0, R, nullptr, a.L.c + (t - 1) * B * H, H);
+  lstm_step_backward(a.L, a.sweep, t, b0, R, dG);
+  if (t > 0) put_aside.restore(nullptr, a.L.c + (t - 1) * B * H, H);
+  for (int64_t b = b0; b < b0 + R; ++b) {
+    if (!a.rows->reset[t * B + b]) continue;
+    if (t > 0) {
+      std::copy_n(a.sweep.dy + ((t - 1) * B + b) * H, H, a.sweep.dh + b * H);
+    } else {
+      std::fill_n(a.sweep.dh0 + b * H, H, T(0));
+    }
+    std::fill_n(a.sweep.dc + b * H, H, T(0));
+  }
+}
+
 // The reverse sweep for rows [b0, b0 + R): rows never interact before the weight gradients, so each
 // thread sweeps its own block without synchronisation.
 template <typename T>
 void sweep(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t b0, int64_t R) {
   const int64_t B = a.B, H = a.H, A = a.A, S = a.S, G = 4 * H;
+  ResetRows<T> put_aside(a.rows ? R : 0, H);
   start_reverse_sweep(a.L, a.sweep, b0, R);
   for (int64_t t = a.steps - 1; t >= 0; --t) {
     const int64_t t0 = t / a.C * a.C;  // first step of t's chunk
     T* dG = k.dG + (t - t0) * R * G;   // this step's rows in the chunk
     T* dQ = k.dQ + (t - t0) * R * A;
     const int64_t j_written = a.grid.written(t);
-    if (a.mlp && j_written >= 0)  // every step reading slot j is done: dM_j += dP_j @ att_wm
+    if (a.rows) {  // per row: the slot each row wrote (RowSlots)
+      if (a.mlp)
+        for (int64_t b = b0; b < b0 + R; ++b) {
+          const int64_t j = a.written(t, b);
+          if (j >= 0)
+            gemm<T>(false, false, 1, H, A, T(1), a.d_slot_keys + (b * S + j) * A, A, a.att_wm, H, T(1),
+                    a.d_slots + (b * S + j) * H, H);
+        }
+    } else if (a.mlp && j_written >= 0) {  // every step reading slot j is done: dM_j += dP_j @ att_wm
       gemm<T>(false, false, R, H, A, T(1), a.d_slot_keys + b0 * S * A + j_written * A, S * A, a.att_wm, H, T(1),
               a.d_slots + b0 * S * H + j_written * H, S * H);
+    }
     if (a.mlp)  // the query q_t = att_wh @ ĥ_t, as in the forward
       gemm<T>(false, true, R, A, H, T(1), a.hhat + (t * B + b0) * H, H, a.att_wh, H, T(0), a.query + b0 * A, A);
-    for (int64_t b = b0; b < b0 + R; ++b) attention_backward_row(a, t, b, j_written, dQ + (b - b0) * A);
+    for (int64_t b = b0; b < b0 + R; ++b)
+      attention_backward_row(a, t, b, a.rows ? a.written(t, b) : j_written, dQ + (b - b0) * A);
     if (a.mlp) gemm<T>(false, false, R, H, A, T(1), dQ, A, a.att_wh, H, T(1), a.sweep.dh + b0 * H, H);
-    if (j_written >= 0 && a.provisional)  // the slot holds ĥ_t
-      for (int64_t b = b0; b < b0 + R; ++b)
-        add(a.sweep.dh + b * H, a.sweep.dh + b * H, a.d_slots + (b * S + j_written) * H, H);
-    lstm_step_backward(a.L, a.sweep, t, b0, R, dG);  // dh is dL/dĥ_t now
+    if (a.provisional)  // the slot holds ĥ_t
+      for (int64_t b = b0; b < b0 + R; ++b) {
+        const int64_t j = a.rows ? a.written(t, b) : j_written;
+        if (j >= 0) add(a.sweep.dh + b * H, a.sweep.dh + b * H, a.d_slots + (b * S + j) * H, H);
+      }
+    if (a.rows && a.rows->any_reset(t, b0, R)) {
+      cell_step_backward_reset(a, t, b0, R, dG, put_aside);
+    } else {
+      lstm_step_backward(a.L, a.sweep, t, b0, R, dG);  // dh is dL/dĥ_t now
+    }
     if (t == t0) flush_chunk(a, k, t0, std::min(a.steps, t0 + a.C) - t0, b0, R);
   }
 }
@@ -176,7 +217,9 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
                                 const at::Tensor& att_wm, const at::Tensor& att_vb, const at::Tensor& h0,
                                 const at::Tensor& c0, const at::Tensor& cut, const at::Tensor& scale,
                                 const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& memory,
-                                int64_t step0, const at::Tensor& y, const at::Tensor& gates, const at::Tensor& c,
+                                int64_t step0, const std::optional<at::Tensor>& reset,
+                                const std::optional<at::Tensor>& slot_offset,
+                                const std::optional<at::Tensor>& row_step0, const at::Tensor& y, const at::Tensor& gates, const at::Tensor& c,
                                 const at::Tensor& hhat, const at::Tensor& idx, const at::Tensor& w,
                                 const at::Tensor& thr, const at::Tensor& denom, const at::Tensor& slot_keys,
                                 int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional,
@@ -186,8 +229,11 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
   ck.lengths(lengths, d);
   const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
+  const bool per_row = ck.rows(reset, slot_offset, row_step0, memory, lengths, d, grid.S0);
+  const std::optional<RowSlots> rows = row_slots(per_row, reset, slot_offset, row_step0, step0, d.T, d.B, grid.S0, k_att);
   const at::Tensor& carried = memory.has_value() ? *memory : h0;
-  const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, S = grid.n_mem(steps), S0 = grid.S0, G = 4 * H;
+  const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, S0 = grid.S0, G = 4 * H;
+  const int64_t S = rows ? rows->S0 + rows->S1 : grid.n_mem(steps);
   const bool mlp = sd.mlp;
   if (grad_new_slots.has_value()) {
     TORCH_CHECK(!lengths.has_value(), ck.op(),
@@ -233,12 +279,28 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   at::Tensor dw_da = at::empty({B, 2 * k_top}, opt);
   // With lengths: grad_y masked past each row's length, grad_hn folded into its last step (cpu/lengths.h).
   const at::Tensor gy = len ? fold_output_grads(grad_y, grad_hn, len) : grad_y;
+  // With resets (docs/CONTRACT.md "Per-row resets"): h_{t-1}, c_{t-1} of a row reset at step t are zeros. The
+  // LSTM part reads h_{t-1} from its own copy of y with those rows zeroed (the weight gradient), c_{t-1} from
+  // a copy of c (rows put aside around the step: cell_step_backward_reset), h0, c0 with the rows reset at
+  // step 0 zeroed. The slots still read y itself.
+  at::Tensor y_cell = y, c_cell = c;
+  const at::Tensor zeros = at::zeros({rows ? H : 0}, opt);
+  const at::Tensor h0_cell = zero_reset_rows(h0, reset), c0_cell = zero_reset_rows(c0, reset);
+  if (rows && reset.has_value()) {
+    y_cell = y.clone();
+    c_cell = c.clone();
+    if (steps > 1) {
+      const at::Tensor later = reset->narrow(0, 1, steps - 1).unsqueeze(2);     // reset at t -> row t-1
+      y_cell.narrow(0, 0, steps - 1).masked_fill_(later, 0);
+    }
+  }
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_backward", [&] {
     using T = scalar_t;
     const BackwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
-                                          denom, mlp, provisional)},
-                            lstm_layer<T>(x, w_ih, w_hh, h0, c0, /*h=*/y, gates, c, /*h_cell=*/hhat),
+                                          denom, mlp, provisional, rows ? &*rows : nullptr, &zeros)},
+                            lstm_layer<T>(x, w_ih, w_hh, h0_cell, c0_cell, /*h=*/y_cell, gates, c_cell,
+                                          /*h_cell=*/hhat),
                             lstm_sweep<T>(gy, grad_hn, grad_cn, len, cut, scale, dh, dc0, dh0), C,
                             query.data_ptr<T>(), d_slots.data_ptr<T>(), mlp ? d_slot_keys.data_ptr<T>() : nullptr,
                             row_datt_vb.data_ptr<T>(), mlp ? nullptr : row_datt_wm.data_ptr<T>(),

@@ -13,6 +13,9 @@
 //           top-(k_top+1) slots incrementally: O(k_top) per step instead of O(|M|).
 // Streaming (docs/SPEC.md section 8): the memory starts as the slots carried in (sab_rows.h, SlotGrid), and
 // each slot written is also copied to new_slots, the memory the next call carries on.
+// Per-row resets (docs/SPEC.md section 9; sab_rows.h RowSlots): each row scores its own window of its own
+// slot table, writes on its own counter, and a row reset at step t reads h_{t-1}, c_{t-1} as zeros
+// (cell_step). Without reset / slot_offset / row_step0 the tables are absent and nothing else changes.
 // Nothing is allocated inside the loop; what the backward needs is O(T·B·H) plus
 // O(T·B·k_top) indices and weights; never O(T·|M|) scores.
 #include <ATen/ATen.h>
@@ -75,25 +78,61 @@ struct Rankings {
   sparse::TopList<T> row(int64_t b) { return {score.data() + b * cap, slot.data() + b * cap, n[b], cap}; }
 };
 
+// Step t of rows [b0, b0 + nb), the LSTM part; with resets, h_{t-1} and c_{t-1} of the rows reset at t read
+// as zeros (step 0: the op passes h0, c0 with those rows zeroed), and each such row gets its fresh slot (zeros,
+// key 0) and its window restarts there (RowSlots).
+template <typename T>
+void cell_step(const ForwardArgs<T>& a, int64_t t, int64_t b0, int64_t nb, ResetRows<T>* put_aside) {
+  if (!a.rows || !a.rows->any_reset(t, b0, nb)) {
+    lstm_step_forward(a.L, t, b0, nb);
+    return;
+  }
+  const int64_t H = a.H, K = a.mlp ? a.A : 1;
+  if (t > 0) put_aside->zero(*a.rows, t, b0, nb, a.y + (t - 1) * a.B * H, a.L.c + (t - 1) * a.B * H, H);
+  lstm_step_forward(a.L, t, b0, nb);
+  if (t > 0) put_aside->restore(a.y + (t - 1) * a.B * H, a.L.c + (t - 1) * a.B * H, H);
+  for (int64_t b = b0; b < b0 + nb; ++b) {
+    if (!a.rows->reset[t * a.B + b]) continue;
+    const int64_t j = a.rows->lo[t * a.B + b];  // the fresh slot; new_slots holds zeros there already
+    std::fill_n(a.slot_keys + (b * a.S + j) * K, K, T(0));
+  }
+}
+
 template <typename T>
 void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& rank) {
   const int64_t B = a.B, H = a.H, A = a.A, S = a.S;
   T* keys = a.slot_keys + b0 * S * A;  // the block's [nb, S, A]; the carried slots' keys are there
+  ResetRows<T> put_aside(a.rows ? nb : 0, H);
+  std::vector<T> new_keys(a.rows ? nb * A : 0);
   for (int64_t t = 0; t < a.steps; ++t) {
-    lstm_step_forward(a.L, t, b0, nb);
+    cell_step(a, t, b0, nb, &put_aside);
     gemm<T>(false, true, nb, A, H, T(1), a.hhat + (t * B + b0) * H, H, a.att_wh, H, T(0), a.query + b0 * A, A);
-    const int64_t n_mem = a.grid.n_mem(t);
+    const int64_t n_grid = a.grid.n_mem(t);  // every row's, without per-row tables
     for (int64_t b = b0; b < b0 + nb; ++b) {
       sparse::TopList<T> list = rank.row(b);
       list.clear();
       const T* query = a.query + b * A;
       const T* row_keys = a.slot_keys + b * S * A;
-      for (int64_t j = 0; j < n_mem; ++j) list.push(mlp_score(query, row_keys + j * A, a.att_vb, A), j);
-      attend_row(a, t, b, list, n_mem);
+      const int64_t first = a.rows ? a.first_slot(t, b) : 0, n_mem = a.rows ? a.n_slots(t, b) : n_grid;
+      for (int64_t j = first; j < n_mem; ++j) list.push(mlp_score(query, row_keys + j * A, a.att_vb, A), j);
+      attend_row(a, t, b, list, n_mem - first);
+    }
+    const T* m = (a.provisional ? a.hhat : a.y) + (t * B + b0) * H;
+    if (a.rows) {  // per row: the block's keys into scratch, then each writing row's into its own slot
+      bool any = false;
+      for (int64_t b = b0; b < b0 + nb && !any; ++b) any = a.written(t, b) >= 0;
+      if (!any) continue;
+      gemm<T>(false, true, nb, A, H, T(1), m, H, a.att_wm, H, T(0), new_keys.data(), A);
+      for (int64_t b = b0; b < b0 + nb; ++b) {
+        const int64_t j = a.written(t, b);
+        if (j < 0) continue;
+        std::copy_n(new_keys.data() + (b - b0) * A, A, a.slot_keys + (b * S + j) * A);
+        copy_new_slot(a, j, b);
+      }
+      continue;
     }
     const int64_t j = a.grid.written(t);
     if (j >= 0) {  // SPEC step 8: the new slot's key, once
-      const T* m = (a.provisional ? a.hhat : a.y) + (t * B + b0) * H;
       gemm<T>(false, true, nb, A, H, T(1), m, H, a.att_wm, H, T(0), keys + j * A, S * A);
       for (int64_t b = b0; b < b0 + nb; ++b) copy_new_slot(a, j, b);
     }
@@ -116,13 +155,19 @@ void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>
     rank_slot(b, j);
     copy_new_slot(a, j, b);
   };
-  for (int64_t b = b0; b < b0 + nb; ++b)  // the carried slots, whose keys are there
-    for (int64_t j = 0; j < a.grid.S0; ++j) rank_slot(b, j);
+  for (int64_t b = b0; b < b0 + nb; ++b)  // the carried slots, whose keys are there (per row: from its offset)
+    for (int64_t j = a.rows ? a.rows->offset[b] : 0; j < a.grid.S0; ++j) rank_slot(b, j);
+  ResetRows<T> put_aside(a.rows ? nb : 0, H);
   for (int64_t t = 0; t < a.steps; ++t) {
-    lstm_step_forward(a.L, t, b0, nb);
-    const int64_t n_mem = a.grid.n_mem(t);
-    const int64_t j = a.grid.written(t);
+    cell_step(a, t, b0, nb, &put_aside);
+    const int64_t n_grid = a.grid.n_mem(t), j_grid = a.grid.written(t);  // every row's, without per-row tables
     for (int64_t b = b0; b < b0 + nb; ++b) {
+      const int64_t first = a.rows ? a.first_slot(t, b) : 0;
+      const int64_t n_mem = (a.rows ? a.n_slots(t, b) : n_grid) - first, j = a.rows ? a.written(t, b) : j_grid;
+      if (a.rows && a.rows->reset[t * B + b]) {  // the row's memory restarts at its fresh slot (key 0)
+        keep.n[b] = 0;
+        rank_slot(b, first);
+      }
       const T query = dot(a.att_wh, a.hhat + (t * B + b) * H, H);
       // The ranking by the slot key is the ranking by the full score, the query term being shared
       // (up to rounding of the sum: two slot keys closer than an ulp of the score could swap).
@@ -149,7 +194,9 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
                               const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_vb,
                               const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
                               const at::Tensor& scale, const std::optional<at::Tensor>& lengths,
-                              const std::optional<at::Tensor>& memory, int64_t step0, int64_t k_top, int64_t k_att,
+                              const std::optional<at::Tensor>& memory, int64_t step0,
+                              const std::optional<at::Tensor>& reset, const std::optional<at::Tensor>& slot_offset,
+                              const std::optional<at::Tensor>& row_step0, int64_t k_top, int64_t k_att,
                               c10::string_view scorer, bool provisional) {
   ArgChecker ck("fastrnn::sab_forward", at::kCPU);
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
@@ -157,9 +204,11 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
   ck.lengths(lengths, d);
   const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
+  const bool per_row = ck.rows(reset, slot_offset, row_step0, memory, lengths, d, grid.S0);
+  const std::optional<RowSlots> rows = row_slots(per_row, reset, slot_offset, row_step0, step0, d.T, d.B, grid.S0, k_att);
   const at::Tensor& carried = memory.has_value() ? *memory : h0;
   const int64_t* len = lengths_data(lengths);
-  const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A, S = grid.n_mem(steps);
+  const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A, S = rows ? rows->S0 + rows->S1 : grid.n_mem(steps);
   const bool mlp = sd.mlp;
   const auto opt = x.options();
   const auto lopt = opt.dtype(at::kLong);
@@ -172,16 +221,22 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
   at::Tensor thr = at::empty({steps, B}, lopt);
   at::Tensor denom = at::empty({steps, B}, opt);
   at::Tensor query = at::empty({B, A}, opt);  // the current step's query, per row (mlp)
-  at::Tensor slot_keys = mlp ? at::empty({B, S, A}, opt) : at::empty({B, S}, opt);
-  at::Tensor new_slots = at::empty({B, S - grid.S0, H}, opt);
+  // per row: the keys of padding slots (a row's table shorter than S) stay zero
+  at::Tensor slot_keys = rows ? (mlp ? at::zeros({B, S, A}, opt) : at::zeros({B, S}, opt))
+                              : (mlp ? at::empty({B, S, A}, opt) : at::empty({B, S}, opt));
+  // per row: zero padding, and a reset's fresh slot is zeros
+  at::Tensor new_slots = rows ? at::zeros({B, S - grid.S0, H}, opt) : at::empty({B, S - grid.S0, H}, opt);
+  const at::Tensor zeros = at::zeros({rows ? H : 0}, opt);
+  // with resets, the rows reset at step 0 start from zeros
+  const at::Tensor h0_cell = zero_reset_rows(h0, reset), c0_cell = zero_reset_rows(c0, reset);
   input_projection(x, w_ih, b_ih, b_hh, gates);
   carried_keys(carried, grid.S0, att_wm, mlp, slot_keys);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_forward", [&] {
     using T = scalar_t;
     const ForwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
-                                         denom, mlp, provisional)},
-                           lstm_layer<T>(x, w_ih, w_hh, h0, c0, /*h=*/y, gates, c, /*h_cell=*/hhat),
+                                         denom, mlp, provisional, rows ? &*rows : nullptr, &zeros)},
+                           lstm_layer<T>(x, w_ih, w_hh, h0_cell, c0_cell, /*h=*/y, gates, c, /*h_cell=*/hhat),
                            mlp ? query.data_ptr<T>() : nullptr, new_slots.data_ptr<T>()};
     Rankings<T> rank(B, k_top), step(B, k_top);
     for_each_row_block(B, [&](int64_t, int64_t b0, int64_t nb) {

@@ -6,7 +6,10 @@
 #include <ATen/ATen.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <optional>
+#include <vector>
 
 #include "fastrnn/attention_score.h"  // the scorers' per-element math, shared with CUDA
 #include "fastrnn/memory_slots.h"     // SlotGrid, slot_value: the slot layout, shared with CUDA
@@ -153,6 +156,61 @@ inline void mlp_score_backward(const T* q, const T* p, const T* v, T da, T* dv, 
 //     linear  [B, S]    = att_wm · m_j (the slot's part of the score; it never changes)
 //   The slot numbering (SlotGrid) and slot_value are fastrnn/memory_slots.h's, shared with CUDA.
 
+// Per-row slot tables of a call with resets (docs/SPEC.md section 9, docs/CONTRACT.md "Per-row resets"):
+// row b's table is its S0 carried entries (valid from offset[b]; or h0), then the slots it appends in time
+// order: a fresh slot (zeros) at each reset, then each slot it writes. Built once per call in O(T * B) from
+// reset [T, B], slot_offset [B], row_step0 [B] (each may be absent); the same walk as ops/streaming.py's
+// reset_plan.
+struct RowSlots {
+  int64_t T = 0, B = 0, S0 = 1, S1 = 0;  // S1: the most slots one row appends
+  std::vector<int64_t> lo, hi, wr;       // [T, B]: slots [lo, hi) scored at step t; the slot written after t, or -1
+  std::vector<int64_t> src;              // [B, S1]: appended slot -> the step whose state it holds; -1 zeros
+  std::vector<uint8_t> reset;            // [T, B]
+  std::vector<int64_t> offset;           // [B]: the first valid carried slot
+
+  RowSlots(const bool* reset_p, const int64_t* offset, const int64_t* row_step0, int64_t step0, int64_t T,
+           int64_t B, int64_t S0, int64_t k_att)
+      : T(T), B(B), S0(S0), lo(T * B), hi(T * B), wr(T * B), reset(T * B, 0), offset(B, 0) {
+    if (offset)
+      for (int64_t b = 0; b < B; ++b) this->offset[b] = offset[b];
+    if (reset_p)
+      for (int64_t i = 0; i < T * B; ++i) reset[i] = reset_p[i];
+    std::vector<int64_t> count(B, 0);
+    for (int pass = 0; pass < 2; ++pass) {  // the first pass counts (S1), the second fills src
+      for (int64_t b = 0; b < B; ++b) {
+        int64_t n = S0, first = offset ? offset[b] : 0, counter = row_step0 ? row_step0[b] : step0;
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t r = t * B + b;
+          if (reset[r]) {
+            if (pass) src[b * S1 + n - S0] = -1;
+            first = n++;
+            counter = 0;
+          }
+          lo[r] = first;
+          hi[r] = n;
+          if ((counter + 1) % k_att == 0) {
+            if (pass) src[b * S1 + n - S0] = t;
+            wr[r] = n++;
+          } else {
+            wr[r] = -1;
+          }
+          ++counter;
+        }
+        count[b] = n - S0;
+      }
+      if (!pass) {
+        for (int64_t b = 0; b < B; ++b) S1 = std::max(S1, count[b]);
+        src.assign(B * S1, -1);
+      }
+    }
+  }
+  bool any_reset(int64_t t, int64_t b0, int64_t nb) const {
+    for (int64_t b = b0; b < b0 + nb; ++b)
+      if (reset[t * B + b]) return true;
+    return false;
+  }
+};
+
 // The SAB part of one layer call (the LSTM part is lstm_step.h's LstmLayer): sizes, options, the scorer's
 // parameters, the states the slots hold, their keys and the attention record, [T, B, .] step-major. The
 // forward writes y, hhat, the keys and the record; the backward only reads them.
@@ -169,12 +227,21 @@ struct SabLayer {
   T* w;                               // [T, B, k_top]: their weights, 0 padding
   int64_t* thr;                       // [T, B]: the slot that receives dL/dtau
   T* denom;                           // [T, B]: Σ ã + eps
+  const RowSlots* rows = nullptr;     // per-row tables (resets), or nullptr: every row on `grid`
+  const T* zeros = nullptr;           // [H] zeros: a reset's fresh slot (rows only)
 
   // The value m_j of slot j for batch row b: carried in, or the final (y) / provisional (ĥ) state of the
-  // step that wrote it.
+  // step that wrote it (per row: a reset's fresh slot, zeros).
   const T* slot(int64_t j, int64_t b) const {
-    return slot_value(grid, j, b, carried, y, hhat, provisional, B, H);
+    if (!rows || j < grid.S0) return slot_value(grid, j, b, carried, y, hhat, provisional, B, H);
+    const int64_t t = rows->src[b * rows->S1 + j - grid.S0];
+    return t < 0 ? zeros : (provisional ? hhat : y) + (t * B + b) * H;
   }
+  // The slots step t of row b scores, [first_slot, n_slots) (SPEC step 4; per row: its current piece).
+  int64_t first_slot(int64_t t, int64_t b) const { return rows ? rows->lo[t * B + b] : 0; }
+  int64_t n_slots(int64_t t, int64_t b) const { return rows ? rows->hi[t * B + b] : grid.n_mem(t); }
+  // The slot row b writes after step t (SPEC step 8), or -1.
+  int64_t written(int64_t t, int64_t b) const { return rows ? rows->wr[t * B + b] : grid.written(t); }
 };
 
 // The SabLayer of contiguous tensors of the dtype T (checked by the op: csrc/checks.h). `carried`: the
@@ -184,13 +251,65 @@ inline SabLayer<T> sab_layer(const at::Tensor& att_wh, const at::Tensor& att_wm,
                              const at::Tensor& carried, const SlotGrid& grid, const at::Tensor& y,
                              const at::Tensor& hhat, const at::Tensor& slot_keys, const at::Tensor& idx,
                              const at::Tensor& w, const at::Tensor& thr, const at::Tensor& denom, bool mlp,
-                             bool provisional) {
+                             bool provisional, const RowSlots* rows = nullptr, const at::Tensor* zeros = nullptr) {
   const int64_t steps = y.size(0);
-  return {steps, y.size(1), y.size(2), mlp ? att_wh.size(0) : 0, grid.n_mem(steps), idx.size(2), grid,
-          mlp, provisional,
+  return {steps, y.size(1), y.size(2), mlp ? att_wh.size(0) : 0, rows ? rows->S0 + rows->S1 : grid.n_mem(steps),
+          idx.size(2), grid, mlp, provisional,
           att_wh.const_data_ptr<T>(), att_wm.const_data_ptr<T>(), att_vb.const_data_ptr<T>(),
           carried.const_data_ptr<T>(), y.data_ptr<T>(), hhat.data_ptr<T>(), slot_keys.data_ptr<T>(),
-          idx.data_ptr<int64_t>(), w.data_ptr<T>(), thr.data_ptr<int64_t>(), denom.data_ptr<T>()};
+          idx.data_ptr<int64_t>(), w.data_ptr<T>(), thr.data_ptr<int64_t>(), denom.data_ptr<T>(), rows,
+          zeros ? zeros->const_data_ptr<T>() : nullptr};
+}
+
+// Per-row resets, the LSTM part (docs/CONTRACT.md "Per-row resets"): h_{t-1}, c_{t-1} of a row reset at
+// step t are zeros. lstm_step.h reads them from [T, B, H] buffers (h0, c0 at t = 0), so the caller zeroes
+// those rows around the step and puts them back (ResetRows), and passes h0, c0 with the rows reset at
+// step 0 zeroed (zero_reset_rows). Rows are private to the thread sweeping their block.
+template <typename T>
+struct ResetRows {
+  std::vector<T> saved;  // the rows put aside
+  std::vector<int64_t> which;
+  explicit ResetRows(int64_t nb, int64_t H) : saved(2 * nb * H) { which.reserve(nb); }
+  // Zero the rows b of h, c ([B, H] views of step t-1) that are reset at step t; remembers them.
+  void zero(const RowSlots& rows, int64_t t, int64_t b0, int64_t nb, T* h, T* c, int64_t H) {
+    which.clear();
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      if (!rows.reset[t * rows.B + b]) continue;
+      T* keep = saved.data() + which.size() * 2 * H;
+      if (h) std::copy_n(h + b * H, H, keep);
+      std::copy_n(c + b * H, H, keep + H);
+      if (h) std::fill_n(h + b * H, H, T(0));
+      std::fill_n(c + b * H, H, T(0));
+      which.push_back(b);
+    }
+  }
+  void restore(T* h, T* c, int64_t H) {
+    for (size_t i = 0; i < which.size(); ++i) {
+      const T* keep = saved.data() + i * 2 * H;
+      if (h) std::copy_n(keep, H, h + which[i] * H);
+      std::copy_n(keep + H, H, c + which[i] * H);
+    }
+    which.clear();
+  }
+};
+
+// The per-row tables of a call (checked arguments: csrc/checks.h ArgChecker::rows), none without per-row
+// arguments.
+inline std::optional<RowSlots> row_slots(bool per_row, const std::optional<at::Tensor>& reset,
+                                         const std::optional<at::Tensor>& slot_offset,
+                                         const std::optional<at::Tensor>& row_step0, int64_t step0, int64_t T,
+                                         int64_t B, int64_t S0, int64_t k_att) {
+  if (!per_row) return std::nullopt;
+  return RowSlots(reset ? reset->const_data_ptr<bool>() : nullptr,
+                  slot_offset ? slot_offset->const_data_ptr<int64_t>() : nullptr,
+                  row_step0 ? row_step0->const_data_ptr<int64_t>() : nullptr, step0, T, B, S0, k_att);
+}
+
+// `state` [B, H] with the rows reset at step 0 zeroed (a copy; the state itself when no row is).
+inline at::Tensor zero_reset_rows(const at::Tensor& state, const std::optional<at::Tensor>& reset) {
+  if (!reset.has_value() || reset->size(0) == 0) return state;
+  const at::Tensor r0 = reset->select(0, 0).unsqueeze(1);
+  return at::where(r0, at::zeros({}, state.options()), state).contiguous();
 }
 
 // The keys of the S0 carried slots into slot_keys[:, :S0]: one GEMM over all B * S0 of them (mlp), or one

@@ -11,7 +11,7 @@ import torch
 from .. import _native
 from . import glue
 from .attention import SABAttention, slot_steps
-from .streaming import check_stream
+from .streaming import carried_row_steps, check_rows, check_stream, per_row, reset_plan
 
 __all__ = ["available", "sab_layer"]
 
@@ -22,23 +22,37 @@ def available() -> bool:
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
-              lengths=None, memory=None, step0: int = 0, return_slots: bool = False):
+              lengths=None, memory=None, step0: int = 0, return_slots: bool = False, reset=None,
+              slot_offset=None, row_step0=None):
     """One SAB-LSTM layer (SPEC sections 1-2); returns (y, h_n, c_n, attention or None[, new_slots]).
     att_vb is the scorer's last parameter: att_v [A] (scorer "mlp") or att_b [1] ("linear").
     lengths (None, or int64 [B] on x's device, each in [0, T]): each row stops at its own length
     (docs/CONTRACT.md, "Variable length"); the attention record is -1 / 0 past it.
     Streaming (SPEC section 8): memory [B, S0, H] (None: a fresh sequence, memory [h0]) and step0, the global
-    index of x's first step; return_slots adds new_slots [B, S1, H], the slots this call wrote."""
+    index of x's first step; return_slots adds new_slots [B, S1, H], the slots this call wrote.
+    Per-row resets (SPEC section 9, docs/CONTRACT.md "Per-row resets"): reset [T, B] bool, slot_offset and
+    row_step0 [B] int64; the record's indices then index each row's slot table, its slot_steps is [B, S]."""
     if not available():
         raise RuntimeError(f"fastrnn cpu backend: {_native.load_error() or 'sab ops missing from the library'}")
     check_stream(memory, step0, lengths, return_slots, h0)
+    rows = per_row(reset, slot_offset, row_step0)
+    if rows:
+        check_rows(x, memory, step0, lengths, reset, slot_offset, row_step0)
+        reset, slot_offset, row_step0 = (None if t is None else t.contiguous() for t in (reset, slot_offset, row_step0))
     if memory is not None:
         memory = memory.contiguous()       # a carried memory cut to max_slots is a strided view
     out = torch.ops.fastrnn.sab_forward(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale,
-                                        lengths, memory, step0, k_top, k_att, scorer, provisional)
+                                        lengths, memory, step0, reset, slot_offset, row_step0, k_top, k_att, scorer,
+                                        provisional)
     y, h_n, c_n = out[0], out[1], out[2]
     attention = None
-    if need_attention:
+    if need_attention and rows:
+        plan = reset_plan(x.shape[0], x.shape[1], k_att, x.device, S0=1 if memory is None else memory.shape[1],
+                          step0=step0, reset=reset, slot_offset=slot_offset, row_step0=row_step0)
+        steps = torch.cat([carried_row_steps(x.shape[1], k_att, x.device, memory=memory, slot_offset=slot_offset),
+                           plan.new_steps], dim=1)
+        attention = SABAttention(out[6], out[7], steps)
+    elif need_attention:
         S0 = 1 if memory is None else memory.shape[1]
         attention = SABAttention(out[6], out[7], slot_steps(x.shape[0], k_att, x.device, S0=S0, step0=step0))
     if return_slots:
@@ -52,12 +66,15 @@ def _new_slot_count(T, step0, k_att):
 
 
 def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0,
-                  k_top, k_att, scorer, provisional):
+                  reset, slot_offset, row_step0, k_top, k_att, scorer, provisional):
     T, B, _ = x.shape
     H = h0.shape[1]
     mlp = scorer == "mlp"
     A = att_wh.shape[0] if mlp else 0
-    S1 = _new_slot_count(T, step0, k_att)
+    if per_row(reset, slot_offset, row_step0):     # the most slots one row appends: data dependent
+        S1 = torch.library.get_ctx().new_dynamic_size()
+    else:
+        S1 = _new_slot_count(T, step0, k_att)
     S = (1 if memory is None else memory.shape[1]) + S1
     e = x.new_empty
     return (e(T, B, H), e(B, H), e(B, H),                                     # y, h_n, c_n
@@ -69,7 +86,7 @@ def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut
 
 
 def _backward_fake(grad_y, grad_hn, grad_cn, grad_new_slots, x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut,
-                   scale, lengths, memory, step0, y, gates, c, hhat, idx, w, thr, denom, slot_keys, k_top, k_att,
+                   scale, lengths, memory, step0, reset, slot_offset, row_step0, y, gates, c, hhat, idx, w, thr, denom, slot_keys, k_top, k_att,
                    scorer, provisional, has_bias):
     G = w_ih.shape[0]
     return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh),
@@ -79,12 +96,12 @@ def _backward_fake(grad_y, grad_hn, grad_cn, grad_new_slots, x, w_ih, w_hh, att_
 
 
 def _setup_context(ctx, inputs, output):
-    (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0, k_top, k_att,
-     scorer, provisional) = inputs
+    (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0, reset,
+     slot_offset, row_step0, k_top, k_att, scorer, provisional) = inputs
     y, h_n, c_n, gates, c, hhat, idx, w, thr, denom, slot_keys, new_slots = output
     # the biases are not needed by the kernels' backward, only by the differentiable one (glue.py)
     ctx.save_for_backward(x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory,
-                          y, gates, c, hhat, idx, w, thr, denom, slot_keys, b_ih, b_hh)
+                          reset, slot_offset, row_step0, y, gates, c, hhat, idx, w, thr, denom, slot_keys, b_ih, b_hh)
     ctx.config = (step0, k_top, k_att, scorer, provisional, b_ih is not None)
     # y, h_n, c_n and new_slots (the memory a later call reads) are differentiable; the attention weights are
     # a detached record, as in the reference. With lengths new_slots cannot be carried on (the op's backward
@@ -97,8 +114,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, grad_hn, grad_cn, _gates, _c, _hhat, _idx, _w, _thr, _denom, _slot_keys,
               grad_new_slots):
-    (x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, y, *saved,
-     b_ih, b_hh) = ctx.saved_tensors
+    (x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, reset, slot_offset, row_step0, y,
+     *saved, b_ih, b_hh) = ctx.saved_tensors
     step0, k_top, k_att, scorer, provisional, has_bias = ctx.config
     if glue.wants_graph():
         output_grads = (grad_y, grad_hn, grad_cn, grad_new_slots)
@@ -107,12 +124,13 @@ def _backward(ctx, grad_y, grad_hn, grad_cn, _gates, _c, _hhat, _idx, _w, _thr, 
         dx, dw_ih, dw_hh, db, datt_wh, datt_wm, datt_vb, dh0, dc0, dmemory = torch.ops.fastrnn.sab_backward(
             glue.grad_or_zeros(grad_y, y), glue.grad_or_zeros(grad_hn, h0), glue.grad_or_zeros(grad_cn, c0),
             None if grad_new_slots is None else grad_new_slots.contiguous(),
-            x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0, y, *saved,
+            x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0, reset, slot_offset,
+            row_step0, y, *saved,
             k_top, k_att, scorer, provisional, has_bias)
         layer_grads = (dx, dw_ih, dw_hh, *glue.bias_grads(db, has_bias), datt_wh, datt_wm, datt_vb, dh0, dc0)
         dmemory = None if memory is None else dmemory
-    #                      cut   scale lengths           step0 k_top k_att scorer provisional
-    return (*layer_grads, None, None, None, dmemory, None, None, None, None, None)
+    #                      cut   scale lengths           step0 reset offset row_step0 k_top k_att scorer provisional
+    return (*layer_grads, None, None, None, dmemory, None, None, None, None, None, None, None, None)
 
 
 def _differentiable_backward(ctx, output_grads):
@@ -121,7 +139,8 @@ def _differentiable_backward(ctx, output_grads):
     asked of the reference only when it has a gradient: the reference refuses return_slots with lengths, as
     the op's backward refuses grad_new_slots."""
     from .. import reference
-    x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, *_, b_ih, b_hh = ctx.saved_tensors
+    (x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, reset, slot_offset, row_step0, *_,
+     b_ih, b_hh) = ctx.saved_tensors
     step0, k_top, k_att, scorer, provisional, _ = ctx.config
     return_slots = output_grads[3] is not None
     needs = ctx.needs_input_grad
@@ -129,7 +148,8 @@ def _differentiable_backward(ctx, output_grads):
         reference.sab_layer, (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale),
         needs[:12] + needs[13:14], output_grads if return_slots else output_grads[:3],
         keyword_inputs=dict(memory=memory), k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional,
-        lengths=lengths, step0=step0, return_slots=return_slots)
+        lengths=lengths, step0=step0, return_slots=return_slots, reset=reset, slot_offset=slot_offset,
+        row_step0=row_step0)
 
 
 def _register() -> None:
@@ -137,6 +157,10 @@ def _register() -> None:
     torch.library.register_fake("fastrnn::sab_backward")(_backward_fake)
     torch.library.register_autograd("fastrnn::sab_forward", _backward, setup_context=_setup_context)
 
+
+# The per-row arguments (reset, slot_offset, row_step0) are implemented (SPEC section 9) by the cpu ops; on CUDA
+# tensors (backend "cuda", csrc/cuda) they are not yet: the module refuses them there (NotImplementedError).
+sab_layer.supports_reset = ("cpu",)
 
 if available():
     _register()
