@@ -31,7 +31,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     index of x's first step; return_slots adds new_slots [B, S1, H], the slots this call wrote."""
     if not available():
         raise RuntimeError(f"fastrnn cpu backend: {_native.load_error() or 'sab ops missing from the library'}")
-    check_stream(memory, step0, lengths, return_slots, h0)
+    step0 = check_stream(memory, step0, lengths, return_slots, h0)
     if memory is not None:
         memory = memory.contiguous()       # a carried memory cut to max_slots is a strided view
     out = torch.ops.fastrnn.sab_forward(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale,
