@@ -506,7 +506,8 @@ class SABLSTM(_LSTMBase):
         Chunked calls carrying the state equal the one-shot forward (outputs, attention, and gradients
         while the state stays attached: gradient flows through (h, c) and the memory into the calls that
         made it); `state.detach()` gives online truncation (no gradient into earlier calls). The schedule
-        is the call's own; its cut[0] acts on the carried (h, c), never on the memory. With a state,
+        is the call's own; its cut[0] acts on the carried (h, c), never on the memory; without a schedule,
+        k_trunc cuts on the stream's global steps (as the one-shot forward). With a state,
         attention indices index the carried memory followed by the call's new slots, and slot_steps is the
         state's slot_steps followed by the new slots' steps.
       reset (keyword; docs/SPEC.md section 9): None or a torch.bool tensor [T, B] ([B, T] with batch_first, [T]
@@ -519,11 +520,13 @@ class SABLSTM(_LSTMBase):
         slot_steps [B, S], memory left-padded with zeros), and later calls continue it with or without reset.
         TypeError for a non-bool reset, ValueError for its shape or device, or with lengths / a
         PackedSequence; NotImplementedError on a backend that does not implement resets (it names it).
-      Streaming errors: TypeError if state is not a SABState; ValueError for state together with hx, for
-        state or return_state with lengths or a PackedSequence (a sequence that ended would carry slots
-        written on padding), for a state whose num_layers, hidden_size, batch size (or batched-ness),
-        dtype or device differ from this model and input (the message names which), and for NaN or inf
-        in the state.
+        Under torch.autocast a state is cast as hx is (a float32 state from a call outside autocast is
+        taken); in bfloat16 chunks equal one shot only to bfloat16 rounding (the carried state is rounded).
+      Streaming errors: TypeError if state is not a SABState or return_state not a bool; ValueError for
+        state together with hx, for state or return_state with lengths or a PackedSequence (a sequence that
+        ended would carry slots written on padding), for a state whose num_layers, hidden_size, batch size
+        (or batched-ness), dtype or device differ from this model and input (the message names which), and
+        for NaN or inf in the state.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -592,7 +595,9 @@ class SABLSTM(_LSTMBase):
 
     def forward(self, input, hx=None, *, state: Optional[SABState] = None, return_state: bool = False,
                 lengths=None, schedule: Optional[Schedule] = None, return_attention: bool = False, reset=None):
-        streaming = state is not None or bool(return_state)
+        if not isinstance(return_state, bool):
+            raise TypeError(f"return_state must be a bool (True or False), got {return_state!r}")
+        streaming = state is not None or return_state
         if streaming:
             self._check_streaming(input, hx, state, lengths)
         if reset is not None and (lengths is not None or isinstance(input, PackedSequence)):
@@ -603,6 +608,11 @@ class SABLSTM(_LSTMBase):
             reset = self._check_reset(reset, call)
         if state is not None:
             call = self._from_state(call, state)
+            if schedule is None and self.k_trunc:
+                # k_trunc's cuts lie on the stream's steps (global step g > 0 with g % k_trunc == 0), as in
+                # the one-shot forward, not on the chunk's: cut[0] cuts the carried (h, c) when on the grid
+                g = torch.arange(call.x.shape[0], device=call.x.device) + state.step
+                call = call._replace(cut=(g > 0) & (g % self.k_trunc == 0))
         _, sab_layer = self._layer_functions(call)
         rows = reset is not None or (state is not None and state.per_row)     # per-row slot tables (SPEC 9)
         if rows and not supports_reset(sab_layer, call.x.device.type):
@@ -613,6 +623,10 @@ class SABLSTM(_LSTMBase):
                 f"SABLSTM: backend {name!r} does not implement per-row resets yet (reset=, or a state of a stream "
                 f"that had resets); use backend='reference'")
         step0 = 0 if state is None else state.step
+        # The layers see the phase of the step counter only: their computation depends on step0 % k_att
+        # alone (where slots are written), so torch.compile specialises on at most k_att values rather than
+        # on every step count; the steps of the new slots are relabelled below (_new_slot_steps).
+        phase = step0 % self.k_att
         # the carried memory of each layer as the layers take it: [B, S0, H], contiguous, compute dtype
         memories = None if state is None else [
             self._cast(m.memory if call.batched else m.memory.unsqueeze(0), call.precision).contiguous()
@@ -629,7 +643,7 @@ class SABLSTM(_LSTMBase):
             params = self._parameters_for((*self._lstm_parameters(layer), *self._attention_parameters(layer)),
                                           call)
             stream = {} if not streaming else dict(memory=None if memories is None else memories[layer],
-                                                    step0=step0, return_slots=True)
+                                                    step0=step0 if rows else phase, return_slots=True)
             stream.update(row_args)
             if rows and not streaming:
                 stream["step0"] = step0
@@ -660,9 +674,9 @@ class SABLSTM(_LSTMBase):
                 attention = [a._replace(slot_steps=torch.cat([carried_steps, a.slot_steps[:, S0:]], 1))
                              for a in attention]
             elif state is not None:        # the carried slots' true steps, then the new slots' steps
-                S0 = state.num_slots
                 carried = state.slot_steps.to(call.x.device)
-                attention = [a._replace(slot_steps=torch.cat([carried, a.slot_steps[S0:]])) for a in attention]
+                new = self._new_slot_steps(call.x.shape[0], step0, call.x.device)
+                attention = [a._replace(slot_steps=torch.cat([carried, new])) for a in attention]
             if call.precision.emulate is not None:
                 attention = [a._replace(weights=a.weights.to(call.precision.dtype)) for a in attention]
             if not call.batched:
@@ -765,10 +779,15 @@ class SABLSTM(_LSTMBase):
             raise ValueError(f"state does not fit this call: it is the state of "
                              f"{'batched' if state.batched else 'unbatched'} input, the input is "
                              f"{'batched (3-D)' if call.batched else 'unbatched (2-D)'}")
+        # under torch.autocast a state is cast as hx is: any floating dtype but float64 (e.g. the float32
+        # state of a float32 model's call outside autocast) is taken, in the autocast dtype
+        dtype = call.precision.dtype
+        if call.precision.autocast and state.dtype != torch.float64:
+            dtype = state.dtype
         checks = [("num_layers", state.num_layers, self.num_layers, "model"),
                   ("hidden_size", state.hidden_size, self.hidden_size, "model"),
                   ("batch size", state.batch_size, x.shape[1] if call.batched else None, "input"),
-                  ("dtype", state.dtype, call.precision.dtype, "input"),
+                  ("dtype", state.dtype, dtype, "input"),
                   ("device", state.device, x.device, "input")]
         for what, got, want, whose in checks:
             if got != want:
@@ -795,8 +814,7 @@ class SABLSTM(_LSTMBase):
             carried = torch.full((1,), -1, dtype=torch.int64, device=device)
         else:
             carried = state.slot_steps.to(device)
-        S0 = carried.shape[0]
-        steps = torch.cat([carried, slot_steps(T, self.k_att, device, S0=S0, step0=step0)[S0:]])
+        steps = torch.cat([carried, self._new_slot_steps(T, step0, device)])
         if self.max_slots is not None:
             steps = steps[-self.max_slots:]
         layers = []
@@ -812,6 +830,12 @@ class SABLSTM(_LSTMBase):
                 memory = memory.squeeze(0)
             layers.append(SABLayerState(h_n[layer], c_n[layer], memory, steps))
         return SABState(layers, step0 + T)
+
+    def _new_slot_steps(self, T: int, step0: int, device) -> Tensor:
+        """The global steps of the slots a call of T steps from step0 writes, from the phase step0 % k_att
+        (the layers' step0) moved to step0: no tensor is built from the step count alone."""
+        phase = step0 % self.k_att
+        return slot_steps(T, self.k_att, device, S0=0, step0=phase) + (step0 - phase)
 
     def _empty_attention(self, x):
         B = x.shape[1]

@@ -15,6 +15,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .ops.streaming import check_step
+
 __all__ = ["SABLayerState", "SABState"]
 
 
@@ -58,8 +60,9 @@ class SABState:
     torch.save / torch.load (weights_only=True too: the two classes are registered as safe globals) and
     copy.deepcopy work on a detached state (deepcopy of a state with a graph fails, as for any non-leaf
     tensor). Errors: TypeError for layers that are not SABLayerStates / 4-tuples of tensors or a step that
-    is not an int; ValueError for empty layers, a negative step, or shapes, dtypes and devices that do not
-    fit together.
+    is not an integer (an int, a numpy integer or a 0-dim integer tensor); ValueError for empty layers, a
+    step < 0 or >= 2**62, shapes, dtypes and devices that do not fit together, or layers whose slot_steps
+    differ.
     """
 
     __slots__ = ("layers", "step", "row_steps")
@@ -68,13 +71,9 @@ class SABState:
         if isinstance(layers, (SABLayerState, Tensor)) or not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list or tuple of SABLayerState (one per layer), got "
                             f"{type(layers).__name__}")
-        if isinstance(step, bool) or not isinstance(step, int):
-            if isinstance(step, Tensor) and step.dim() == 0 and not step.is_floating_point():
-                step = int(step)
-            else:
-                raise TypeError(f"step must be an int >= 0 (the global index of the next step), got {step!r}")
-        if step < 0:
-            raise ValueError(f"step must be an int >= 0 (the global index of the next step), got {step}")
+        if isinstance(step, Tensor) and step.dim() == 0 and not (step.is_floating_point() or step.dtype == torch.bool):
+            step = int(step)
+        step = check_step("step", step)            # numpy integers too; TypeError, ValueError (< 0, >= 2**62)
         if not layers:
             raise ValueError("layers must hold one SABLayerState per layer, got none")
         checked = []
@@ -91,6 +90,10 @@ class SABState:
                                ("device", layer.h.device, first.h.device)):
                 if a != b:
                     raise ValueError(f"layers[{k}] and layers[0] differ in {what}: {a} vs {b}")
+            if (layer.slot_steps is not first.slot_steps and not torch.compiler.is_compiling()
+                    and not layer.slot_steps.is_meta and not torch.equal(layer.slot_steps, first.slot_steps)):
+                raise ValueError(f"layers[{k}] and layers[0] differ in slot_steps: {layer.slot_steps.tolist()} vs "
+                                 f"{first.slot_steps.tolist()} (every layer holds the slots of the same steps)")
         if row_steps is not None:
             want = tuple(first.h.shape[:-1])
             if not isinstance(row_steps, Tensor) or row_steps.dtype != torch.int64 or tuple(row_steps.shape) != want:

@@ -125,6 +125,33 @@ static void selection_cases() {
   }
 }
 
+// NaN and infinite scores: ranks_above puts NaN above every number (as torch.sort(descending=True)), equal
+// NaNs by slot order, and a NaN ã keeps the row's weights NaN (as the reference's relu). Prints the ranked
+// slots, ranks_above on a few pairs, and whether any selected weight is NaN.
+static void nan_ranking_cases() {
+  const double nan = NAN, inf = INFINITY;
+  const double cases[][5] = {{1.0, nan, 2.0, nan, 0.5}, {nan, 3.0, 1.0, 2.0, 0.0}, {1.0, 2.0, 3.0, 4.0, inf},
+                             {1.0, -inf, 2.0, 3.0, 0.0}, {0.5, 2.0, 0.5, 1.0, 2.0}};
+  for (int c = 0; c < 5; ++c) {
+    for (int k_top = 1; k_top <= 4; ++k_top) {
+      double rs[8], w[8];
+      int64_t rj[8], idx[8];
+      fastrnn::sparse::TopList<double> list{rs, rj, 0, k_top + 1};
+      for (int j = 0; j < 5; ++j) list.push(cases[c][j], j);
+      const auto sel = fastrnn::sparse::select_and_weigh(list, 5, k_top, idx, w);
+      bool any_nan = false;
+      for (int p = 0; p < sel.count; ++p) any_nan = any_nan || w[p] != w[p];
+      printf("{\"kind\": \"rank_nan\", \"case\": %d, \"k_top\": %d, \"ranked\": [", c, k_top);
+      for (int r = 0; r < list.n; ++r) printf("%s%lld", r ? ", " : "", (long long)rj[r]);
+      printf("], \"any_nan\": %s}\n", any_nan ? "true" : "false");
+    }
+  }
+  namespace sp = fastrnn::sparse;
+  printf("{\"kind\": \"ranks_above\", \"pairs\": [%d, %d, %d, %d, %d, %d]}\n", sp::ranks_above(nan, 1.0),
+         sp::ranks_above(1.0, nan), sp::ranks_above(nan, nan), sp::ranks_above(2.0, 1.0), sp::ranks_above(1.0, 1.0),
+         sp::ranks_above(float(nan), -float(inf)));
+}
+
 // The slot numbering of a call (S0 carried slots, global step0) and where each slot's value is read: h0 /
 // memory, y and hhat are three regions of one array, so a pointer says which region and offset.
 static void slot_cases() {
@@ -194,6 +221,7 @@ int main() {
   cell_cases();
   score_cases();
   selection_cases();
+  nan_ranking_cases();
   slot_cases();
   sweep_cases();
   return 0;

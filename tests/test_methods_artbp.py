@@ -284,6 +284,27 @@ def test_sablstm_online_carries_the_whole_state(backend):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("core_cls", [fastrnn.SABLSTM, fastrnn.LSTM, torch.nn.LSTM], ids=["SABLSTM", "LSTM", "nn.LSTM"])
+def test_online_trainer_refuses_a_batch_first_core(core_cls):
+    """The stream's chunks are time-major [T, B, I]: a batch_first core would read the subsequence length as
+    the batch (silently, when they are equal), so OnlineTrainer refuses it, naming batch_first; unbatched
+    streams ([T, I], where batch_first does not apply) and the same core with batch_first=False run."""
+    torch.manual_seed(0)
+    kw = dict(k_top=2) if core_cls is fastrnn.SABLSTM else {}
+    x, y = torch.randn(12, 3, 2), torch.randn(12, 3, 4)
+    loss = lambda out, tgt: ((out - tgt) ** 2).sum()                    # noqa: E731
+    core = core_cls(2, 4, batch_first=True, **kw)
+    trainer = OnlineTrainer(core, loss, None, FixedLength(3), accumulate=True)     # segment length == B
+    with pytest.raises(ValueError, match="batch_first"):
+        trainer.run(TensorStream(x, y))
+    assert trainer.segments == [] and all(p.grad is None for p in core.parameters())
+    OnlineTrainer(core, lambda out, tgt: out.pow(2).sum(), None, FixedLength(4), accumulate=True).run(
+        TensorStream(x[:, 0]))
+    core.batch_first = False
+    segments = OnlineTrainer(core, loss, None, FixedLength(3), accumulate=True).run(TensorStream(x, y))
+    assert [s.length for s in segments] == [3, 3, 3, 3]
+
+
 def test_tensor_stream_checks_that_y_has_one_row_per_step_of_x():
     with pytest.raises(ValueError, match=r"y: expected a tensor with one row per step of x \(200 steps\), "
                                          r"got shape \(50, 1, 1\)"):

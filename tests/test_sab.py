@@ -455,6 +455,32 @@ def test_compile_fullgraph_module():
 # ---------------------------------------------------------------- triton: argument errors
 
 @only("triton")
+def test_triton_sab_layer_checks_state_and_schedule_shapes():
+    """h0, c0 (and with them the memory) must have x's batch size and the schedule x's length, as the cpu
+    op checks: a batch-1 h0 / memory with batch-2 x read out of bounds, a short cut passed the forward and
+    failed in backward with an IndexError, a long one was silently accepted."""
+    fn = layer_fn("triton", "sab_layer")
+    args = {k: v.detach() for k, v in layer_args(5, 2, 3, 4).items()}
+    sched = schedule_args(truncation.full(5), torch.float64)
+    kw = dict(k_top=2, k_att=2, scorer="mlp", provisional=True)
+    memory = torch.randn(2, 3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"h0 must have shape \[B, H\] = \[2, 4\], got \[1, 4\]"):
+        fn(**dict(args, h0=args["h0"][:1], c0=args["c0"][:1]), **sched, memory=memory[:1], step0=6, **kw)
+    with pytest.raises(ValueError, match=r"c0 must have shape \[B, H\] = \[2, 4\], got \[2, 3\]"):
+        fn(**dict(args, c0=args["c0"][:, :3]), **sched, **kw)
+    with pytest.raises(ValueError, match=r"memory must be \[B, S0, H\] = \[2"):
+        fn(**args, **sched, memory=memory[:1], step0=6, **kw)
+    for n in (3, 8):
+        with pytest.raises(ValueError, match=rf"cut must have shape \[T\] = \[5\], got \[{n}\]"):
+            fn(**args, cut=torch.zeros(n, dtype=torch.bool), scale=sched["scale"], **kw)
+        with pytest.raises(ValueError, match=rf"scale must have shape \[T\] = \[5\], got \[{n}\]"):
+            fn(**args, cut=sched["cut"], scale=torch.ones(n, dtype=torch.float64), **kw)
+    with pytest.raises(ValueError, match=r"h0 must have shape \[B, H\]"):
+        layer_fn("triton", "lstm_layer")(**{k: args[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "c0")},
+                                         h0=args["h0"][:1], **sched)
+
+
+@only("triton")
 def test_triton_sab_layer_rejects_bad_arguments():
     fn = layer_fn("triton", "sab_layer")
     args = layer_args(2, 1, 2, 4, dtype=torch.float32)

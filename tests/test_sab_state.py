@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
 from fastrnn import SABLayerState, SABState, truncation
-from helpers import TOL, backend_params
+from helpers import TOL, backend_params, only
 
 f64 = torch.float64
 BACKENDS = ["reference", *backend_params()]
@@ -133,6 +133,65 @@ def test_chunked_equals_one_shot(backend, scorer, slot_state, num_layers, batch_
             continue                      # exact gradient zero, rounding noise only (docs/SPEC.md 1.5)
         torch.testing.assert_close(cg[name], g[name], **_tol(backend, exact=False),
                                    msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunks", [[(0, 3), (3, 6), (6, 9), (9, 13)], CHUNKS], ids=["on_grid", "off_grid"])
+def test_k_trunc_cuts_lie_on_the_stream_steps(backend, chunks):
+    """k_trunc without a schedule: with a state the cuts lie on the stream's global steps (g > 0, g % k_trunc
+    == 0), as in the one-shot forward, so chunks carrying the attached state give the one-shot gradients,
+    whether a chunk starts on a cut (its cut[0] cuts the carried (h, c)) or between cuts."""
+    sab = _model(backend, num_layers=2, k_trunc=3)
+    torch.manual_seed(2)
+    x = (torch.randn(T, B, I, dtype=f64) * 0.5).requires_grad_()
+    y, (h_n, c_n) = sab(x)
+    g = _grads(_loss((y, h_n, c_n)), sab, dict(x=x))
+    cy, (ch, cc), _, _ = _chunked(sab, x, chunks)
+    cg = _grads(_loss((cy, ch, cc)), sab, dict(x=x))
+    torch.testing.assert_close(cy, y, **_tol(backend, exact=True))
+    for name in g:
+        torch.testing.assert_close(cg[name], g[name], **_tol(backend, exact=False), msg=lambda m: f"{name}: {m}")
+
+
+@only("cpu")
+def test_compiled_chunks_specialise_on_the_slot_phase_only():
+    """torch.compile(fullgraph=True) of a chunked call: the layers see step % k_att only, so the graphs do not
+    specialise on the stream's step count (before, the 9th chunk hit the recompile limit). Twelve chunks of
+    3 steps (k_att = 2: both phases; k_trunc = 4: the cuts from the global step) run without recompiling
+    per chunk and equal eager: outputs, the attention record with its true slot_steps, the state, and the
+    parameters' gradient through the attached chunks."""
+    torch._dynamo.reset()
+    sab = _model("cpu", k_att=2, k_trunc=4)
+    x = torch.randn(36, B, I, dtype=f64)
+    graphs = []
+
+    def eager_counting(gm, example_inputs):      # backend="eager", counting the graphs it is given
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(lambda xc, st: sab(xc, state=st, return_state=True, return_attention=True),
+                             backend=eager_counting, fullgraph=True)
+    results = {}
+    for name, fn in (("compiled", compiled), ("eager", None)):
+        state, ys, records = None, [], []
+        for chunk in x.split(3):
+            if fn is None:
+                y, _, att, state = sab(chunk, state=state, return_state=True, return_attention=True)
+            else:
+                y, _, att, state = fn(chunk, state)
+            ys.append(y)
+            records.append((att[0].indices, att[0].slot_steps, state.slot_steps, state.step))
+        grads = torch.autograd.grad(_loss(ys), list(sab.parameters()))
+        results[name] = (torch.cat(ys), records, grads)
+    assert len(graphs) <= sab.k_att + 2, len(graphs)     # the fresh call, one static step, one per phase
+    (y, records, grads), (ey, erecords, egrads) = results["compiled"], results["eager"]
+    torch.testing.assert_close(y, ey, rtol=0, atol=0)
+    for ours, theirs in zip(records, erecords):
+        assert all(torch.equal(a, b) for a, b in zip(ours[:3], theirs[:3])) and ours[3] == theirs[3]
+    assert records[-1][3] == 36 and torch.equal(records[-1][2], torch.arange(-1, 36, 2))
+    for a, b in zip(grads, egrads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -314,6 +373,61 @@ def test_sab_state_checks_what_it_is_built_from():
         SABState([SABLayerState(h, h.double(), memory, steps)], 4)
     with pytest.raises(ValueError, match="differ in memory shape"):
         SABState([SABLayerState(h, h, memory, steps), SABLayerState(h, h, memory[:, :2], steps[:2])], 4)
+
+
+def test_sab_state_step_and_slot_steps_and_return_state_checks():
+    """SABState takes a numpy integer step as an int, refuses a step >= 2**62 (ValueError: the kernels count
+    steps in int64) and layers whose slot_steps differ (every layer holds the slots of the same steps);
+    return_state must be a bool (TypeError), as the module's other switches."""
+    np = pytest.importorskip("numpy")
+    h, memory, steps = torch.zeros(B, H), torch.zeros(B, 3, H), torch.tensor([-1, 1, 3])
+    state = SABState([SABLayerState(h, h, memory, steps)], np.int64(4))
+    assert state.step == 4 and type(state.step) is int
+    SABState([SABLayerState(h, h, memory, steps)], 2 ** 62 - 1)
+    for bad in (2 ** 62, 2 ** 63 + 5):
+        with pytest.raises(ValueError, match="step must be"):
+            SABState([SABLayerState(h, h, memory, steps)], bad)
+    for bad in (True, 4.0, None, np.float64(4.0), torch.tensor(True)):
+        with pytest.raises(TypeError, match="step must be"):
+            SABState([SABLayerState(h, h, memory, steps)], bad)
+    SABState([SABLayerState(h, h, memory, steps), SABLayerState(h, h, memory, steps.clone())], 4)
+    with pytest.raises(ValueError, match="differ in slot_steps"):
+        SABState([SABLayerState(h, h, memory, steps), SABLayerState(h, h, memory, steps + 100)], 4)
+    sab = _model("reference")
+    x = torch.randn(3, B, I, dtype=f64)
+    for bad in ("yes", 0, 1, None, torch.tensor(True)):
+        with pytest.raises(TypeError, match="return_state must be a bool"):
+            sab(x, return_state=bad)
+    _, _, state = sab(x, return_state=True)
+    y, _ = sab(x, state=state, return_state=False)
+    big = SABState(state.layers, 2 ** 62 - 3)
+    with pytest.raises(ValueError, match="step must be"):          # the next state's step would be >= 2**62
+        sab(x, state=big, return_state=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_state_continues_under_autocast(backend):
+    """Under torch.autocast a float32 state (a float32 model's call outside autocast) is taken as a float32
+    hx is: cast to the autocast dtype, exactly as the same state rounded to bfloat16 by hand; the state
+    returned is bfloat16. A float64 state is still refused. (bfloat16 chunks equal one shot only to
+    bfloat16 rounding: the carried state is rounded at each boundary, docs/SPEC.md section 8.)"""
+    sab = _model(backend, num_layers=2, dtype=torch.float32)
+    x = torch.randn(T, B, I)
+    _, _, state = sab(x[:5], return_state=True)
+    assert state.dtype == torch.float32
+    rounded = SABState([SABLayerState(*(t.to(torch.bfloat16) if t.is_floating_point() else t for t in layer))
+                        for layer in state.layers], state.step)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h_n, c_n), after = sab(x[5:], state=state, return_state=True)
+        y_r, (h_r, c_r), after_r = sab(x[5:], state=rounded, return_state=True)
+    assert y.dtype == torch.bfloat16 and after.dtype == torch.bfloat16
+    for a, b in ((y, y_r), (h_n, h_r), (c_n, c_r), (after.layers[1].memory, after_r.layers[1].memory)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.equal(after.slot_steps, after_r.slot_steps) and after.step == T
+    f64_state = SABState([SABLayerState(*(t.double() if t.is_floating_point() else t for t in layer))
+                          for layer in state.layers], state.step)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="dtype is torch.float64"):
+        sab(x[5:], state=f64_state)
 
 
 # ---- copies ----------------------------------------------------------------------------------------

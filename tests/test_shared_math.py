@@ -192,6 +192,27 @@ def test_selection_tie_rules_and_weights_backward(results):
     assert any(r["thr_selected"] for r in cases) and not all(r["thr_selected"] for r in cases)
 
 
+def test_selection_ranks_nan_as_torch_sort(results):
+    """A NaN score ranks above every number, equal NaNs by slot order (torch.sort(descending=True, stable=True),
+    the reference's ranking), and a NaN or infinite score makes the row's weights NaN exactly where the
+    reference's sparse_weights has NaN: NaN propagates as in the reference instead of being dropped."""
+    import torch
+
+    from fastrnn import reference
+    nan, inf = float("nan"), float("inf")
+    cases = [[1.0, nan, 2.0, nan, 0.5], [nan, 3.0, 1.0, 2.0, 0.0], [1.0, 2.0, 3.0, 4.0, inf],
+             [1.0, -inf, 2.0, 3.0, 0.0], [0.5, 2.0, 0.5, 1.0, 2.0]]
+    rows = _of(results, "rank_nan")
+    assert len(rows) == len(cases) * 4
+    for r in rows:
+        a = torch.tensor([cases[r["case"]]], dtype=torch.float64)
+        order = torch.sort(a, dim=1, descending=True, stable=True).indices[0].tolist()
+        assert r["ranked"] == order[:r["k_top"] + 1], r
+        assert r["any_nan"] == bool(reference.sparse_weights(a, r["k_top"]).isnan().any()), r
+    assert any(r["any_nan"] for r in rows) and not all(r["any_nan"] for r in rows)
+    assert _of(results, "ranks_above")[0]["pairs"] == [1, 0, 0, 1, 0, 1]
+
+
 def test_score_terms_forward_and_backward(results):
     cases = _of(results, "score")
     assert len(cases) == 16

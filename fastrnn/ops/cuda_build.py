@@ -137,7 +137,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     `memory` [B, S0, H] replaces [h0] as the initial memory, `step0` is the global index of x's first step,
     and with `return_slots` a fifth result holds the slots this call wrote, new_slots [B, S1, H]
     (fastrnn.reference.sab_layer is the oracle)."""
-    check_stream(memory, step0, lengths, return_slots, h0)
+    step0 = check_stream(memory, step0, lengths, return_slots, h0)
     if not load():
         raise RuntimeError(f"fastrnn cuda backend unavailable: {_error}")
     _check_cuda(x)

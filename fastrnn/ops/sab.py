@@ -34,7 +34,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     row_step0 [B] int64; the record's indices then index each row's slot table, its slot_steps is [B, S]."""
     if not available():
         raise RuntimeError(f"fastrnn cpu backend: {_native.load_error() or 'sab ops missing from the library'}")
-    check_stream(memory, step0, lengths, return_slots, h0)
+    step0 = check_stream(memory, step0, lengths, return_slots, h0)
     rows = per_row(reset, slot_offset, row_step0)
     if rows:
         check_rows(x, memory, step0, lengths, reset, slot_offset, row_step0)

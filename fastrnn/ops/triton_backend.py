@@ -126,8 +126,14 @@ class _Cfg:
 
 def _check_tensors(named: dict, cut, scale, lengths=None) -> None:
     """Every tensor on x's device with x's dtype (the schedule and lengths on x's device), and a device the
-    kernels can run on; errors name the argument (the module checks shapes)."""
+    kernels can run on; h0, c0 [B, H] and the schedule [T], whose shapes the kernels trust (the module checks
+    the others); errors name the argument."""
     x = named["x"]
+    T, B, H = x.shape[0], x.shape[1], named["w_hh"].shape[-1]
+    for name, t, shape, dims in (("h0", named["h0"], (B, H), "[B, H]"), ("c0", named["c0"], (B, H), "[B, H]"),
+                                 ("cut", cut, (T,), "[T]"), ("scale", scale, (T,), "[T]")):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {dims} = {list(shape)}, got {list(t.shape)}")
     for name, t in (("cut", cut), ("scale", scale), ("lengths", lengths)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
@@ -441,10 +447,10 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     section 8): `memory` [B, S0, H] replaces [h0] as the initial memory, `step0` is the global index of the
     first step, and `return_slots` adds a fifth result, the slots this call wrote [B, S1, H]."""
     _check_sab(k_top, k_att, scorer)
-    check_stream(memory, step0, lengths, return_slots, h0)
     named = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, att_wh=att_wh, att_wm=att_wm, att_vb=att_vb,
                  h0=h0, c0=c0)
     _check_tensors(named, cut, scale, lengths)
+    step0 = check_stream(memory, step0, lengths, return_slots, h0)
     args = [a.contiguous() if a is not None else None for a in named.values()]
     y, h_n, c_n, new_slots, idx, w = _SABLayer.apply(*args, memory, cut, scale, lengths, k_top, k_att, scorer,
                                                      bool(provisional), step0)

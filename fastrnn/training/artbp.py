@@ -275,7 +275,8 @@ class Segment:
 class OnlineTrainer:
     """Online training over a stream, one subsequence at a time (seed 002, section 5).
 
-    core       fastrnn.LSTM / SABLSTM or an nn.LSTM-like ``core(x, hx) -> (out, hx_n)`` (`run_core`)
+    core       fastrnn.LSTM / SABLSTM or an nn.LSTM-like ``core(x, hx) -> (out, hx_n)`` (`run_core`), fed
+               time-major chunks: a core with ``batch_first=True`` is refused (ValueError) for batched streams
     loss_fn    ``loss_fn(out, y) -> scalar``: the SUM over the subsequence's steps of the per-step loss
                (eq. (2)); a head, if any, lives inside it
     optimizer  stepped once per subsequence; None with ``accumulate=True``
@@ -318,6 +319,10 @@ class OnlineTrainer:
         if chunk is None or chunk[0].shape[0] == 0:
             return None
         x, y = chunk
+        if x.dim() == 3 and getattr(self.core, "batch_first", False):
+            raise ValueError("OnlineTrainer: the core has batch_first=True, but the stream's chunks are "
+                             "time-major [T, B, I] (a batch-first core would read T as the batch): use the core "
+                             "with batch_first=False (the same parameters)")
         n = x.shape[0]
         if n < len(schedule):                       # the stream ended first: eq. (11) at t = T
             schedule = Schedule(schedule.cut[:n], schedule.scale[:n])

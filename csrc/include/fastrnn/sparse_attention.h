@@ -14,9 +14,16 @@ namespace sparse {
 // The epsilon of w_j = ã_j / (Σ ã + eps), SPEC step 6.
 constexpr double kWeightEps = 1e-7;
 
-// A ranking of at most `cap` (score, slot) pairs, best first: score descending, ties broken by
-// the lower slot index (a stable descending sort). Slots must be pushed in ascending slot order,
-// so a new slot goes after every kept slot with a score >= its own.
+// Whether score `a` ranks strictly above score `b` in a descending sort: a > b, with NaN above every
+// number, as torch.sort(descending=True) puts it (two NaNs are equal). x != x is the NaN test: no library call.
+template <typename T>
+FASTRNN_HD inline bool ranks_above(T a, T b) {
+  return a > b || (a != a && b == b);
+}
+
+// A ranking of at most `cap` (score, slot) pairs, best first: score descending (NaN first, ranks_above),
+// ties broken by the lower slot index (a stable descending sort). Slots must be pushed in ascending slot
+// order, so a new slot goes after every kept slot with a score that does not rank below its own.
 template <typename T>
 struct TopList {
   T* score;       // [cap]
@@ -28,9 +35,9 @@ struct TopList {
 
   FASTRNN_HD void push(T a, int64_t j) {
     // Fast reject: a full list keeps a later slot only if it beats the last entry strictly.
-    if (n == cap && !(a > score[cap - 1])) return;
+    if (n == cap && !ranks_above(a, score[cap - 1])) return;
     int pos = n < cap ? n : cap - 1;  // slot where the new entry lands before moving up
-    while (pos > 0 && score[pos - 1] < a) {
+    while (pos > 0 && ranks_above(a, score[pos - 1])) {
       score[pos] = score[pos - 1];
       slot[pos] = slot[pos - 1];
       --pos;
@@ -72,7 +79,9 @@ FASTRNN_HD inline Selection<T> select_and_weigh(const TopList<T>& list, int64_t 
   int count = 0;
   for (int r = 0; r < kept; ++r) {
     T a = list.score[r] - sel.tau;
-    if (a > T(0)) {  // relu with relu'(0) = 0: a slot exactly at tau is not selected
+    // relu with relu'(0) = 0: a slot exactly at tau is not selected. A NaN ã (a NaN or infinite score) is
+    // kept, as torch.relu keeps NaN: the row's weights are then NaN, as the reference's.
+    if (!(a <= T(0))) {
       // Insertion by slot index keeps the output in ascending slot order.
       int p = count++;
       while (p > 0 && idx[p - 1] > list.slot[r]) {
