@@ -17,7 +17,7 @@ _MODULES = {
 }
 
 _WHY_UNAVAILABLE = {
-    "triton": "Triton is not importable",
+    "triton": "Triton or fastrnn.kernels (kernels/: the package installed, or a source checkout) is not importable",
 }
 
 

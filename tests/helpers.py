@@ -73,6 +73,21 @@ def schedule_args(schedule: Schedule, dtype):
     return dict(cut=schedule.cut, scale=schedule.scale.to(dtype))
 
 
+def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the byte ranges of a's and b's storages overlap (an output that is a view of another)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    sa, sb = a.untyped_storage(), b.untyped_storage()
+    a0, b0 = sa.data_ptr(), sb.data_ptr()
+    return a0 < b0 + sb.nbytes() and b0 < a0 + sa.nbytes()
+
+
+# Streaming calls whose new_slots [B, S1, H], gathered from the states [T, B, H], is contiguous as a plain
+# strided view (one slot written, S1 == 1; or one row with k_att == 1): there a backend that returns the
+# view instead of a copy makes new_slots alias y or hhat. (T, B, k_att) of fresh calls.
+NEW_SLOTS_VIEW_CASES = [pytest.param(3, 2, 2, id="one-slot"), pytest.param(3, 1, 1, id="one-row-k_att-1")]
+
+
 def leaves(args):
     return {k: v for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad}
 

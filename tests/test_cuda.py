@@ -4,11 +4,15 @@ reference on the same rounded inputs (helpers.BF16_TOL); NaN-poisoned buffers; a
 step and every row; lengths; truncation schedules (fixed, ARTBP, a hand-made cut at step 0); both sweeps
 of the CUDA LSTM (persistent and one launch per step); streaming a SAB layer across calls (docs/SPEC.md
 section 8: memory in, new slots out, the gradient through the carried memory), chunk by chunk against the
-reference's chunks, as tests/test_streaming.py does on the CPU.
+reference's chunks, as tests/test_streaming.py does on the CPU; new_slots a fresh tensor where the written
+states' slice is contiguous as it stands (opcheck on the CUDA op); k_top above the shared-memory limit of the
+attention kernels refused by name.
 
 Skipped, with the reason, where torch.cuda.is_available() is False (every machine of this project but a
 lent GPU one). scripts/gpu_check.sh runs them there (with TRITON_INTERPRET=0, so Triton compiles for the
-GPU, and CUBLAS_WORKSPACE_CONFIG set for the deterministic-mode poisoning)."""
+GPU, and CUBLAS_WORKSPACE_CONFIG set for the deterministic-mode poisoning): `-k "not triton"` and `-k triton`
+as two parts. A backend that does not load (triton: also fastrnn.kernels not importing) is skipped with why."""
+import importlib
 import os
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS in deterministic mode (poison)
@@ -17,7 +21,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from fastrnn import backends, reference, truncation as tr  # noqa: E402
-from helpers import BF16_TOL, TOL, compare, layer_args, run_with_grads, schedule_args  # noqa: E402
+from helpers import (BF16_TOL, NEW_SLOTS_VIEW_CASES, TOL, compare, layer_args, run_with_grads,  # noqa: E402
+                     schedule_args, shares_memory)
 from test_streaming import assert_chunked_matches_reference, grads_of  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -29,11 +34,16 @@ DEV = torch.device("cuda")
 
 
 def _gpu_backend(name):
-    """pytest.param for a GPU backend, skipped with its reason where it does not load."""
+    """pytest.param for a GPU backend, skipped with its reason where it does not load (triton: also where the
+    kernels, fastrnn.kernels, do not import: an installed package or a checkout's kernels/)."""
     why = None
     if torch.cuda.is_available():
         try:
+            if name == "triton":
+                importlib.import_module("fastrnn.kernels")
             backends.layer_functions(name, DEV)
+        except ImportError as e:
+            why = f"fastrnn.kernels does not import ({type(e).__name__}: {e})"
         except (RuntimeError, ValueError) as e:
             why = str(e)
     marks = [pytest.mark.skipif(why is not None, reason=f"{name}: {why}")]
@@ -232,3 +242,41 @@ def test_cuda_streaming_fresh_call_and_new_slots():
         assert og.keys() == rg.keys()
         for name in rg:
             torch.testing.assert_close(og[name], rg[name], **TOL[dtype], msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("T,B,k_att", NEW_SLOTS_VIEW_CASES)
+@pytest.mark.parametrize("provisional", [True, False], ids=["provisional", "final"])
+def test_cuda_new_slots_is_a_fresh_tensor(T, B, k_att, provisional):
+    """new_slots is a new tensor where the written states' slice is contiguous as it stands (one slot; one
+    row with k_att = 1), where a .contiguous() would return a view of y or hhat: no output of the op shares
+    memory with another, and opcheck (schema: outputs must not alias; fake kernel; autograd registration)
+    passes on the CUDA op."""
+    if backends._layer_modules("cuda") is None:
+        pytest.skip(f"cuda backend unavailable: {backends._why_unavailable('cuda')}")
+    args = layer_args(T, B, 3, 4, A=3)
+    sched = _sched(tr.fixed(T, 2), torch.float64)
+    g = {k: v.detach().to(DEV).requires_grad_() for k, v in args.items()}
+    op_args = (g["x"], g["w_ih"], g["w_hh"], g["b_ih"], g["b_hh"], g["att_wh"], g["att_wm"], g["att_vb"], g["h0"],
+               g["c0"], sched["cut"], sched["scale"], None, None, 0, 2, k_att, "mlp", provisional)
+    out = torch.ops.fastrnn.sab_forward(*op_args)
+    assert out[11].shape == (B, T // k_att, 4)
+    for i in range(11):
+        assert not shares_memory(out[11], out[i]), f"new_slots aliases output {i}"
+    torch.library.opcheck(torch.ops.fastrnn.sab_forward.default, op_args)
+
+
+@pytest.mark.parametrize("dtype,limit", [(torch.float32, 1741), (torch.float64, 1215), (torch.bfloat16, 1741)],
+                         ids=["f32", "f64", "bf16"])
+def test_cuda_k_top_above_the_shared_memory_limit_is_refused_by_name(dtype, limit):
+    """The attention kernels keep k_top + 1 candidates per row in shared memory (csrc/cuda/sab.cuh,
+    row_max_k): k_top at the limit runs, one more is refused with a message naming k_top, the limit and
+    the dtype (not a failed launch)."""
+    if backends._layer_modules("cuda") is None:
+        pytest.skip(f"cuda backend unavailable: {backends._why_unavailable('cuda')}")
+    T, B, I, H = 3, 2, 3, 8
+    args = _to_dev(layer_args(T, B, I, H, A=4, dtype=torch.float64), dtype)
+    kw = dict(**_sched(tr.full(T), dtype), k_att=1, scorer="mlp", provisional=True)
+    y = _fn("cuda", "sab_layer")(**args, k_top=limit, **kw)[0]
+    y.float().sum().backward()
+    with pytest.raises(RuntimeError, match=rf"k_top must be <= {limit} for .* on CUDA .*got {limit + 1}"):
+        _fn("cuda", "sab_layer")(**args, k_top=limit + 1, **kw)

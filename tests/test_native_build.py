@@ -7,6 +7,7 @@ The CPU library at FASTRNN_CPU_CAPABILITY=DEFAULT and AVX2 (the levels another m
 each build uses the requested level (CMake's message and the vector registers in its code), loads in a
 fresh process and matches the reference in float64 (forward outputs and every gradient, 1e-9 relative).
 About 35 s per build on 2 idle cores."""
+import ctypes
 import json
 import re
 import shutil
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every launcher of csrc/cuda/launchers.h, per dtype where it has one.
 LAUNCHERS = ["fastrnn_lstm_pointwise_forward_f32", "fastrnn_lstm_pointwise_forward_f64",
              "fastrnn_lstm_pointwise_backward_f32", "fastrnn_lstm_pointwise_backward_f64",
-             "fastrnn_lstm_persistent_units",
+             "fastrnn_lstm_persistent_units", "fastrnn_sab_max_k_top",
              *(f"fastrnn_{op}_{dt}" for op in ("gemm", "lstm_forward", "lstm_backward", "sab_forward", "sab_backward")
                for dt in ("f32", "f64", "bf16"))]
 
@@ -65,6 +66,11 @@ def test_cuda_library_compiles_for_sm80_and_sm90(tmp_path):
     assert declared == set(LAUNCHERS), f"launchers.h and this test disagree: {sorted(declared ^ set(LAUNCHERS))}"
     missing = [name for name in LAUNCHERS if name not in exported]
     assert not missing, f"launchers not exported (as functions) by {so.name}: {missing}"
+    # the SAB k_top limit (csrc/cuda/sab.cuh, row_max_k) is host arithmetic, callable without a GPU: the
+    # per-row kernels' shared memory (2K + 1) 8 + (3K + 34) acc bytes within 48 KiB less 256 static bytes
+    lib = ctypes.CDLL(str(so))
+    for code, acc in ((0, 4), (1, 8), (2, 4)):   # float32, float64, bfloat16 (float accumulation)
+        assert lib.fastrnn_sab_max_k_top(code) == (48 * 1024 - 256 - 8 - 34 * acc) // (16 + 3 * acc), code
     cuobjdump = _cuobjdump()
     if cuobjdump is None:  # cannot list the cubins: at least the requested architectures were compiled
         flags = (build / "build.ninja").read_text() if (build / "build.ninja").exists() else ""

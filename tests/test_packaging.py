@@ -144,3 +144,34 @@ def test_pyproject_requires_a_torch_range_and_builds_with_scikit_build_core():
     [torch_req] = [d for d in meta["project"]["dependencies"] if d.startswith("torch")]
     assert "==" not in torch_req and ">=" in torch_req, torch_req
     assert meta["tool"]["scikit-build"]["wheel"]["packages"]["fastrnn/kernels"] == "kernels"
+
+
+# Run in a child with the checkout on PYTHONPATH; argv[1] == "bare": every editable-install import hook is
+# removed first (a machine where fastrnn was never installed, as scripts/gpu_check.sh meets a GPU machine).
+_CHECK_CHECKOUT_KERNELS = r"""
+import sys
+if sys.argv[1] == "bare":
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+import fastrnn
+import fastrnn.kernels
+from fastrnn.kernels import lstm_step, sparse_attention, sparse_attention_bwd
+from fastrnn.ops import triton_backend
+print(fastrnn.__file__, fastrnn.kernels.__file__, lstm_step.__file__, sparse_attention.__file__,
+      sparse_attention_bwd.__file__, triton_backend.available())
+"""
+
+
+@pytest.mark.parametrize("hooks", ["as-installed", "bare"])
+def test_a_checkout_on_pythonpath_imports_its_own_kernels(tmp_path, hooks):
+    """A checkout used through PYTHONPATH alone (scripts/gpu_check.sh on a GPU machine; a git worktree beside
+    an editable install of another checkout): fastrnn.kernels is this checkout's kernels/ (fastrnn/_checkout.py),
+    whether or not an editable install's import hook for fastrnn is present, and the triton backend counts as
+    available. The wheel's own fastrnn/kernels/ is test_wheel_builds_...'s."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+    out = _run([sys.executable, "-c", _CHECK_CHECKOUT_KERNELS, hooks], cwd=tmp_path, env=env, timeout=120).stdout
+    *files, available = out.split()
+    assert files[0] == str(ROOT / "fastrnn" / "__init__.py"), files[0]
+    for f in files[1:]:
+        assert Path(f).parent == ROOT / "kernels", f
+    assert available == "True"

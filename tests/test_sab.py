@@ -17,8 +17,9 @@ import fastrnn
 from fastrnn import reference, truncation
 from fastrnn.ops import sab as cpu_sab
 
-from helpers import (BACKENDS, BF16_BACKENDS, BF16_TOL, TOL, assert_equal_results, backend_params, check_layer,
-                     layer_args, layer_fn, only, reference_case, run_with_grads, schedule_args)
+from helpers import (BACKENDS, BF16_BACKENDS, BF16_TOL, NEW_SLOTS_VIEW_CASES, TOL, assert_equal_results, backend_params,
+                     check_layer, layer_args, layer_fn, only, reference_case, run_with_grads, schedule_args,
+                     shares_memory)
 
 # (T, B, I, H, A, k_top, k_att, scorer, provisional, schedule, bias)
 CONFIGS = [
@@ -319,6 +320,21 @@ def test_opcheck_backward_with_memory(scorer):
     assert out[11].shape == (2, 3, 4)
     args = backward_inputs(fwd, out, [torch.randn_like(t) for t in out[:3]], torch.randn_like(out[11]))
     torch.library.opcheck(torch.ops.fastrnn.sab_backward.default, tuple(args))
+
+
+@only("cpu")
+@pytest.mark.parametrize("T,B,k_att", NEW_SLOTS_VIEW_CASES)
+@pytest.mark.parametrize("provisional", [True, False], ids=["provisional", "final"])
+def test_opcheck_forward_new_slots_is_fresh(T, B, k_att, provisional):
+    """new_slots is a new tensor where the written states' slice is contiguous as it stands (one slot; one
+    row with k_att = 1): no output of the op shares memory with another (opcheck's schema check rejects
+    outputs that alias), hhat and y included."""
+    args = op_inputs("mlp", True, T=T, B=B, k_att=k_att)[:-1] + (provisional,)
+    out = torch.ops.fastrnn.sab_forward(*args)
+    assert out[11].shape == (B, T // k_att, 4)
+    for i in range(11):
+        assert not shares_memory(out[11], out[i]), f"new_slots aliases output {i}"
+    torch.library.opcheck(torch.ops.fastrnn.sab_forward.default, args)
 
 
 # ---------------------------------------------------------------- cpu: argument errors

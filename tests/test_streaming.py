@@ -7,7 +7,8 @@ import torch
 
 from fastrnn import reference
 from fastrnn import truncation
-from helpers import BF16_BACKENDS, BF16_TOL, TOL, backend_params, layer_args, layer_fn, leaves
+from helpers import (BF16_BACKENDS, BF16_TOL, NEW_SLOTS_VIEW_CASES, TOL, backend_params, layer_args, layer_fn, leaves,
+                     shares_memory)
 
 CHUNKS = [(0, 5), (5, 6), (6, 13)]          # uneven, one of length 1, starting off the k_att grid
 
@@ -222,3 +223,20 @@ def test_backend_chunked_second_order_equals_reference(backend, scorer):
                 assert a is None, f"order {order}, d{name}"
                 continue
             torch.testing.assert_close(a, b, **TOL[torch.float64], msg=lambda m: f"order {order}, d{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("T,B,k_att", NEW_SLOTS_VIEW_CASES)
+@pytest.mark.parametrize("provisional", [True, False], ids=["provisional", "final"])
+def test_new_slots_is_a_fresh_tensor(backend, T, B, k_att, provisional):
+    """new_slots never shares memory with y, h_n or c_n, also where the written states' slice is contiguous
+    as it stands (one slot; one row with k_att = 1): the op's schema promises fresh outputs, and a carried
+    memory that aliased y would change when y is modified in place."""
+    args = layer_args(T, B, 2, 4, A=3)
+    sched = truncation.full(T)
+    y, h_n, c_n, _, new = layer_fn(backend, "sab_layer")(**args, cut=sched.cut, scale=sched.scale.double(), k_top=2,
+                                                         k_att=k_att, scorer="mlp", provisional=provisional,
+                                                         return_slots=True)
+    assert new.shape == (B, T // k_att, 4)
+    for name, other in (("y", y), ("h_n", h_n), ("c_n", c_n)):
+        assert not shares_memory(new, other), f"new_slots aliases {name}"

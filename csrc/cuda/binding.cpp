@@ -31,10 +31,29 @@ ArgChecker checker(const char* op) { return ArgChecker(op, at::kCUDA, {at::kFloa
 
 at::ScalarType acc_type(at::ScalarType dt) { return dt == at::kDouble ? at::kDouble : at::kFloat; }
 
+std::string fastrnn_error(int rc) {
+  switch (rc) {
+    case FASTRNN_ERR_NOT_PERSISTENT:
+      return "no persistent LSTM sweep fits this device and shape (FASTRNN_CUDA_LSTM_MODE=2 requires one)";
+    case FASTRNN_ERR_K_TOP:
+      return "k_top above the attention kernels' shared-memory limit";
+    default:
+      return "fastrnn error " + std::to_string(rc);
+  }
+}
+
 void check_rc(int rc, const char* op) {
   TORCH_CHECK(rc == 0, op, ": CUDA launch failed: ",
-              rc < 0 ? std::string("fastrnn error ") + std::to_string(rc)
-                     : std::string(cudaGetErrorString(static_cast<cudaError_t>(rc))));
+              rc < 0 ? fastrnn_error(rc) : std::string(cudaGetErrorString(static_cast<cudaError_t>(rc))));
+}
+
+// k_top within what the SAB attention kernels keep per row in shared memory (launchers.h,
+// fastrnn_sab_max_k_top: 1741 for float32 and bfloat16, 1215 for float64).
+void check_k_top(const ArgChecker& ck, int64_t k_top, at::ScalarType dt) {
+  const int64_t max_k = fastrnn_sab_max_k_top(dt == at::kDouble ? 1 : dt == at::kBFloat16 ? 2 : 0);
+  TORCH_CHECK(k_top <= max_k, ck.op(), ": k_top must be <= ", max_k, " for ", dt,
+              " on CUDA (the attention kernels keep the ranking of k_top + 1 slots of each row in 48 KiB of "
+              "shared memory), got ", k_top);
 }
 
 // The checked lengths (ArgChecker::lengths) as a device pointer, or nullptr for None.
@@ -191,14 +210,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cuda(
 }
 
 // ---- SAB ------------------------------------------------------------------------------------------------
-// The values of the slots this call wrote, [B, S1, H] (a copy): the states (hhat or y) of the steps that wrote
-// them, grid.first, grid.first + k_att, ... (fastrnn/memory_slots.h).
+// The values of the slots this call wrote, [B, S1, H]: the states (hhat or y) of the steps that wrote them,
+// grid.first, grid.first + k_att, ... (fastrnn/memory_slots.h). Always a new tensor: transpose(0, 1) of the
+// strided slice is already contiguous when S1 == 1, or B == 1 and k_att == 1, and .contiguous() would then
+// return a view of y / hhat, an output aliasing another output (the schema and the fake kernel promise
+// fresh tensors; torch.compile and opcheck rely on it).
 Tensor written_slots(const Tensor& states, const SlotGrid& grid, int64_t S1) {
   const int64_t T = states.size(0);
   if (S1 == 0) return at::empty({states.size(1), 0, states.size(2)}, states.options());
   const Tensor s = states.slice(0, grid.first, T, grid.k_att);
   TORCH_INTERNAL_ASSERT(s.size(0) == S1, "written_slots: ", s.size(0), " steps for ", S1, " slots");
-  return s.transpose(0, 1).contiguous();
+  return s.transpose(0, 1).clone(at::MemoryFormat::Contiguous);
 }
 
 using SabForwardOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
@@ -213,6 +235,7 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   ck.biases(b_ih, b_hh, d);
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
+  check_k_top(ck, k_top, x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   ck.lengths(lengths, d);
   const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
@@ -291,6 +314,7 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
   ArgChecker ck = checker("fastrnn::sab_backward");
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
+  check_k_top(ck, k_top, x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   ck.lengths(lengths, d);
   const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);

@@ -21,6 +21,7 @@ extern "C" {
 #define FASTRNN_PERSISTENT_OR_STEPS 1  // one persistent launch where W_hh fits on chip, else per step
 #define FASTRNN_PERSISTENT_ONLY 2      // persistent or FASTRNN_ERR_NOT_PERSISTENT
 #define FASTRNN_ERR_NOT_PERSISTENT (-1)
+#define FASTRNN_ERR_K_TOP (-2)         // a SAB sweep's K above fastrnn_sab_max_k_top (nothing launched)
 
 // One step's cell pointwise forward: gates (pre-activations in, activated i,f,g,o out), c_t, h_t.
 int fastrnn_lstm_pointwise_forward_f32(float* gates, const float* c_prev, float* c, float* h, int64_t B,
@@ -103,6 +104,12 @@ struct fastrnn_sab_forward_args {
 int fastrnn_sab_forward_f32(const struct fastrnn_sab_forward_args* args, void* stream);
 int fastrnn_sab_forward_f64(const struct fastrnn_sab_forward_args* args, void* stream);
 int fastrnn_sab_forward_bf16(const struct fastrnn_sab_forward_args* args, void* stream);
+
+// The largest k_top (K) the SAB sweeps take for dtype (0 float32, 1 float64, 2 bfloat16): their per-row
+// attention kernels keep the ranking of K + 1 slots, the selection and K accumulators in shared memory,
+// within the 48 KiB any block may use (1741 for float32 and bfloat16, 1215 for float64). A larger K makes
+// fastrnn_sab_forward_* and fastrnn_sab_backward_* return FASTRNN_ERR_K_TOP.
+int fastrnn_sab_max_k_top(int dtype);
 
 // The SAB-LSTM layer's reverse sweep (SPEC section 2), slots as in the forward. After it the caller forms
 // (docs in binding.cpp): the carried slots' gradient (mlp: dM[:, :S0] += dP[:, :S0] att_wm), which is

@@ -74,20 +74,35 @@ int forward_persistent(const acc_t<T>* xg, const T* w_hh, const T* h0, const T* 
                                                       smem, stream));
 }
 
-// mode: FASTRNN_STEPS, FASTRNN_PERSISTENT_OR_STEPS, FASTRNN_PERSISTENT_ONLY (launchers.h).
+// The outcome of trying the persistent sweep: 0 it ran, FASTRNN_ERR_NOT_PERSISTENT no plan fits, or the
+// cudaError_t of a refused cooperative launch. The occupancy query behind the plan can promise more
+// co-resident blocks than the launch then gets (cudaErrorCooperativeLaunchTooLarge: another context, MPS
+// or a green context holding SMs; cudaErrorLaunchOutOfResources): such an error is cleared here (it is
+// not sticky, and left set it would fail the next unrelated launch check), and a refused launch ran
+// nothing, so the caller may fall back to the step sweep on the same buffers.
+inline int persistent_outcome(int rc) {
+  if (rc != 0 && rc != FASTRNN_ERR_NOT_PERSISTENT) cudaGetLastError();
+  return rc;
+}
+
+// mode: FASTRNN_STEPS, FASTRNN_PERSISTENT_OR_STEPS, FASTRNN_PERSISTENT_ONLY (launchers.h). With
+// FASTRNN_PERSISTENT_OR_STEPS a persistent sweep that has no plan or whose launch is refused falls back to
+// the step sweep; FASTRNN_PERSISTENT_ONLY returns that outcome instead.
 template <class T>
 int lstm_forward(const acc_t<T>* xg, const T* w_hh, const T* h0, const T* c0, T* gates, T* cs, T* y, int64_t steps,
                  int64_t B, int64_t H, int mode, cudaStream_t stream) {
   if (steps == 0 || B == 0 || H == 0) return 0;
   if (mode != FASTRNN_STEPS) {
+    int rc = FASTRNN_ERR_NOT_PERSISTENT;
     switch (persistent_units<T>(B, H, true)) {
-      case 4: return forward_persistent<T, 4>(xg, w_hh, h0, c0, gates, cs, y, steps, B, H, stream);
-      case 8: return forward_persistent<T, 8>(xg, w_hh, h0, c0, gates, cs, y, steps, B, H, stream);
-      case 16: return forward_persistent<T, 16>(xg, w_hh, h0, c0, gates, cs, y, steps, B, H, stream);
-      case 32: return forward_persistent<T, 32>(xg, w_hh, h0, c0, gates, cs, y, steps, B, H, stream);
-      default:
-        if (mode == FASTRNN_PERSISTENT_ONLY) return FASTRNN_ERR_NOT_PERSISTENT;
+      case 4: rc = forward_persistent<T, 4>(xg, w_hh, h0, c0, gates, cs, y, steps, B, H, stream); break;
+      case 8: rc = forward_persistent<T, 8>(xg, w_hh, h0, c0, gates, cs, y, steps, B, H, stream); break;
+      case 16: rc = forward_persistent<T, 16>(xg, w_hh, h0, c0, gates, cs, y, steps, B, H, stream); break;
+      case 32: rc = forward_persistent<T, 32>(xg, w_hh, h0, c0, gates, cs, y, steps, B, H, stream); break;
+      default: break;
     }
+    rc = persistent_outcome(rc);
+    if (rc == 0 || mode == FASTRNN_PERSISTENT_ONLY) return rc;
   }
   return forward_steps<T, 32>(xg, w_hh, h0, c0, gates, cs, y, steps, B, H, stream);
 }
@@ -116,18 +131,22 @@ int backward_persistent(BwdSeq<T> q, const T* w_hh, cudaStream_t stream) {
                                                       smem, stream));
 }
 
+// As lstm_forward; a refused launch wrote nothing, so dc still holds the carried dc_n (or zeros) it entered
+// with when the step sweep takes over.
 template <class T>
 int lstm_backward(const BwdSeq<T>& q, const T* w_hh, int mode, cudaStream_t stream) {
   if (q.steps == 0 || q.B == 0 || q.H == 0) return 0;
   if (mode != FASTRNN_STEPS) {
+    int rc = FASTRNN_ERR_NOT_PERSISTENT;
     switch (persistent_units<T>(q.B, q.H, false)) {
-      case 4: return backward_persistent<T, 4>(q, w_hh, stream);
-      case 8: return backward_persistent<T, 8>(q, w_hh, stream);
-      case 16: return backward_persistent<T, 16>(q, w_hh, stream);
-      case 32: return backward_persistent<T, 32>(q, w_hh, stream);
-      default:
-        if (mode == FASTRNN_PERSISTENT_ONLY) return FASTRNN_ERR_NOT_PERSISTENT;
+      case 4: rc = backward_persistent<T, 4>(q, w_hh, stream); break;
+      case 8: rc = backward_persistent<T, 8>(q, w_hh, stream); break;
+      case 16: rc = backward_persistent<T, 16>(q, w_hh, stream); break;
+      case 32: rc = backward_persistent<T, 32>(q, w_hh, stream); break;
+      default: break;
     }
+    rc = persistent_outcome(rc);
+    if (rc == 0 || mode == FASTRNN_PERSISTENT_ONLY) return rc;
   }
   return backward_steps<T, 32>(q, w_hh, stream);
 }

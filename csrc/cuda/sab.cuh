@@ -16,9 +16,27 @@ constexpr int kRowThreads = 128;  // threads of the per-row attention kernels (a
 // Shared memory of the per-row kernels: ranking (K + 1 scores and slots), the selection (K slots and
 // weights), and K more accumulators (dL/dw, dL/da in the backward), plus a 33-entry reduction buffer.
 template <class A>
-inline size_t row_smem(int64_t K) {
+constexpr size_t row_smem(int64_t K) {
   return size_t(2 * K + 1) * sizeof(int64_t) + size_t(3 * K + 1 + 33) * sizeof(A);
 }
+
+// The shared memory any block may use without opting in (48 KiB, static and dynamic together, on every
+// architecture; no cudaFuncAttributeMaxDynamicSharedMemorySize), less 256 bytes for the row kernels' static
+// __shared__ variables: the dynamic part of the per-row kernels stays within it, which bounds K = k_top.
+constexpr size_t kRowSmemLimit = 48 * 1024 - 256;
+
+// The largest K whose row_smem<A>(K) fits kRowSmemLimit: 1741 for float accumulation (float32, bfloat16),
+// 1215 for double (fastrnn_sab_max_k_top; the binding refuses a larger k_top with a message naming it).
+template <class A>
+constexpr int64_t row_max_k() {
+  return int64_t((kRowSmemLimit - sizeof(int64_t) - 34 * sizeof(A)) / (2 * sizeof(int64_t) + 3 * sizeof(A)));
+}
+static_assert(row_smem<float>(row_max_k<float>()) <= kRowSmemLimit &&
+                  row_smem<float>(row_max_k<float>() + 1) > kRowSmemLimit,
+              "row_max_k<float>");
+static_assert(row_smem<double>(row_max_k<double>()) <= kRowSmemLimit &&
+                  row_smem<double>(row_max_k<double>() + 1) > kRowSmemLimit,
+              "row_max_k<double>");
 
 template <class T>
 struct RowSmem {

@@ -136,6 +136,7 @@ int sab_backward(const fastrnn_sab_backward_args& args, cudaStream_t stream) {
   using Acc = acc_t<T>;
   const SabBwd<T> a = typed<T>(args);
   const int64_t B = a.B, H = a.H, A = a.A, S = a.S, G = 4 * H;
+  if (a.K > row_max_k<Acc>()) return FASTRNN_ERR_K_TOP;  // the row kernels' shared memory (sab.cuh)
   if (a.steps == 0 || B == 0) return 0;
   if (B > 2147483647) return static_cast<int>(cudaErrorInvalidValue);
   const size_t rsmem = row_smem<Acc>(a.K);

@@ -111,6 +111,7 @@ int sab_forward(const fastrnn_sab_forward_args& args, cudaStream_t stream) {
   using Acc = acc_t<T>;
   const SabFwd<T> a = typed<T>(args);
   const int64_t B = a.B, H = a.H, A = a.A, S = a.S, G = 4 * H;
+  if (a.K > row_max_k<Acc>()) return FASTRNN_ERR_K_TOP;  // the row kernels' shared memory (sab.cuh)
   if (a.steps == 0 || B == 0) return 0;
   if (B > 2147483647) return static_cast<int>(cudaErrorInvalidValue);
   constexpr int UJ = 32;
@@ -162,6 +163,10 @@ int fastrnn_sab_forward_f64(const struct fastrnn_sab_forward_args* args, void* s
 }
 int fastrnn_sab_forward_bf16(const struct fastrnn_sab_forward_args* args, void* stream) {
   return fastrnn::cuda::sab_forward<fastrnn::cuda::bf16>(*args, static_cast<cudaStream_t>(stream));
+}
+
+int fastrnn_sab_max_k_top(int dtype) {
+  return static_cast<int>(dtype == 1 ? fastrnn::cuda::row_max_k<double>() : fastrnn::cuda::row_max_k<float>());
 }
 
 }  // extern "C"

@@ -15,7 +15,10 @@ which failed. `backend="auto"` on CUDA tensors takes this backend only once it i
 loaded, or a library from an earlier build in the build directory), otherwise triton: "auto" never starts
 a compile of minutes on its own.
 Environment: FASTRNN_CUDA_LSTM_MODE = 0 (one launch per step), 1 (persistent kernel where W_hh fits on
-chip, the default), 2 (persistent or error); TORCH_CUDA_ARCH_LIST as for any torch extension.
+chip, the default), 2 (persistent or error); TORCH_CUDA_ARCH_LIST as for any torch extension;
+FASTRNN_CUDA_NO_BUILD=1: never start a build from scratch, only load a library an earlier build left in
+build_dir() (scripts/gpu_check.sh sets it after its build part, so that a failed or timed-out build is not
+retried, for minutes, by every later process that touches the backend).
 """
 import os
 import shutil
@@ -78,6 +81,9 @@ def load(verbose: bool = False) -> bool:
         return False
     from torch.utils import cpp_extension
     out = build_dir()
+    if os.environ.get("FASTRNN_CUDA_NO_BUILD") == "1" and not (out / f"{NAME}.so").exists():
+        _error = f"not built: FASTRNN_CUDA_NO_BUILD=1 and no {NAME}.so from an earlier build in {out}"
+        return False
     out.mkdir(parents=True, exist_ok=True)
     try:
         cpp_extension.load(

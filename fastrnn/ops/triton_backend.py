@@ -22,7 +22,9 @@ _KERNELS = None
 
 
 def available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Triton and the kernels (fastrnn.kernels: the installed subpackage, or kernels/ of a checkout) are
+    importable; neither is imported here."""
+    return all(importlib.util.find_spec(name) is not None for name in ("triton", "fastrnn.kernels"))
 
 
 def _kernels():
