@@ -223,15 +223,25 @@ Tensor written_slots(const Tensor& states, const SlotGrid& grid, int64_t S1) {
   return s.transpose(0, 1).clone(at::MemoryFormat::Contiguous);
 }
 
+// Per-row resets (docs/SPEC.md section 9) are not in the CUDA kernels yet: the schema's per-row arguments
+// must be None here (the Python layer refuses them first, fastrnn/ops/streaming.py supports_reset).
+void refuse_per_row(const ArgChecker& ck, const OptTensor& reset, const OptTensor& slot_offset,
+                    const OptTensor& row_step0) {
+  TORCH_CHECK(!reset.has_value() && !slot_offset.has_value() && !row_step0.has_value(), ck.op(),
+              ": per-row resets (reset, slot_offset, row_step0) are not implemented by the CUDA kernels yet");
+}
+
 using SabForwardOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                  Tensor, Tensor>;
 
 SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                                const OptTensor& b_hh, const Tensor& att_wh, const Tensor& att_wm, const Tensor& att_vb,
                                const Tensor& h0, const Tensor& c0, const Tensor& cut, const Tensor& scale,
-                               const OptTensor& lengths, const OptTensor& memory, int64_t step0, int64_t k_top,
-                               int64_t k_att, c10::string_view scorer, bool provisional) {
+                               const OptTensor& lengths, const OptTensor& memory, int64_t step0,
+                               const OptTensor& reset, const OptTensor& slot_offset, const OptTensor& row_step0,
+                               int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional) {
   ArgChecker ck = checker("fastrnn::sab_forward");
+  refuse_per_row(ck, reset, slot_offset, row_step0);
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   ck.biases(b_ih, b_hh, d);
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
@@ -306,12 +316,15 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
                                  const OptTensor& grad_new_slots, const Tensor& x, const Tensor& w_ih,
                                  const Tensor& w_hh, const Tensor& att_wh, const Tensor& att_wm, const Tensor& att_vb,
                                  const Tensor& h0, const Tensor& c0, const Tensor& cut, const Tensor& scale,
-                                 const OptTensor& lengths, const OptTensor& memory, int64_t step0, const Tensor& y,
+                                 const OptTensor& lengths, const OptTensor& memory, int64_t step0,
+                                 const OptTensor& reset, const OptTensor& slot_offset, const OptTensor& row_step0,
+                                 const Tensor& y,
                                  const Tensor& gates, const Tensor& c, const Tensor& hhat, const Tensor& idx,
                                  const Tensor& w, const Tensor& thr, const Tensor& denom, const Tensor& slot_keys,
                                  int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional,
                                  bool has_bias) {
   ArgChecker ck = checker("fastrnn::sab_backward");
+  refuse_per_row(ck, reset, slot_offset, row_step0);
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
   check_k_top(ck, k_top, x.scalar_type());
