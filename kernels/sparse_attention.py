@@ -1,15 +1,18 @@
 """SAB sparse top-k attention over the memory, forward (SPEC section 1, steps 4-8) for one time step.
 
-Two kernels per step. `sab_scores_kernel`, grid (cdiv(B, BLOCK_B), cdiv(n_slots, BLOCK_S)), does 1-2;
+Two kernels per step. `sab_scores_kernel`, grid (cdiv(B, BLOCK_B), cdiv(s_hi - s_lo, BLOCK_S)), does 1-2;
 `sab_attention_fwd_kernel`, grid (cdiv(B, BLOCK_B),), a program owning BLOCK_B batch rows, does 3-5:
   1. the query q = ĥ_t @ W_hᵀ  ("mlp": [A]; "linear": A = 1 and the bias att_b folded into q),
-  2. the score of every slot j < n_slots (mlp: v · tanh(q + P_j), linear: q + P_j), into a scratch row,
+  2. the score of every slot j of the row's window lo[b] <= j < hi[b] (mlp: v · tanh(q + P_j), linear:
+     q + P_j), into a scratch row (a plain call: lo = 0, hi = the slots written so far; with per-row
+     resets, docs/CONTRACT.md "Per-row resets", each row's own window of its slot table),
      where P_j = W_m @ m_j is the slot's key, computed once when the slot was written (step 6 below),
   3. the threshold by K_TOP + 1 passes of "next in the ranking" (score descending, lower slot first on
      ties: docs/CONTRACT.md), the normaliser Z = Σ relu(a - τ) + 1e-7, and the selected slots
      (a_j > τ) in ascending slot order by K_TOP passes of "next larger index",
   4. h_t = ĥ_t + Σ w_j m_j, gathering only the selected slots,
-  5. if the step writes a slot: m = h_t (or ĥ_t, provisional) into the memory and its key P = W_m @ m.
+  5. if the step writes a slot (slot wr[b] of row b, -1: none): m = h_t (or ĥ_t, provisional) into the
+     memory and its key P = W_m @ m.
 It saves what the backward needs: q, the selected indices (int64, -1 padding) and weights, the threshold
 slot and Z. The new slot's key is computed from the slot just stored, after tl.debug_barrier() (a CTA
 barrier, which also orders global memory within the CTA).
@@ -23,16 +26,20 @@ NORM_EPS = tl.constexpr(1e-7)  # SPEC section 1, step 6 (fastrnn.reference.NORM_
 
 
 @triton.jit
-def sab_scores_kernel(hhat_ptr, key_ptr, wh_ptr, s_ptr, q_ptr, score_ptr, n_slots, B, H, A, S_cap,
+def sab_scores_kernel(hhat_ptr, key_ptr, wh_ptr, s_ptr, q_ptr, score_ptr, lo_ptr, hi_ptr, s_lo, s_hi, B, H, A, S_cap,
                       MLP: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr,
                       BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Scores [B, S_cap] of slots < n_slots for step t (phases 1-2). Grid (cdiv(B, BLOCK_B),
-    cdiv(n_slots, BLOCK_S)): the keys of a long memory are read by many CTAs at once. Each CTA forms the
+    """Scores [B, S_cap] of row b's window of slots lo[b] <= j < hi[b] for step t (phases 1-2); lo/hi [B]
+    int32, s_lo <= min lo, s_hi >= max hi their bounds over all rows. Grid (cdiv(B, BLOCK_B),
+    cdiv(s_hi - s_lo, BLOCK_S)): the keys of a long memory are read by many CTAs at once. Each CTA forms the
     query chunk by chunk in registers (recomputed per slot block: 2·BLOCK_B·H·A flops, small next to the
     scores); the slot block 0 stores it for the backward."""
     rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rs = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
-    mb, ms = rb < B, rs < n_slots
+    rs = s_lo + tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    mb = rb < B
+    lo = tl.load(lo_ptr + rb, mask=mb, other=0)
+    hi = tl.load(hi_ptr + rb, mask=mb, other=0)
+    ms = (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])     # [BLOCK_B, BLOCK_S]
     a = tl.zeros((BLOCK_B, BLOCK_S), dtype=ACC)
     for a0 in range(0, A, BLOCK_A):
         ra = a0 + tl.arange(0, BLOCK_A)
@@ -44,7 +51,7 @@ def sab_scores_kernel(hhat_ptr, key_ptr, wh_ptr, s_ptr, q_ptr, score_ptr, n_slot
         if tl.program_id(1) == 0:
             tl.store(q_ptr + rb[:, None] * A + ra[None, :], q.to(q_ptr.dtype.element_ty),
                      mask=mb[:, None] & ma[None, :])
-        m3 = mb[:, None, None] & ms[None, :, None] & ma[None, None, :]
+        m3 = mb[:, None, None] & ms[:, :, None] & ma[None, None, :]
         p = tl.load(key_ptr + rs[None, :, None] * (B * A) + rb[:, None, None] * A + ra[None, None, :],
                     mask=m3, other=0.0).to(ACC)
         if MLP:
@@ -53,21 +60,26 @@ def sab_scores_kernel(hhat_ptr, key_ptr, wh_ptr, s_ptr, q_ptr, score_ptr, n_slot
         else:
             a += tl.sum(tl.where(m3, p + q[:, None, :], 0.0), axis=2)
     tl.store(score_ptr + rb[:, None] * S_cap + rs[None, :], a.to(score_ptr.dtype.element_ty),
-             mask=mb[:, None] & ms[None, :])
+             mask=mb[:, None] & ms)
 
 
 @triton.jit
 def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_ptr, idx_ptr, w_ptr, thr_ptr,
-                             z_ptr, n_slots, write_slot, B, H, A, S_cap,
+                             z_ptr, lo_ptr, hi_ptr, wr_ptr, s_lo, s_hi, write_any, B, H, A, S_cap,
                              K_TOP: tl.constexpr, K_PAD: tl.constexpr, PROVISIONAL: tl.constexpr,
                              ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                              BLOCK_A: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
                              DOT_PREC: tl.constexpr):
     """Phases 3-5 of step t, after sab_scores_kernel. Grid (cdiv(B, BLOCK_B),). hhat/y [B, H] (ĥ_t in,
-    h_t out), mem [S, B, H] and key [S, B, A] (slots < n_slots valid; slot n_slots written if
-    write_slot), wm [A, H], score [B, S_cap] in, idx/w [B, K_TOP] out, thr/z [B] out."""
+    h_t out), mem [S, B, H] and key [S, B, A], wm [A, H], score [B, S_cap] in, idx/w [B, K_TOP] out,
+    thr/z [B] out. Row b's window is slots lo[b] <= j < hi[b] (lo/hi [B] int32, never empty; s_lo, s_hi
+    their bounds over all rows); it writes slot wr[b] (int32 [B], -1: none) at the end of the step, and
+    write_any says whether any row does."""
     rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     mb = rb < B
+    lo = tl.load(lo_ptr + rb, mask=mb, other=0)
+    hi = tl.load(hi_ptr + rb, mask=mb, other=1)
+    n_slots = hi - lo   # [BLOCK_B] the size of each row's window
     out_ty = y_ptr.dtype.element_ty
 
     # 3a. threshold: pass r finds the (r+1)-th slot of the ranking (score desc, lower index first)
@@ -79,9 +91,9 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
     for r in range(K_TOP + 1):
         best_a = tl.full((BLOCK_B,), float("-inf"), ACC)
         best_j = tl.full((BLOCK_B,), NONE, tl.int32)
-        for s0 in range(0, n_slots, BLOCK_S):
+        for s0 in range(s_lo, s_hi, BLOCK_S):
             rs = s0 + tl.arange(0, BLOCK_S)
-            valid = mb[:, None] & (rs[None, :] < n_slots)
+            valid = mb[:, None] & (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])
             a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
             after = (a < prev_a[:, None]) | ((a == prev_a[:, None]) & (rs[None, :] > prev_j[:, None]))
             ok = valid & after
@@ -100,9 +112,9 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
 
     # 3b. normaliser Z = Σ relu(a - τ) + eps
     z = tl.zeros((BLOCK_B,), dtype=ACC)
-    for s0 in range(0, n_slots, BLOCK_S):
+    for s0 in range(s_lo, s_hi, BLOCK_S):
         rs = s0 + tl.arange(0, BLOCK_S)
-        valid = mb[:, None] & (rs[None, :] < n_slots)
+        valid = mb[:, None] & (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])
         a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
         z += tl.sum(tl.where(valid, tl.maximum(a - tau[:, None], 0.0), 0.0), axis=1)
     z += NORM_EPS
@@ -115,9 +127,9 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
     for r in range(K_TOP):
         best_j = tl.full((BLOCK_B,), NONE, tl.int32)
         best_a = tl.zeros((BLOCK_B,), dtype=ACC)
-        for s0 in range(0, n_slots, BLOCK_S):
+        for s0 in range(s_lo, s_hi, BLOCK_S):
             rs = s0 + tl.arange(0, BLOCK_S)
-            valid = mb[:, None] & (rs[None, :] < n_slots)
+            valid = mb[:, None] & (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])
             a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
             ok = valid & (a > tau[:, None]) & (rs[None, :] > prev_j[:, None])
             bj = tl.min(tl.where(ok, rs[None, :], NONE), axis=1)
@@ -137,7 +149,9 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
     tl.store(z_ptr + rb, z.to(z_ptr.dtype.element_ty), mask=mb)
 
     # 4-5. h_t = ĥ_t + Σ_r w_r m_{j_r}, gathering the selected slots only; maybe write the new slot
-    new_slot = mem_ptr + n_slots * (B * H)
+    wr = tl.load(wr_ptr + rb, mask=mb, other=-1)
+    mw = mb & (wr >= 0)
+    wrow = tl.maximum(wr, 0) * B + rb   # row wrow of mem viewed as [S·B, H] (of key as [S·B, A])
     for h0 in range(0, H, BLOCK_H):
         rh = h0 + tl.arange(0, BLOCK_H)
         m2 = mb[:, None] & (rh[None, :] < H)
@@ -150,17 +164,18 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
             m = tl.load(mem_ptr + j[:, None] * (B * H) + off, mask=m2 & (j[:, None] >= 0), other=0.0)
             h += w[:, None] * m.to(ACC)
         tl.store(y_ptr + off, h.to(out_ty), mask=m2)
-        if write_slot:
+        if write_any:
+            new_slot = mem_ptr + wrow[:, None] * H + rh[None, :]
+            mw2 = mw[:, None] & (rh[None, :] < H)
             if PROVISIONAL:
-                tl.store(new_slot + off, hhat.to(out_ty), mask=m2)
+                tl.store(new_slot, hhat.to(out_ty), mask=mw2)
             else:
-                tl.store(new_slot + off, h.to(out_ty), mask=m2)
-    if write_slot:
+                tl.store(new_slot, h.to(out_ty), mask=mw2)
+    if write_any:
         tl.debug_barrier()
         for a0 in range(0, A, BLOCK_A):
             ra = a0 + tl.arange(0, BLOCK_A)
             ma = ra < A
-            p = dot_tile(new_slot, H, wm_ptr, 1, H, rb, ra, mb, ma, H,
+            p = dot_tile(mem_ptr, H, wm_ptr, 1, H, wrow, ra, mw, ma, H,
                          tl.zeros((BLOCK_B, BLOCK_A), dtype=ACC), BLOCK_K, DOT_PREC)
-            tl.store(key_ptr + n_slots * (B * A) + rb[:, None] * A + ra[None, :], p.to(out_ty),
-                     mask=mb[:, None] & ma[None, :])
+            tl.store(key_ptr + wrow[:, None] * A + ra[None, :], p.to(out_ty), mask=mw[:, None] & ma[None, :])

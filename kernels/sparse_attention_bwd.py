@@ -24,10 +24,12 @@ from .math import dot_tile, tanh
 @triton.jit
 def _slot_grad(gm_ptr, dkey_ptr, wm_ptr, n, rb, rh, mb, mh, B, H, A, acc,
                BLOCK_K: tl.constexpr, DOT_PREC: tl.constexpr):
-    """acc += gm[n] + dkey[n] @ W_m: the whole gradient of slot n, columns rh."""
-    acc += tl.load(gm_ptr + n * (B * H) + rb[:, None] * H + rh[None, :],
-                   mask=mb[:, None] & mh[None, :], other=0.0).to(acc.dtype)
-    return dot_tile(dkey_ptr + n * (B * A), A, wm_ptr, H, 1, rb, rh, mb, mh, A, acc, BLOCK_K, DOT_PREC)
+    """acc += gm[n] + dkey[n] @ W_m: the whole gradient of slot n[b] of each row b (n [BLOCK_B], -1: none,
+    those rows unchanged), columns rh."""
+    mn = mb & (n >= 0)
+    row = tl.maximum(n, 0) * B + rb   # row of gm viewed as [S·B, H], of dkey as [S·B, A]
+    acc += tl.load(gm_ptr + row[:, None] * H + rh[None, :], mask=mn[:, None] & mh[None, :], other=0.0).to(acc.dtype)
+    return dot_tile(dkey_ptr, A, wm_ptr, H, 1, row, rh, mn, mh, A, acc, BLOCK_K, DOT_PREC)
 
 
 @triton.jit
@@ -58,16 +60,17 @@ def _through_scorer(j, da, use, q, v, key_ptr, dkey_ptr, rb, ra, mb, ma, B, A, d
 @triton.jit
 def sab_attention_bwd_kernel(dy_ptr, rec_ptr, mem_ptr, key_ptr, wh_ptr, wm_ptr, s_ptr, q_ptr,
                              idx_ptr, w_ptr, thr_ptr, z_ptr, gm_ptr, dkey_ptr, dv_ptr, gh_ptr, dq_ptr,
-                             slot_new, B, H, A,
+                             wr_ptr, write_any, B, H, A,
                              HAS_REC: tl.constexpr, K_TOP: tl.constexpr, K_PAD: tl.constexpr,
                              MLP: tl.constexpr, PROVISIONAL: tl.constexpr, ACC: tl.constexpr,
                              BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_A: tl.constexpr,
                              BLOCK_K: tl.constexpr, DOT_PREC: tl.constexpr):
     """One step t. dy/rec [B, H] in, gh [B, H] out (g_ĥ), dq [B, A] out; gm [S, B, H], dkey [S, B, A],
     dv [B, A] (mlp) accumulate across steps. q, idx, w, thr, z: what the forward saved for step t.
-    slot_new: the slot written at the end of step t, or -1."""
+    wr [B] int32: the slot each row wrote at the end of step t, or -1; write_any: whether any row did."""
     rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     mb = rb < B
+    slot_new = tl.load(wr_ptr + rb, mask=mb, other=-1)
     col = tl.arange(0, K_PAD)
     mk = mb[:, None] & (col[None, :] < K_TOP)
     sel_j = tl.load(idx_ptr + rb[:, None] * K_TOP + col[None, :], mask=mk, other=-1).to(tl.int32)
@@ -87,7 +90,7 @@ def sab_attention_bwd_kernel(dy_ptr, rec_ptr, mem_ptr, key_ptr, wh_ptr, wm_ptr, 
         if HAS_REC:
             g += tl.load(rec_ptr + off, mask=m2, other=0.0).to(ACC)
         if not PROVISIONAL:
-            if slot_new >= 0:
+            if write_any:
                 g = _slot_grad(gm_ptr, dkey_ptr, wm_ptr, slot_new, rb, rh, mb, mh, B, H, A, g,
                                BLOCK_K, DOT_PREC)
         tl.store(gh_ptr + off, g.to(out_ty), mask=m2)
@@ -140,7 +143,7 @@ def sab_attention_bwd_kernel(dy_ptr, rec_ptr, mem_ptr, key_ptr, wh_ptr, wm_ptr, 
         g = tl.load(gh_ptr + off, mask=m2, other=0.0).to(ACC)
         g = dot_tile(dq_ptr, A, wh_ptr, H, 1, rb, rh, mb, mh, A, g, BLOCK_K, DOT_PREC)
         if PROVISIONAL:
-            if slot_new >= 0:
+            if write_any:
                 g = _slot_grad(gm_ptr, dkey_ptr, wm_ptr, slot_new, rb, rh, mb, mh, B, H, A, g,
                                BLOCK_K, DOT_PREC)
         tl.store(gh_ptr + off, g.to(out_ty), mask=m2)

@@ -13,12 +13,12 @@ import fastrnn
 from fastrnn import backends as _backends
 from fastrnn import reference
 from fastrnn.ops.streaming import PAD_STEP, reset_plan, supports_reset
-from helpers import TOL, backend_params, layer_args, leaves
+from helpers import BF16_TOL, TOL, backend_params, compare, layer_args, leaves, only, run_with_grads
 
 f64 = torch.float64
-RESET_BACKENDS = ["reference", *backend_params(
-    [b for b in fastrnn.available_backends() if b != "reference"
-     and supports_reset(_backends.layer_functions(b, torch.device("cpu"))[1], "cpu")])]
+FAST_RESET_BACKENDS = [b for b in fastrnn.available_backends() if b != "reference"
+                       and supports_reset(_backends.layer_functions(b, torch.device("cpu"))[1], "cpu")]
+RESET_BACKENDS = ["reference", *backend_params(FAST_RESET_BACKENDS)]
 NO_RESET_BACKENDS = [b for b in fastrnn.available_backends()
                      if not supports_reset(_backends.layer_functions(b, torch.device("cpu"))[1], "cpu")]
 
@@ -37,8 +37,9 @@ def _mask(T, B, where):
 
 
 def _tol(backend):
-    """float64, every backend: 1e-12 relative (the cpu kernels sum in another order than the pieces)."""
-    return dict(rtol=1e-12, atol=1e-14)
+    """float64: 1e-12 relative (the cpu kernels sum in another order than the pieces); triton: TOL, as its
+    other float64 tests (tl.dot tiles, and under the interpreter tanh as 2·sigmoid(2x) - 1)."""
+    return TOL[f64] if backend == "triton" else dict(rtol=1e-12, atol=1e-14)
 
 
 def _grads(loss, named):
@@ -455,15 +456,15 @@ def test_op_checks_per_row_arguments(i, make, text):
         torch.ops.fastrnn.sab_forward(*args)
 
 
-@pytest.mark.cpu
-@pytest.mark.skipif("cpu" not in fastrnn.available_backends(), reason="cpu backend unavailable")
+@pytest.mark.parametrize("backend", backend_params(FAST_RESET_BACKENDS))
 @pytest.mark.parametrize("scorer", ["mlp", "linear"])
 @pytest.mark.parametrize("slot_state", ["provisional", "final"])
-def test_cpu_reset_reads_no_unwritten_memory(poison, scorer, slot_state):
-    """Every buffer the cpu ops allocate starts as NaN (the poison fixture): a reset path that read an entry
-    it never wrote (a padding slot, a fresh slot's key, a put-aside row) would show up as NaN."""
+def test_reset_reads_no_unwritten_memory(poison, backend, scorer, slot_state):
+    """Every buffer the cpu ops (or the triton layer) allocate starts as NaN (the poison fixture): a reset path
+    that read an entry it never wrote (a padding slot, a fresh slot's key, a put-aside row) would show up as
+    NaN."""
     T, B = 13, 5
-    sab = _model("cpu", attention=scorer, slot_state=slot_state, num_layers=2)
+    sab = _model(backend, attention=scorer, slot_state=slot_state, num_layers=2)
     x = torch.randn(T, B, I, dtype=f64, requires_grad=True)
     reset = _mask(T, B, MODULE_RESETS)
     y1, _, state = sab(x[:6], reset=reset[:6], return_state=True)
@@ -473,22 +474,21 @@ def test_cpu_reset_reads_no_unwritten_memory(poison, scorer, slot_state):
     assert all(bool(torch.isfinite(t).all()) for t in (y1, y2, h, c, *grads))
 
 
-@pytest.mark.cpu
-@pytest.mark.skipif("cpu" not in fastrnn.available_backends(), reason="cpu backend unavailable")
-def test_cpu_second_order_with_resets_equals_reference():
+@pytest.mark.parametrize("backend", backend_params(FAST_RESET_BACKENDS))
+def test_second_order_with_resets_equals_reference(backend):
     """create_graph=True recomputes through the reference with the same per-row arguments (ops/glue.py)."""
     T, B = 9, 3
     reset = _mask(T, B, [(0, 1), (4, 0), (6, 2)])
     out = {}
-    for backend in ("reference", "cpu"):
-        sab = _model(backend, num_layers=2)
+    for name in ("reference", backend):
+        sab = _model(name, num_layers=2)
         x = torch.randn(T, B, I, dtype=f64, generator=torch.Generator().manual_seed(5), requires_grad=True)
         y, (h, c) = sab(x, reset=reset)
         params = list(sab.parameters())
         g = torch.autograd.grad(_weighted((y, h, c)), [x, *params], create_graph=True)
         penalty = sum((t * t).sum() for t in g)
-        out[backend] = torch.autograd.grad(penalty, [x, *params])
-    for a, b in zip(out["cpu"], out["reference"]):
+        out[name] = torch.autograd.grad(penalty, [x, *params])
+    for a, b in zip(out[backend], out["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -522,3 +522,91 @@ def test_cpu_random_resets_two_threads_several_chunks(scorer):
         if scorer == "linear" and (name.startswith("datt_wh") or name.startswith("datt_b")):
             continue
         _assert_close(got[name], want[name], dict(rtol=1e-11, atol=1e-13), name)
+
+
+# ---- triton: float32, bfloat16 ------------------------------------------------------------------------
+
+def _streaming_reset_args(dtype, scorer="mlp"):
+    """A per-row streaming layer call (resets at t = 0 and inside, left-padded memory, per-row counters) in
+    `dtype`: (args with memory as a leaf, the schedule, the per-row keywords)."""
+    T, B, H = 7, 3, 16
+    torch.manual_seed(4)
+    args = layer_args(T, B, 3, H, scorer=scorer)
+    args["memory"] = (torch.randn(B, 3, H, dtype=f64) * 0.5).requires_grad_()
+    args = {k: v.detach().to(dtype).requires_grad_() for k, v in args.items()}
+    sched = dict(cut=torch.zeros(T, dtype=torch.bool), scale=torch.ones(T, dtype=dtype))
+    sched["cut"][4] = True
+    rows = dict(reset=_mask(T, B, [(0, 1), (2, 0), (3, 2), (5, 0)]), slot_offset=torch.tensor([2, 0, 1]),
+                row_step0=torch.tensor([1, 4, 0]), step0=6)
+    return args, sched, rows
+
+
+@only("triton")
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+def test_triton_reset_float32_matches_reference(scorer):
+    args, sched, rows = _streaming_reset_args(torch.float32, scorer)
+    kw = dict(k_top=2, k_att=2, scorer=scorer, provisional=scorer == "mlp", need_attention=True, **rows)
+    ours = run_with_grads(_sab_layer("triton"), args, sched, **kw)
+    ref = run_with_grads(reference.sab_layer, args, sched, **kw)
+    compare(ours, ref, torch.float32, scorer)
+
+
+@only("triton")
+def test_triton_reset_bfloat16():
+    """bfloat16 storage with resets: close to the float32 reference on the same rounded inputs (BF16_TOL)."""
+    a16, sched16, rows = _streaming_reset_args(torch.bfloat16)
+    a32 = {k: v.detach().float().requires_grad_() for k, v in a16.items()}
+    sched32 = dict(cut=sched16["cut"], scale=sched16["scale"].float())
+    kw = dict(k_top=2, k_att=2, scorer="mlp", provisional=True, **rows)
+    out, g = run_with_grads(_sab_layer("triton"), a16, sched16, **kw)
+    out_ref, g_ref = run_with_grads(reference.sab_layer, a32, sched32, **kw)
+    assert out[0].dtype == torch.bfloat16
+    for name, a, b in zip(("y", "h_n", "c_n"), out, out_ref):
+        assert (a.float() - b).abs().max() <= BF16_TOL["output"] * b.abs().max(), name
+    for name in g_ref:
+        assert g[name].dtype == torch.bfloat16, name
+        assert (g[name].float() - g_ref[name]).abs().max() <= BF16_TOL["sab_grad"] * g_ref[name].abs().max(), name
+
+
+@only("triton")
+def test_triton_reset_second_order_layer_with_memory():
+    """create_graph=True through a per-row streaming layer call (memory, slot_offset, row_step0, resets):
+    the triton layer's differentiable backward passes the per-row arguments on to the reference."""
+    args, sched, rows = _streaming_reset_args(f64)
+    kw = dict(k_top=2, k_att=2, scorer="mlp", provisional=False, return_slots=True, **rows)
+    out = {}
+    for name, fn in (("reference", reference.sab_layer), ("triton", _sab_layer("triton"))):
+        y, h, c, _, new = fn(**args, **sched, **kw)
+        named = leaves(args)
+        g = torch.autograd.grad(_weighted((y, h, c, new)), list(named.values()), create_graph=True)
+        penalty = sum((t * t).sum() for t in g)
+        out[name] = torch.autograd.grad(penalty, list(named.values()))
+    for a, b in zip(out["triton"], out["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@only("triton")
+@pytest.mark.parametrize("scorer,slot_state", [("mlp", "final"), ("linear", "provisional")])
+def test_triton_random_resets_equal_reference(scorer, slot_state):
+    """Random resets (several per row, some at consecutive steps) over T = 31 steps, k_att = 3: the triton
+    module equals the reference (its pieces), record included."""
+    T, B = 31, 5
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(T, B, I, dtype=f64, generator=g)
+    reset = torch.rand(T, B, generator=g) < 0.12
+    res = {}
+    for backend in ("reference", "triton"):
+        sab = _model(backend, attention=scorer, slot_state=slot_state, k_top=3, k_att=3)
+        xx = x.clone().requires_grad_()
+        y, (h, c), att = sab(xx, reset=reset, return_attention=True)
+        named = {**{f"d{k}": p for k, p in sab.named_parameters()}, "x": xx}
+        res[backend] = (y, h, c, att[0], _grads(_weighted((y, h, c)), named))
+    (y, h, c, att, got), (ey, eh, ec, eatt, want) = res["triton"], res["reference"]
+    for name, a, b in (("y", y, ey), ("h_n", h, eh), ("c_n", c, ec)):
+        _assert_close(a, b, _tol("triton"), name)
+    assert torch.equal(att.indices, eatt.indices) and torch.equal(att.slot_steps, eatt.slot_steps)
+    _assert_close(att.weights, eatt.weights, _tol("triton"), "weights")
+    for name in want:
+        if scorer == "linear" and (name.startswith("datt_wh") or name.startswith("datt_b")):
+            continue
+        _assert_close(got[name], want[name], _tol("triton"), name)

@@ -98,24 +98,31 @@ def attention_case(scorer, n_slots, B=3, H=20, A=20, dtype=F64, ties=False):
     return mem, wh, wm, s, rnd(B, H, dtype=dtype)
 
 
-def run_attention_fwd(scorer, k_top, mem, wh, wm, s, hhat, n_slots, write_slot, provisional, dtype):
-    """sab_scores_kernel then sab_attention_fwd_kernel, small tiles (2 slot blocks when n_slots > 16)."""
+def run_attention_fwd(scorer, k_top, mem, wh, wm, s, hhat, n_slots, write_slot, provisional, dtype, rows=None):
+    """sab_scores_kernel then sab_attention_fwd_kernel, small tiles (2 slot blocks when n_slots > 16).
+    Every row scores slots [0, n_slots) and writes slot n_slots if write_slot; or `rows` = (lo, hi, wr), each
+    row's own window [lo[b], hi[b]) and written slot wr[b] (-1: none), int lists [B]."""
     S, B, H = mem.shape
+    if rows is None:
+        rows = ([0] * B, [n_slots] * B, [n_slots if write_slot else -1] * B)
+    lo, hi, wr = (torch.tensor(v, dtype=torch.int32) for v in rows)
+    s_lo, s_hi = min(rows[0]), max(rows[1])
     wh2, wm2 = TB._scorer_views(scorer, wh, wm)
     A = wh2.shape[0]
     mem = mem.clone()
     key = nan(S, B, A, dtype=dtype)
-    key[:n_slots] = mem[:n_slots] @ wm2.t()
+    key[:s_hi] = mem[:s_hi] @ wm2.t()
     out = dict(y=nan(B, H, dtype=dtype), q=nan(B, A, dtype=dtype), score=nan(B, S, dtype=dtype),
                idx=torch.full((B, k_top), -7, dtype=torch.int64), w=nan(B, k_top, dtype=dtype),
                thr=torch.full((B,), -7, dtype=torch.int32), z=nan(B, dtype=dtype))
     acc, grid_b = K.acc_dtype(dtype), (B + 15) // 16
-    K.sparse_attention.sab_scores_kernel[(grid_b, (n_slots + 15) // 16)](
-        hhat, key, wh2, s, out["q"], out["score"], n_slots, B, H, A, S, MLP=scorer == "mlp", ACC=acc,
+    K.sparse_attention.sab_scores_kernel[(grid_b, (s_hi - s_lo + 15) // 16)](
+        hhat, key, wh2, s, out["q"], out["score"], lo, hi, s_lo, s_hi, B, H, A, S, MLP=scorer == "mlp", ACC=acc,
         BLOCK_B=16, BLOCK_S=16, BLOCK_A=16, BLOCK_K=16, DOT_PREC="ieee")
     K.sparse_attention.sab_attention_fwd_kernel[(grid_b,)](
         hhat, out["y"], mem, key, wm2, out["score"], out["idx"], out["w"], out["thr"], out["z"],
-        n_slots, int(write_slot), B, H, A, S, K_TOP=k_top, K_PAD=max(2, 1 << (k_top - 1).bit_length()),
+        lo, hi, wr, s_lo, s_hi, int(bool((wr >= 0).any())), B, H, A, S,
+        K_TOP=k_top, K_PAD=max(2, 1 << (k_top - 1).bit_length()),
         PROVISIONAL=provisional, ACC=acc, BLOCK_A=16, BLOCK_S=16, **SMALL)
     return out, mem, key
 
@@ -146,6 +153,38 @@ def test_attention_fwd_kernel(dtype, scorer, k_top, n_slots, ties):
         wm2 = TB._scorer_views(scorer, wh, wm)[1]
         assert_close(key_after[n_slots], new @ wm2.t(), dtype, "written slot's key")
         assert torch.equal(mem_after[:n_slots], mem[:n_slots]), "earlier slots must not change"
+
+
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+def test_attention_fwd_kernel_per_row_windows(scorer):
+    """Per-row tables (docs/CONTRACT.md "Per-row resets"): each row scores its own window [lo_b, hi_b) of
+    the memory (a 1-slot window, windows over two slot blocks, one not starting at 0) and writes its own
+    slot or none; the result per row equals the reference on that row's window, indices shifted by lo_b."""
+    k_top, dtype = 3, F64
+    lo, hi, wr = [0, 5, 17, 2], [20, 19, 18, 6], [20, -1, 21, 7]
+    B = len(lo)
+    mem, wh, wm, s, hhat = attention_case(scorer, 22, B=B, dtype=dtype)
+    for provisional in (False, True):
+        out, mem_after, key_after = run_attention_fwd(scorer, k_top, mem, wh, wm, s, hhat, None, None,
+                                                      provisional, dtype, rows=(lo, hi, wr))
+        wm2 = TB._scorer_views(scorer, wh, wm)[1]
+        for b in range(B):
+            memory = mem[lo[b]:hi[b], b:b + 1].transpose(0, 1)
+            w_ref = R.sparse_weights(R.scores(scorer, hhat[b:b + 1], memory, wh, wm, s), k_top)
+            idx_ref, wt_ref = R.selected(w_ref, k_top)
+            assert torch.equal(out["idx"][b:b + 1], torch.where(idx_ref >= 0, idx_ref + lo[b], idx_ref)), b
+            assert_close(out["w"][b:b + 1], wt_ref, dtype, f"weights {b}")
+            y_ref = hhat[b:b + 1] + (w_ref.unsqueeze(2) * memory).sum(1)
+            assert_close(out["y"][b:b + 1], y_ref, dtype, f"h_t {b}")
+            if wr[b] >= 0:
+                new = hhat[b:b + 1] if provisional else y_ref
+                assert_close(mem_after[wr[b], b:b + 1], new, dtype, f"written slot {b}")
+                assert_close(key_after[wr[b], b:b + 1], new @ wm2.t(), dtype, f"written slot's key {b}")
+        untouched = torch.ones(mem.shape[:2], dtype=torch.bool)
+        for b in range(B):
+            if wr[b] >= 0:
+                untouched[wr[b], b] = False
+        assert torch.equal(mem_after[untouched], mem[untouched]), "only the written slots change"
 
 
 def test_attention_fwd_all_tied_selects_nothing():
@@ -182,7 +221,8 @@ def test_attention_bwd_kernel(dtype, scorer, k_top, n_slots, ties):
     dv, gh, dq = torch.zeros(B, A, dtype=dtype), nan(B, H, dtype=dtype), nan(B, A, dtype=dtype)
     K.sparse_attention_bwd.sab_attention_bwd_kernel[((B + 15) // 16,)](
         dy, rec, mem, key, wh2, wm2, s, out["q"], out["idx"], out["w"], out["thr"], out["z"], gm, dkey, dv, gh, dq,
-        -1, B, H, A, HAS_REC=True, K_TOP=k_top, K_PAD=max(2, 1 << (k_top - 1).bit_length()),
+        torch.full((B,), -1, dtype=torch.int32), 0, B, H, A,
+        HAS_REC=True, K_TOP=k_top, K_PAD=max(2, 1 << (k_top - 1).bit_length()),
         MLP=scorer == "mlp", PROVISIONAL=False, ACC=K.acc_dtype(dtype), BLOCK_A=16, **SMALL)
     assert_close(gh, d_hhat, dtype, "dĥ")
     assert_close(gm[:n_slots] + dkey[:n_slots] @ wm2, d_mem, dtype, "d memory")

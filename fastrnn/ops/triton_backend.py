@@ -16,7 +16,7 @@ import torch
 
 from . import glue
 from .attention import SABAttention, slot_steps
-from .streaming import check_stream
+from .streaming import carried_row_steps, check_rows, check_stream, per_row, reset_plan
 
 _KERNELS = None
 
@@ -278,33 +278,74 @@ def _scorer_views(scorer, att_wh, att_wm):
 
 
 class _Slots:
-    """Where the slots of one call sit in its memory cat(memory, new slots) [S0 + S1] (docs/SPEC.md
-    section 8): a slot is written after local step t when (step0 + t + 1) % k_att == 0, so the kernels'
-    slot counts and write conditions are these integers, computed per step on the host."""
+    """Where the slots of one call sit in its memory mem [S, B, H] (docs/SPEC.md sections 8-9), as the
+    kernels read them: per step t and row b, the window of slots the row scores, lo[t, b] <= j < hi[t, b],
+    and the slot it writes at the end of the step, wr[t, b] (-1: none); [T, B] int32 tensors on the device.
+    Per step, on the host: the bounds s_lo[t] <= every lo, s_hi[t] >= every hi (the kernels' slot loops),
+    whether any row writes (write_any) and whether any row is reset (reset_any).
 
-    def __init__(self, T, k_att, S0, step0):
-        self.k_att, self.S0, self.step0 = k_att, S0, step0
-        self.S = self.before(T)   # every slot of the call, the carried ones first
+    A plain call: every row alike, lo = 0, hi = the carried slots S0 and those written before t (a slot is
+    written after t when (step0 + t + 1) % k_att == 0), computed on the host. Per row (reset / slot_offset /
+    row_step0; docs/CONTRACT.md "Per-row resets"): each row's table is its S0 carried entries (left-padded,
+    its own from slot_offset[b]), then the slots the call appends in time order, at a reset step the fresh
+    slot (zeros, never written: mem and key start at zero there) before the step's written slot; the window
+    starts at the row's last fresh slot (or slot_offset[b]) and ends before the step's own write. The tables
+    come from reset_plan's write flags in a few vectorised ops; their per-step bounds cost one sync.
+    `reset` is the [T, B] bool mask (None on the plain path), S = S0 + S1 the table size (S1: the most slots
+    one row appends)."""
 
-    def before(self, t):
-        """The number of slots in memory at local step t (the carried ones and those written before t)."""
-        return self.S0 + (self.step0 + t) // self.k_att - self.step0 // self.k_att
+    def __init__(self, T, B, k_att, S0, step0, device, reset=None, slot_offset=None, row_step0=None):
+        self.S0 = S0
+        self.rows = per_row(reset, slot_offset, row_step0)
+        i32 = dict(dtype=torch.int32, device=device)
+        if not self.rows:
+            before = [S0 + (step0 + t) // k_att - step0 // k_att for t in range(T)]
+            written = [before[t] if (step0 + t + 1) % k_att == 0 else -1 for t in range(T)]
+            self.S = S0 + (step0 + T) // k_att - step0 // k_att
+            self.reset = None
+            self.lo = torch.zeros(T, B, **i32)
+            self.hi = torch.tensor(before, **i32).unsqueeze(1).expand(T, B).contiguous()
+            self.wr = torch.tensor(written, **i32).unsqueeze(1).expand(T, B).contiguous()
+            self.s_lo, self.s_hi = [0] * T, before
+            self.write_any, self.reset_any = [w >= 0 for w in written], [False] * T
+            return
+        plan = reset_plan(T, B, k_att, device, S0=S0, step0=step0, reset=reset, slot_offset=slot_offset,
+                          row_step0=row_step0)
+        reset = torch.zeros(T, B, dtype=torch.bool, device=device) if reset is None else reset
+        offset = torch.zeros(B, dtype=torch.int64, device=device) if slot_offset is None else slot_offset
+        # per step two events, the fresh slot (reset) then the written one: their running count
+        events = torch.stack([reset, plan.writes], 1).reshape(2 * T, B).to(torch.int64).cumsum(0)
+        hi = S0 + events[0::2]                                 # entries before the step's own write
+        wr = torch.where(plan.writes, S0 + events[1::2] - 1, -1)
+        fresh = torch.where(reset, hi - 1, -1).cummax(0).values   # the row's last fresh slot so far
+        lo = torch.where(fresh >= 0, fresh, offset.unsqueeze(0))
+        self.S = S0 + (int(plan.appended.max()) if B > 0 else 0)
+        self.reset = reset
+        self.lo, self.hi, self.wr = (v.to(torch.int32).contiguous() for v in (lo, hi, wr))
+        if B > 0:
+            bounds = torch.stack([lo.min(1).values, hi.max(1).values, (wr >= 0).any(1).to(torch.int64),
+                                  reset.any(1).to(torch.int64)]).tolist()
+        else:
+            bounds = [[0] * T, [S0] * T, [0] * T, [0] * T]
+        self.s_lo, self.s_hi = bounds[0], bounds[1]
+        self.write_any, self.reset_any = [bool(v) for v in bounds[2]], [bool(v) for v in bounds[3]]
 
-    def written_at(self, t):
-        """The index of the slot written at the end of local step t, or -1."""
-        return self.before(t) if (self.step0 + t + 1) % self.k_att == 0 else -1
+    def reset_rows(self, t):
+        """[B, 1] bool: the rows reset before step t (whose h_{t-1}, c_{t-1} read as constant zeros)."""
+        return self.reset[t].unsqueeze(1)
 
 
 class _SABLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, memory, cut, scale, lengths,
-                k_top, k_att, scorer, provisional, step0):
+                k_top, k_att, scorer, provisional, step0, reset, slot_offset, row_step0):
         kern = _kernels()
         T, B, _ = x.shape
         H = h0.shape[1]
         wh, wm = _scorer_views(scorer, att_wh, att_wm)
         A = wh.shape[0]
-        slots = _Slots(T, k_att, 1 if memory is None else memory.shape[1], step0)
+        slots = _Slots(T, B, k_att, 1 if memory is None else memory.shape[1], step0, x.device, reset, slot_offset,
+                       row_step0)
         S0, S = slots.S0, slots.S
         cfg = _Cfg(x, B, H, A)
         xg = _input_projection(x, w_ih, b_ih, b_hh)
@@ -312,6 +353,9 @@ class _SABLayer(torch.autograd.Function):
         hhat, y = x.new_empty(T, B, H), x.new_empty(T, B, H)
         mem, key = x.new_empty(S, B, H), x.new_empty(S, B, A)
         mem[:S0] = h0.unsqueeze(0) if memory is None else memory.transpose(0, 1)
+        if slots.rows:   # fresh slots are zeros (key 0) and never written; a row's padding on the right too
+            mem[S0:] = 0
+            key[S0:] = 0
         # the carried slots' keys, recomputed at each call (W_m may have changed since they were written)
         key[:S0] = mem[:S0] @ wm.t()
         acc = _grad_dtype(x.dtype)   # scores and the normaliser (float32 for bfloat16 inputs)
@@ -327,16 +371,19 @@ class _SABLayer(torch.autograd.Function):
         # the selection, whose 2K+3 passes over the scores are sequential loops over the blocks
         bs, bs_sel = kern.row_block(S, 16), kern.row_block(S, 128)
         for t in range(T):
-            n = slots.before(t)   # the kernels see slots < n and write slot n if the step writes one
+            if slots.reset_any[t]:   # rows reset before step t start from zeros
+                h, c = h.masked_fill(slots.reset_rows(t), 0), c.masked_fill(slots.reset_rows(t), 0)
+            s_lo, s_hi = slots.s_lo[t], slots.s_hi[t]   # the kernels see each row's window within [s_lo, s_hi)
             lk.lstm_fwd_step_kernel[cfg.grid_bh](xg[t], h, c, w_hh, gates[t], cs[t], hhat[t], B, H,
                                                  **cfg.common())
-            ak.sab_scores_kernel[(cfg.grid_b[0], _cdiv(n, bs))](
-                hhat[t], key, wh, att_vb, q[t], score, n, B, H, A, S, MLP=scorer == "mlp", ACC=cfg.acc,
-                BLOCK_B=cfg.bb, BLOCK_S=bs, BLOCK_A=cfg.ba, BLOCK_K=cfg.bk, DOT_PREC=cfg.prec)
+            ak.sab_scores_kernel[(cfg.grid_b[0], _cdiv(s_hi - s_lo, bs))](
+                hhat[t], key, wh, att_vb, q[t], score, slots.lo[t], slots.hi[t], s_lo, s_hi, B, H, A, S,
+                MLP=scorer == "mlp", ACC=cfg.acc, BLOCK_B=cfg.bb, BLOCK_S=bs, BLOCK_A=cfg.ba, BLOCK_K=cfg.bk,
+                DOT_PREC=cfg.prec)
             ak.sab_attention_fwd_kernel[cfg.grid_b](
-                hhat[t], y[t], mem, key, wm, score, idx[t], w[t], thr[t], z[t], n, int(slots.written_at(t) >= 0),
-                B, H, A, S, K_TOP=k_top, K_PAD=k_pad, PROVISIONAL=provisional, BLOCK_A=cfg.ba, BLOCK_S=bs_sel,
-                **cfg.common())
+                hhat[t], y[t], mem, key, wm, score, idx[t], w[t], thr[t], z[t], slots.lo[t], slots.hi[t],
+                slots.wr[t], s_lo, s_hi, int(slots.write_any[t]), B, H, A, S, K_TOP=k_top, K_PAD=k_pad,
+                PROVISIONAL=provisional, BLOCK_A=cfg.ba, BLOCK_S=bs_sel, **cfg.common())
             h, c = y[t], cs[t]
         h_n, c_n = _stop_at_lengths(y, cs, h0, c0, lengths)
         if lengths is not None:   # the record past each row's length; the backward reads it masked too
@@ -350,6 +397,8 @@ class _SABLayer(torch.autograd.Function):
         ctx.schedule = (cut, scale)
         ctx.has_bias = b_ih is not None
         ctx.sab = (k_top, k_att, scorer, provisional, k_pad, step0)
+        ctx.rows = (reset, slot_offset, row_step0)
+        ctx.slots = slots   # the tables (a few [T, B] int32 tensors, none of them an input or output)
         weights = w.to(x.dtype)
         ctx.mark_non_differentiable(idx, weights)
         return y, h_n, c_n, new_slots, idx, weights
@@ -359,6 +408,8 @@ class _SABLayer(torch.autograd.Function):
         (x, w_ih, w_hh, att_wh, att_wm, att_vb, h0, c0, memory, gates, cs, hhat, y, mem, key,
          q, idx, w, thr, z, b_ih, b_hh, lengths) = ctx.saved_tensors
         k_top, k_att, scorer, provisional, k_pad, step0 = ctx.sab
+        reset, slot_offset, row_step0 = ctx.rows
+        rows = per_row(reset, slot_offset, row_step0)
         if glue.wants_graph():   # create_graph=True: the kernels' sweep is not differentiable
             # new_slots is a result of the reference only where it may be carried on (no lengths)
             output_grads = (dy, dh_n, dc_n) if lengths is not None else (dy, dh_n, dc_n, dslots)
@@ -367,14 +418,15 @@ class _SABLayer(torch.autograd.Function):
                 (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, memory, *ctx.schedule),
                 ctx.needs_input_grad, output_grads,
                 k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, lengths=lengths,
-                step0=step0, return_slots=lengths is None)
-            return (*grads, None, None, None, None, None, None)
+                step0=step0, return_slots=lengths is None,
+                **(dict(reset=reset, slot_offset=slot_offset, row_step0=row_step0) if rows else {}))
+            return (*grads, None, None, None, None, None, None, None, None, None)
         kern = _kernels()
         T, B, _ = x.shape
         H = h0.shape[1]
         wh, wm = _scorer_views(scorer, att_wh, att_wm)
         A = wh.shape[0]
-        slots = _Slots(T, k_att, 1 if memory is None else memory.shape[1], step0)
+        slots = ctx.slots
         S0 = slots.S0
         cfg = _Cfg(x, B, H, A)
         g = _grad_dtype(x.dtype)   # gradient buffers
@@ -392,15 +444,22 @@ class _SABLayer(torch.autograd.Function):
             has_rec = t + 1 < T and flows[t + 1]
             if has_rec:
                 lk.recurrent_grad_kernel[cfg.grid_bh](dgates[t + 1], w_hh, rec, f[t + 1], B, H, **cfg.common())
+                if slots.reset_any[t + 1]:   # step t+1 of those rows read zeros, not h_t
+                    rec.masked_fill_(slots.reset_rows(t + 1), 0)
             bk.sab_attention_bwd_kernel[cfg.grid_b](
                 dy[t], rec, mem, key, wh, wm, att_vb, q[t], idx[t], w[t], thr[t], z[t], gm, dkey, dv, gh, dq[t],
-                slots.written_at(t), B, H, A,
+                slots.wr[t], int(slots.write_any[t]), B, H, A,
                 HAS_REC=has_rec, K_TOP=k_top, K_PAD=k_pad, MLP=scorer == "mlp", PROVISIONAL=provisional,
                 BLOCK_A=cfg.ba, **cfg.common())
             final.enter(t, dc)
+            c_in = cs[t - 1] if t > 0 else c0
+            if slots.reset_any[t]:   # rows reset before step t read c_{t-1} as a constant zero
+                c_in = c_in.masked_fill(slots.reset_rows(t), 0)
             lk.lstm_bwd_step_kernel[cfg.grid_bh](
-                dgates[t], w_hh, f[t], gh, dc, gates[t], cs[t], cs[t - 1] if t > 0 else c0, dgates[t], dc_next,
+                dgates[t], w_hh, f[t], gh, dc, gates[t], cs[t], c_in, dgates[t], dc_next,
                 f[t], B, H, HAS_REC=False, **cfg.common())
+            if slots.reset_any[t]:   # ... and pass no gradient into it
+                dc_next.masked_fill_(slots.reset_rows(t), 0)
             dc, dc_next = dc_next, dc
         # the carried slots' whole gradient (direct uses and uses as keys), complete after the sweep
         carried = gm[:S0] + dkey[:S0] @ wm.to(g)
@@ -410,8 +469,12 @@ class _SABLayer(torch.autograd.Function):
             dmemory = None
         else:
             dmemory = carried.transpose(0, 1).to(x.dtype)
+        if slots.reset_any[0]:   # rows reset at step 0 never read h0, c0
+            dh0.masked_fill_(slots.reset_rows(0), 0)
         final.finish(dh0, dc)
         h_in = torch.cat([h0.unsqueeze(0), y[:-1]])
+        if any(slots.reset_any):   # the recurrent input of a reset step is zero
+            h_in.masked_fill_(slots.reset.unsqueeze(2), 0)
         dx, dw_ih, dw_hh, db = _weight_grads(ctx, dgates, x, w_ih, h_in)
         d_wh = dq.reshape(T * B, A).t() @ hhat.reshape(T * B, H).to(g)
         d_wm = dkey.flatten(0, 1).t() @ mem.flatten(0, 1).to(g)   # flatten: reshape(-1, A) fails at B = 0
@@ -421,7 +484,7 @@ class _SABLayer(torch.autograd.Function):
             d_wh, d_wm, d_vb = d_wh.reshape(H), d_wm.reshape(H), dq.sum().reshape(1)
         d_wh, d_wm, d_vb, dh0, dc = (v.to(x.dtype) for v in (d_wh, d_wm, d_vb, dh0, dc))
         return (dx, dw_ih, dw_hh, *glue.bias_grads(db, ctx.has_bias), d_wh, d_wm, d_vb, dh0, dc, dmemory,
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None, None, None)
 
 
 def _reference_sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, memory, cut, scale, **config):
@@ -443,23 +506,44 @@ def _check_sab(k_top, k_att, scorer):
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
-              lengths=None, memory=None, step0: int = 0, return_slots: bool = False):
+              lengths=None, memory=None, step0: int = 0, return_slots: bool = False, reset=None, slot_offset=None,
+              row_step0=None):
     """One SAB-LSTM layer (docs/CONTRACT.md): 3 launches per step forward, 3 per step backward.
     Rows stop at `lengths` (None, or int64 [B] on x's device, each in [0, T]). Streaming (docs/SPEC.md
     section 8): `memory` [B, S0, H] replaces [h0] as the initial memory, `step0` is the global index of the
-    first step, and `return_slots` adds a fifth result, the slots this call wrote [B, S1, H]."""
+    first step, and `return_slots` adds a fifth result, the slots this call wrote [B, S1, H].
+    Per-row resets (docs/SPEC.md section 9, docs/CONTRACT.md "Per-row resets"): `reset` [T, B] bool,
+    `slot_offset` / `row_step0` [B] int64; the kernels then read each row's window and written slot from the
+    tables of _Slots, and a reset row's h, c read as zeros; new_slots holds each row's appended slots
+    (zero-padded on the right) and the record's indices index each row's table."""
     _check_sab(k_top, k_att, scorer)
     named = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, att_wh=att_wh, att_wm=att_wm, att_vb=att_vb,
                  h0=h0, c0=c0)
     _check_tensors(named, cut, scale, lengths)
     step0 = check_stream(memory, step0, lengths, return_slots, h0)
+    rows = per_row(reset, slot_offset, row_step0)
+    if rows:
+        check_rows(x, memory, step0, lengths, reset, slot_offset, row_step0)
+        reset, slot_offset, row_step0 = (None if t is None else t.contiguous() for t in (reset, slot_offset, row_step0))
     args = [a.contiguous() if a is not None else None for a in named.values()]
     y, h_n, c_n, new_slots, idx, w = _SABLayer.apply(*args, memory, cut, scale, lengths, k_top, k_att, scorer,
-                                                     bool(provisional), step0)
+                                                     bool(provisional), step0, reset, slot_offset, row_step0)
     attention = None
-    if need_attention:
+    if need_attention and rows:
+        S0 = 1 if memory is None else memory.shape[1]
+        plan = reset_plan(x.shape[0], x.shape[1], k_att, x.device, S0=S0, step0=step0, reset=reset,
+                          slot_offset=slot_offset, row_step0=row_step0)
+        steps = torch.cat([carried_row_steps(x.shape[1], k_att, x.device, memory=memory, slot_offset=slot_offset),
+                           plan.new_steps], dim=1)
+        attention = SABAttention(idx, w, steps)
+    elif need_attention:
         S0 = 1 if memory is None else memory.shape[1]
         attention = SABAttention(idx, w, slot_steps(x.shape[0], k_att, x.device, S0=S0, step0=step0))
     if return_slots:
         return y, h_n, c_n, attention, new_slots
     return y, h_n, c_n, attention
+
+
+# The per-row arguments (reset, slot_offset, row_step0; docs/SPEC.md section 9) are implemented, on every device
+# the kernels run on.
+sab_layer.supports_reset = True
