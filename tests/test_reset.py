@@ -615,3 +615,14 @@ def test_triton_random_resets_equal_reference(scorer, slot_state):
         if scorer == "linear" and (name.startswith("datt_wh") or name.startswith("datt_b")):
             continue
         _assert_close(got[name], want[name], _tol("triton"), name)
+
+
+def test_readme_reset_example_runs():
+    """The README's reset example runs as written."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "reset=reset" in b)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (64, 8, 32) and namespace["y_next"].shape == (16, 8, 32)
