@@ -31,13 +31,14 @@ def variants(dt):
     lstm_bwd = dict(dg_next_ptr=g, whh_ptr=p, rec_scale_ptr=g, dh_ptr=g, dc_ptr=g, gates_ptr=p, c_ptr=p, c_in_ptr=p,
                     dg_out_ptr=g, dc_out_ptr=g, scale_t_ptr=g, B="i32", H="i32")
     rec = dict(dg_ptr=g, whh_ptr=p, out_ptr=g, scale_ptr=g, B="i32", H="i32")
-    scores = dict(hhat_ptr=p, key_ptr=p, wh_ptr=p, s_ptr=p, q_ptr=p, score_ptr=g, n_slots="i32", B="i32", H="i32",
-                  A="i32", S_cap="i32")
+    scores = dict(hhat_ptr=p, key_ptr=p, wh_ptr=p, s_ptr=p, q_ptr=p, score_ptr=g, lo_ptr=i32, hi_ptr=i32,
+                  s_lo="i32", s_hi="i32", B="i32", H="i32", A="i32", S_cap="i32")
     att_fwd = dict(hhat_ptr=p, y_ptr=p, mem_ptr=p, key_ptr=p, wm_ptr=p, score_ptr=g, idx_ptr=i64, w_ptr=g,
-                   thr_ptr=i32, z_ptr=g, n_slots="i32", write_slot="i32", B="i32", H="i32", A="i32", S_cap="i32")
+                   thr_ptr=i32, z_ptr=g, lo_ptr=i32, hi_ptr=i32, wr_ptr=i32, s_lo="i32", s_hi="i32",
+                   write_any="i32", B="i32", H="i32", A="i32", S_cap="i32")
     att_bwd = dict(dy_ptr=g, rec_ptr=g, mem_ptr=p, key_ptr=p, wh_ptr=p, wm_ptr=p, s_ptr=p, q_ptr=p, idx_ptr=i64,
                    w_ptr=g, thr_ptr=i32, z_ptr=g, gm_ptr=g, dkey_ptr=g, dv_ptr=g, gh_ptr=g, dq_ptr=g,
-                   slot_new="i32", B="i32", H="i32", A="i32")
+                   wr_ptr=i32, write_any="i32", B="i32", H="i32", A="i32")
     prec = "tf32" if dt == "fp32" else "ieee"
     yield lstm_step.lstm_fwd_step_kernel, lstm_fwd, dict(DOT_PREC=prec)
     for has_rec in (True, False):
