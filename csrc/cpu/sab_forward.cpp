@@ -79,7 +79,7 @@ void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& r
       list.clear();
       const T* query = a.query + b * A;
       const T* row_keys = a.slot_keys + b * S * A;
-      for (int64_t j = 0; j < n_mem; ++j) list.push(mlp_score(query, row_keys + j * A, a.att_vb, A), j);
+      mlp_scores(query, row_keys, a.att_vb, A, n_mem, [&](int64_t j, T score) { list.push(score, j); });
       attend_row(a, t, b, list, n_mem);
     }
     if ((t + 1) % a.k_att == 0) {  // SPEC step 8: the new slot's key, once
