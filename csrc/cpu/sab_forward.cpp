@@ -114,7 +114,8 @@ void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& r
       const T* query = a.query + b * A;
       const T* row_keys = a.slot_keys + b * S * A;
       const int64_t first = a.rows ? a.first_slot(t, b) : 0, n_mem = a.rows ? a.n_slots(t, b) : n_grid;
-      for (int64_t j = first; j < n_mem; ++j) list.push(mlp_score(query, row_keys + j * A, a.att_vb, A), j);
+      mlp_scores(query, row_keys + first * A, a.att_vb, A, n_mem - first,
+                 [&](int64_t j, T score) { list.push(score, first + j); });
       attend_row(a, t, b, list, n_mem - first);
     }
     const T* m = (a.provisional ? a.hhat : a.y) + (t * B + b0) * H;

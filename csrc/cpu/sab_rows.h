@@ -1,6 +1,6 @@
 // CPU only, shared by the SAB forward (sab_forward.cpp) and backward (sab_backward.cpp): at::vec row
-// kernels (dot, axpy, the mlp score and its backward over one slot, on attention_score.h's per-element
-// math) and the layout of the memory slots and their keys.
+// kernels (dot, axpy, the mlp scores of a row's slots and the backward of one slot's, on attention_score.h's
+// per-element math) and the layout of the memory slots and their keys.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,10 +9,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "fastrnn/attention_score.h"  // the scorers' per-element math, shared with CUDA
 #include "fastrnn/memory_slots.h"     // SlotGrid, slot_value: the slot layout, shared with CUDA
+#include "vec_tanh.h"                 // the float tanh of the mlp scorer, the tile's sums
 
 namespace fastrnn {
 namespace cpu {
@@ -61,24 +63,9 @@ inline void add(T* out, const T* a, const T* b, int64_t n) {
   if (i < n) (V::loadu(a + i, n - i) + V::loadu(b + i, n - i)).store(out + i, n - i);
 }
 
-// tanh of the mlp scorer. float: a rational approximation (Eigen's generic_fast_tanh_float, a few ulp
-// on the clamped range), several times the throughput of Sleef's tanhf (u10), and the scorer's tanh
-// over all slots is the mlp forward's hot loop. double: at::vec's tanh, exact enough for the 1e-9 tests.
-// 1 / q to within an ulp or two: the hardware estimate refined by one Newton step, several times the
-// throughput of a division (q lies in [0.0049, 0.91] here, far from 0 and infinity).
-inline Vectorized<float> fast_reciprocal(const Vectorized<float>& q) {
-#if defined(CPU_CAPABILITY_AVX512)
-  const Vectorized<float> r(_mm512_rcp14_ps(q));
-#elif defined(CPU_CAPABILITY_AVX2)
-  const Vectorized<float> r(_mm256_rcp_ps(q));
-#else
-  return Vectorized<float>(1.0f) / q;
-#endif
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  return r * at::vec::fnmadd(q, r, Vectorized<float>(2.0f));  // r (2 - q r)
-#endif
-}
-
+// tanh of the mlp scorer. float: vec_tanh.h's rational (a few ulp, one division), several times the
+// throughput of Sleef's tanhf (u10): the scorer's tanh over all slots is the mlp forward's hot loop.
+// double: at::vec's tanh, exact enough for the 1e-9 tests.
 template <typename T>
 inline Vectorized<T> score_tanh(const Vectorized<T>& a) {
   return a.tanh();
@@ -86,21 +73,7 @@ inline Vectorized<T> score_tanh(const Vectorized<T>& a) {
 
 template <>
 inline Vectorized<float> score_tanh<float>(const Vectorized<float>& a) {
-  using V = Vectorized<float>;
-  const V x = at::vec::clamp(a, V(-7.90531110763549805f), V(7.90531110763549805f));
-  const V x2 = x * x;
-  V p = at::vec::fmadd(x2, V(-2.76076847742355e-16f), V(2.00018790482477e-13f));
-  p = at::vec::fmadd(x2, p, V(-8.60467152213735e-11f));
-  p = at::vec::fmadd(x2, p, V(5.12229709037114e-08f));
-  p = at::vec::fmadd(x2, p, V(1.48572235717979e-05f));
-  p = at::vec::fmadd(x2, p, V(6.37261928875436e-04f));
-  p = at::vec::fmadd(x2, p, V(4.89352455891786e-03f));
-  p = x * p;
-  V q = at::vec::fmadd(x2, V(1.19825839466702e-06f), V(1.18534705686654e-04f));
-  q = at::vec::fmadd(x2, q, V(2.26843463243900e-03f));
-  q = at::vec::fmadd(x2, q, V(4.89352518554385e-03f));
-  // Below 4e-4 tanh(x) rounds to x.
-  return V::blendv(p * fast_reciprocal(q), x, a.abs() < V(0.0004f));
+  return tanh_rational(a);
 }
 
 // The CPU's math policy of attention_score.h: at::vec lanes, the fast tanh above.
@@ -125,6 +98,42 @@ inline T mlp_score(const T* q, const T* p, const T* v, int64_t A) {
   if (i < A)
     acc = mlp_score_term<VecScoreMath>(V::loadu(q + i, A - i), V::loadu(p + i, A - i), V::loadu(v + i, A - i), acc);
   return hsum(acc);
+}
+
+// The mlp scores a_j = v · tanh(q + p_j) of slots [0, n) of one row, handed to out(j, a_j) in slot order;
+// p: the n slots' keys, [n, A] contiguous. The mlp forward's hot loop. float: a tile of kScoreTile slots at
+// a time, each slot's terms (attention_score.h's mlp_score_term, with the tanh's constants held in
+// registers) in its own accumulator, the keys read in memory order, slot after slot (so the hardware
+// prefetcher streams them from L3 or DRAM at long T: column by column across the tile it did not), then
+// the tile's accumulators summed together (vec_tanh.h's tile_sums) instead of a horizontal sum per slot.
+// A slot's score does not depend on the tile it falls in. double: mlp_score slot by slot, as before.
+template <typename T, typename Out>
+inline void mlp_scores(const T* q, const T* p, const T* v, int64_t A, int64_t n, Out&& out) {
+  if constexpr (std::is_same_v<T, float>) {
+    using V = Vectorized<float>;
+    const TanhRational tanh;
+    V acc[kScoreTile];
+    float sums[kScoreTile];
+    for (int64_t j0 = 0; j0 < n; j0 += kScoreTile) {
+      const int J = int(std::min<int64_t>(kScoreTile, n - j0));
+      for (int j = 0; j < kScoreTile; ++j) {
+        V a(0.0f);
+        if (j < J) {
+          const float* pj = p + (j0 + j) * A;
+          int64_t i = 0;
+          for (; i + V::size() <= A; i += V::size())
+            a = at::vec::fmadd(V::loadu(v + i), tanh(V::loadu(q + i) + V::loadu(pj + i)), a);
+          if (i < A)
+            a = at::vec::fmadd(V::loadu(v + i, A - i), tanh(V::loadu(q + i, A - i) + V::loadu(pj + i, A - i)), a);
+        }
+        acc[j] = a;
+      }
+      tile_sums(acc, sums);
+      for (int j = 0; j < J; ++j) out(j0 + j, sums[j]);
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j) out(j, mlp_score(q, p + j * A, v, A));
+  }
 }
 
 // Backward of a = v · tanh(q + p) for one slot given da: dv += da u, dq += du, dp += du (attention_score.h).
