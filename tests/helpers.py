@@ -110,6 +110,17 @@ def assert_close(actual, expected, dtype, what):
     torch.testing.assert_close(actual, expected, **TOL[dtype], msg=lambda m: f"{what}: {m}")
 
 
+def assert_bf16_close(out, grads, out_ref, grads_ref, outputs=("y", "h_n", "c_n")):
+    """A bfloat16 run (outputs, {name: grad}) against the float32 reference's on the same rounded inputs:
+    bfloat16 results, each within BF16_TOL of the reference relative to its largest element."""
+    assert out[0].dtype == torch.bfloat16
+    for name, a, b in zip(outputs, out, out_ref):
+        assert (a.float() - b).abs().max() <= BF16_TOL["output"] * b.abs().max(), name
+    for name in grads_ref:
+        assert grads[name].dtype == torch.bfloat16, name
+        assert (grads[name].float() - grads_ref[name]).abs().max() <= BF16_TOL["sab_grad"] * grads_ref[name].abs().max(), name
+
+
 def assert_equal_results(first, second):
     """Two runs of run_with_grads bit-identical: outputs, attention record (if any) and every gradient."""
     (out1, g1), (out2, g2) = first, second

@@ -13,7 +13,7 @@ import fastrnn
 from fastrnn import backends as _backends
 from fastrnn import reference
 from fastrnn.ops.streaming import PAD_STEP, reset_plan, supports_reset
-from helpers import BF16_TOL, TOL, backend_params, compare, layer_args, leaves, only, run_with_grads
+from helpers import TOL, assert_bf16_close, backend_params, compare, layer_args, leaves, only, run_with_grads
 
 f64 = torch.float64
 FAST_RESET_BACKENDS = [b for b in fastrnn.available_backends() if b != "reference"
@@ -565,12 +565,7 @@ def test_triton_reset_bfloat16():
     kw = dict(k_top=2, k_att=2, scorer="mlp", provisional=True, **rows)
     out, g = run_with_grads(_sab_layer("triton"), a16, sched16, **kw)
     out_ref, g_ref = run_with_grads(reference.sab_layer, a32, sched32, **kw)
-    assert out[0].dtype == torch.bfloat16
-    for name, a, b in zip(("y", "h_n", "c_n"), out, out_ref):
-        assert (a.float() - b).abs().max() <= BF16_TOL["output"] * b.abs().max(), name
-    for name in g_ref:
-        assert g[name].dtype == torch.bfloat16, name
-        assert (g[name].float() - g_ref[name]).abs().max() <= BF16_TOL["sab_grad"] * g_ref[name].abs().max(), name
+    assert_bf16_close(out, g, out_ref, g_ref)
 
 
 @only("triton")

@@ -17,7 +17,7 @@ import fastrnn
 from fastrnn import reference, truncation
 from fastrnn.ops import sab as cpu_sab
 
-from helpers import (BACKENDS, BF16_BACKENDS, BF16_TOL, NEW_SLOTS_VIEW_CASES, TOL, assert_equal_results, backend_params,
+from helpers import (BACKENDS, BF16_BACKENDS, NEW_SLOTS_VIEW_CASES, TOL, assert_bf16_close, assert_equal_results, backend_params,
                      check_layer, layer_args, layer_fn, only, reference_case, run_with_grads, schedule_args,
                      shares_memory)
 
@@ -246,12 +246,7 @@ def test_bfloat16(backend):
     sched = truncation.full(8)
     out_ref, g_ref = run_with_grads(reference.sab_layer, a_ref, schedule_args(sched, torch.float32), **kw)
     out, g = run_with_grads(layer_fn(backend, "sab_layer"), a16, schedule_args(sched, torch.bfloat16), **kw)
-    assert out[0].dtype == torch.bfloat16
-    for name, a, b in zip(("y", "h_n", "c_n"), out, out_ref):
-        assert (a.float() - b).abs().max() <= BF16_TOL["output"] * b.abs().max(), name
-    for name in g_ref:
-        assert g[name].dtype == torch.bfloat16, name
-        assert (g[name].float() - g_ref[name]).abs().max() <= BF16_TOL["sab_grad"] * g_ref[name].abs().max(), name
+    assert_bf16_close(out, g, out_ref, g_ref)
 
 
 @pytest.mark.parametrize("backend", backend_params([b for b in BACKENDS if b not in BF16_BACKENDS]))
