@@ -74,7 +74,8 @@ def resolve(backend: str, device) -> str:
     if backend != "auto":
         return backend
     device_type = device if isinstance(device, str) else device.type
-    preferred = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}.get(device_type, ())
+    # meta tensors (shape inference) go through the cpu ops' fake kernels, which need no values
+    preferred = {"cpu": ("cpu",), "meta": ("cpu",), "cuda": ("cuda", "triton")}.get(device_type, ())
     for name in preferred:
         if name == "cuda" and not _cuda_built():
             continue
@@ -110,7 +111,7 @@ def _layer_functions(backend: str, device_type: str):
     modules = _layer_modules(name)
     if modules is None:
         raise RuntimeError(f"backend {name!r} is not available: {_why_unavailable(name)}")
-    if name == "cpu" and device_type != "cpu":
+    if name == "cpu" and device_type not in ("cpu", "meta"):
         raise ValueError(f"backend 'cpu' needs CPU tensors, got input on {device_type}")
     if name == "cuda" and device_type != "cuda":
         raise ValueError(f"backend 'cuda' needs CUDA tensors, got input on {device_type}")

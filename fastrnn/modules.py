@@ -62,6 +62,12 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def _reads_values(t: Tensor) -> bool:
+    """Whether the call may look at `t`'s values for its checks: not while torch.compile traces (data-dependent
+    checks would break the graph), nor on the meta device (shape inference: tensors without values)."""
+    return not torch.compiler.is_compiling() and t.device.type != "meta"
+
+
 def _in_functorch_transform() -> bool:
     """True while a torch.func transform (grad, vmap, jvp, ...) runs the call (torch.compile's own tracing
     also stacks functorch interpreters: that is not a user's transform, and the ops trace there)."""
@@ -210,11 +216,11 @@ class _LSTMBase(nn.Module):
             # inf included) can never reach an output or, through 0 * NaN, a gradient
             live = torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
             x = torch.where(live.unsqueeze(2), x, torch.zeros((), dtype=x.dtype, device=x.device))
-            if not torch.compiler.is_compiling() and B > 0 and bool((lengths == T).all()):
+            if _reads_values(lengths) and B > 0 and bool((lengths == T).all()):
                 lengths = None                                 # every sequence is full: nothing to stop
         x = x.contiguous()
         h0, c0 = self._initial_state(hx, B, batched, x, precision)
-        if not torch.compiler.is_compiling():
+        if _reads_values(x):
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("input contains NaN or inf" + (" (within the sequences' lengths)"
                                                                  if lengths is not None else ""))
@@ -241,7 +247,8 @@ class _LSTMBase(nn.Module):
         (cpu; triton for float16) computes in float32 from the rounded operands and rounds its outputs.
         """
         device_type = device.type
-        if (torch.is_autocast_enabled(device_type) and input_dtype != torch.float64
+        if (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+                and input_dtype != torch.float64
                 and param_dtype != torch.float64 and input_dtype.is_floating_point):
             dtype = torch.get_autocast_dtype(device_type)
             name = _concrete_backend(self.backend, device_type)
@@ -287,6 +294,12 @@ class _LSTMBase(nn.Module):
             name = _concrete_backend(backend, device_type)
             if call.precision.dtype not in NATIVE_DTYPES.get(name, ()):
                 backend = "reference"
+        if device_type == "meta" and _concrete_backend(backend, device_type) == "reference":
+            raise ValueError(
+                f"{type(self).__name__}: on the meta device (shape inference) the layers run the cpu ops' fake "
+                f"kernels, which need only shapes; this call would run the reference, which reads the truncation "
+                f"schedule's values (backend={self.backend!r}, dtype {_dtype_name(call.precision.dtype)}, or the "
+                f"native library not built): use backend='auto' or 'cpu' with float32 or float64")
         return backends.layer_functions(backend, device_type)
 
     @staticmethod
@@ -318,7 +331,7 @@ class _LSTMBase(nn.Module):
             lengths = torch.tensor(values, dtype=torch.int64, device=device)
         else:
             raise TypeError(f"lengths must be an int64 tensor or a list of ints, got {type(lengths).__name__}")
-        if not torch.compiler.is_compiling() and B > 0:
+        if _reads_values(lengths) and B > 0:
             if not bool(((lengths >= 0) & (lengths <= T)).all()):
                 raise ValueError(f"lengths must lie in [0, T] with T={T} (the padded length), got "
                                  f"{lengths.tolist()}")
@@ -708,6 +721,9 @@ class SABLSTM(_LSTMBase):
             raise ValueError(f"reset must have shape {what} = {list(want)}, got {list(reset.shape)}")
         if reset.device != call.x.device:
             raise ValueError(f"reset is on {reset.device} but the input is on {call.x.device}")
+        if reset.is_meta:
+            raise ValueError("reset on the meta device: with resets each row's slot table grows with the resets "
+                             "it holds, so the shapes depend on the mask's values, which meta tensors lack")
         if not call.batched:
             return reset.unsqueeze(1)
         return (reset.t() if self.batch_first else reset).contiguous()
@@ -795,7 +811,7 @@ class SABLSTM(_LSTMBase):
         h0, c0 = state.h, state.c
         if not call.batched:
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        if not torch.compiler.is_compiling():
+        if _reads_values(h0):
             for name, t in (("h", h0), ("c", c0)):
                 if not bool(torch.isfinite(t).all()):
                     raise ValueError(f"state contains NaN or inf ({name})")

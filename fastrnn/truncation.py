@@ -36,8 +36,9 @@ class Schedule:
         if self.cut.dim() != 1 or self.scale.shape != self.cut.shape:
             raise ValueError(f"Schedule: cut and scale must both be [T], got {tuple(self.cut.shape)} "
                              f"and {tuple(self.scale.shape)}")
-        # a data-dependent check: skipped while torch.compile traces (the module checks once, eagerly)
-        if not torch.compiler.is_compiling() and not torch.isfinite(self.scale).all():
+        # a data-dependent check: skipped while torch.compile traces (the module checks once, eagerly) and on
+        # the meta device (no values)
+        if not torch.compiler.is_compiling() and not self.scale.is_meta and not torch.isfinite(self.scale).all():
             raise ValueError("Schedule: scale must be finite")
 
     def __len__(self) -> int:

@@ -254,3 +254,48 @@ def test_triton_is_listed_only_where_it_has_a_device():
     listed, cuda = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                   check=True).stdout.split()
     assert listed == cuda   # without TRITON_INTERPRET=1, triton runs only on CUDA tensors
+
+
+# The meta device (shape inference, `with torch.device("meta")` model construction): as nn.LSTM, a forward
+# gives outputs of the right shapes and dtypes, without values. The layers run the cpu ops' fake kernels.
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.SABLSTM])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_meta_device_gives_the_shapes_of_the_cpu_run(cls, backend, batch_first):
+    if "cpu" not in fastrnn.available_backends():
+        pytest.skip("the native library is not built: meta runs the cpu ops' fake kernels")
+    kw = dict(num_layers=2, batch_first=batch_first, backend=backend)
+    if cls is fastrnn.SABLSTM:
+        kw["k_trunc"] = 3
+    x = torch.randn(7, 2, 4)
+    on_cpu = cls(4, 8, **kw)
+    on_meta = cls(4, 8, device="meta", **kw)
+    out_cpu, out_meta = on_cpu(x), on_meta(x.to("meta"))
+    for a, b in zip((out_cpu[0], *out_cpu[1]), (out_meta[0], *out_meta[1])):
+        assert b.is_meta and (b.shape, b.dtype) == (a.shape, a.dtype)
+    out_meta[0].sum().backward()
+    for p in on_meta.parameters():
+        assert p.grad.is_meta and p.grad.shape == p.shape
+    if cls is fastrnn.SABLSTM:      # streaming: a meta state continues a meta stream
+        y, _, state = on_meta(x.to("meta"), return_state=True)
+        _, _, state = on_meta(x.to("meta"), state=state, return_state=True)
+        _, _, state_cpu = on_cpu(torch.cat([x, x], 1 if batch_first else 0), return_state=True)
+        assert state.step == state_cpu.step == 2 * x.shape[1 if batch_first else 0]
+        assert state.layers[1].memory.shape == state_cpu.layers[1].memory.shape
+
+
+def test_meta_device_model_built_then_materialised_as_nn_lstm():
+    with torch.device("meta"):
+        m = fastrnn.SABLSTM(3, 5)
+    m = m.to_empty(device="cpu")
+    m.reset_parameters()
+    y, _ = m(torch.randn(6, 2, 3))
+    assert torch.isfinite(y).all() and y.abs().sum() > 0
+
+
+def test_meta_device_refuses_what_needs_values():
+    x = torch.randn(5, 2, 3, device="meta")
+    with pytest.raises(ValueError, match="meta device.*reference"):
+        fastrnn.LSTM(3, 4, backend="reference", device="meta")(x)
+    with pytest.raises(ValueError, match="reset on the meta device"):
+        fastrnn.SABLSTM(3, 4, device="meta")(x, reset=torch.zeros(5, 2, dtype=torch.bool, device="meta"))
