@@ -34,11 +34,11 @@
 #include <torch/library.h>
 
 #include "backward_chunks.h"
-#include "checks.h"
 #include "fastrnn/sparse_attention.h"
 #include "huge_pages.h"
 #include "lengths.h"
 #include "lstm_step.h"
+#include "sab_call.h"
 #include "sab_rows.h"
 
 namespace fastrnn {
@@ -225,15 +225,14 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
                                 int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional,
                                 bool has_bias) {
   ArgChecker ck("fastrnn::sab_backward", at::kCPU);
-  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
-  const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
-  ck.lengths(lengths, d);
-  const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
-  const bool per_row = ck.rows(reset, slot_offset, row_step0, memory, lengths, d, grid.S0);
-  const std::optional<RowSlots> rows = row_slots(per_row, reset, slot_offset, row_step0, step0, d.T, d.B, grid.S0, k_att);
+  const SabCall call = check_sab_call(ck, x, w_ih, w_hh, h0, c0, cut, scale, att_wh, att_wm, att_vb, lengths, memory,
+                                      step0, reset, slot_offset, row_step0, k_top, k_att, scorer);
+  const LayerDims& d = call.d;
+  const ScorerDims& sd = call.sd;
+  const SlotGrid& grid = call.grid;
+  const RowSlots* rows = call.row_tables();
   const at::Tensor& carried = memory.has_value() ? *memory : h0;
-  const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, S0 = grid.S0, G = 4 * H;
-  const int64_t S = rows ? rows->S0 + rows->S1 : grid.n_mem(steps);
+  const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, S0 = grid.S0, G = 4 * H, S = call.S;
   const bool mlp = sd.mlp;
   if (grad_new_slots.has_value()) {
     TORCH_CHECK(!lengths.has_value(), ck.op(),
@@ -298,7 +297,7 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_backward", [&] {
     using T = scalar_t;
     const BackwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
-                                          denom, mlp, provisional, rows ? &*rows : nullptr, &zeros)},
+                                          denom, mlp, provisional, rows, &zeros)},
                             lstm_layer<T>(x, w_ih, w_hh, h0_cell, c0_cell, /*h=*/y_cell, gates, c_cell,
                                           /*h_cell=*/hhat),
                             lstm_sweep<T>(gy, grad_hn, grad_cn, len, cut, scale, dh, dc0, dh0), C,
