@@ -409,7 +409,8 @@ _CALL_DOC = """
         Sequence b stops at lengths[b]: output[t, b] = 0 for t >= lengths[b]; (h_n, c_n)[:, b] is the state
         after its last step (its h_0, c_0 if lengths[b] == 0); the input past lengths[b] is ignored (it may
         hold anything, NaN included). Equal, per sequence, to running it alone, outputs and gradients.
-      schedule (keyword): a fastrnn.truncation.Schedule of length T (truncated BPTT, ARTBP), for every layer.
+      schedule (keyword): a fastrnn.truncation.Schedule of length T (truncated BPTT, ARTBP), for every layer
+        and every batch row.
     Outputs: output [T, B, H] ([B, T, H] with batch_first; [T, H] unbatched; a PackedSequence with the
       input's batch_sizes, sorted_indices and unsorted_indices for a PackedSequence input), (h_n, c_n) each
       [L, B, H] ([L, H] unbatched), in the original batch order.
@@ -507,7 +508,8 @@ class SABLSTM(_LSTMBase):
         while the state stays attached: gradient flows through (h, c) and the memory into the calls that
         made it); `state.detach()` gives online truncation (no gradient into earlier calls). The schedule
         is the call's own; its cut[0] acts on the carried (h, c), never on the memory; without a schedule,
-        k_trunc cuts on the stream's global steps (as the one-shot forward). With a state,
+        k_trunc cuts on the stream's global steps (as the one-shot forward; a per-row state's rows on their
+        own counters, state.row_steps). With a state,
         attention indices index the carried memory followed by the call's new slots, and slot_steps is the
         state's slot_steps followed by the new slots' steps.
       reset (keyword; docs/SPEC.md section 9): None or a torch.bool tensor [T, B] ([B, T] with batch_first, [T]

@@ -92,6 +92,24 @@ def test_a_cut_row_passes_no_gradient_back(backend):
     assert dx[0, 0].abs().sum() > 0 and dx[0, 2].abs().sum() > 0
 
 
+@pytest.mark.parametrize("backend", backend_params())
+def test_second_order_row_schedule_equals_reference(backend):
+    """create_graph=True recomputes through the reference with the [T, B] schedule (ops/glue.py)."""
+    T, B = 6, 3
+    cut, scale = row_schedule(T, B, F64, seed=4)
+    out = {}
+    for name in ("reference", backend):
+        torch.manual_seed(5)
+        args = layer_args(T, B, 3, 4)
+        fn = reference.sab_layer if name == "reference" else layer_fn(name, "sab_layer")
+        y, h, c, _ = fn(**args, cut=cut, scale=scale, k_top=2, k_att=2, scorer="mlp", provisional=False)
+        named = list(args.values())
+        g = torch.autograd.grad((y * y).sum() + (h * c).sum(), named, create_graph=True)
+        out[name] = torch.autograd.grad(sum((t * t).sum() for t in g), named)
+    for a, b in zip(out[backend], out["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 @only("cpu")
 @pytest.mark.parametrize("scorer", ["mlp", "linear"])
 def test_opcheck_row_schedule(scorer):

@@ -10,7 +10,8 @@
 //   linear: dM_j += da_j att_wm, d att_wm += da_j m_j; the query term gets Σ da_j (zero up to rounding)
 //   dĥ_t = dh + att_wh^T dq_t (one GEMM over the batch) [+ dM_j, provisional slots]
 //   lstm_step_backward (lstm_step.h, as in the LSTM op): cell backward -> dgates_t, and the recurrent
-//   gradient into step t-1 = scale[t] * dgates_t @ w_hh (one GEMM; nothing where cut[t]).
+//   gradient into step t-1 = scale[t] * dgates_t @ w_hh (one GEMM; nothing where cut[t]; a [T, B] schedule
+//   per row, lstm_step.h rows_into_previous_step).
 // dM [B, S, H] (d_slots) and dP [B, S, A] (d_slot_keys, mlp) collect each slot's gradient until the sweep
 // reaches the step that wrote it; dP_j joins dM_j through att_wm (one GEMM) right before that. Rows are
 // independent until the weight gradients, so each thread sweeps one block of rows (see sweep).
@@ -227,12 +228,9 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   ArgChecker ck("fastrnn::sab_backward", at::kCPU);
   const SabCall call = check_sab_call(ck, x, w_ih, w_hh, h0, c0, cut, scale, att_wh, att_wm, att_vb, lengths, memory,
                                       step0, reset, slot_offset, row_step0, k_top, k_att, scorer);
-  const LayerDims& d = call.d;
-  const ScorerDims& sd = call.sd;
-  const SlotGrid& grid = call.grid;
-  const RowSlots* rows = call.row_tables();
+  const auto& [d, sd, grid, rows, S] = call;
   const at::Tensor& carried = memory.has_value() ? *memory : h0;
-  const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, S0 = grid.S0, G = 4 * H, S = call.S;
+  const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, S0 = grid.S0, G = 4 * H;
   const bool mlp = sd.mlp;
   if (grad_new_slots.has_value()) {
     TORCH_CHECK(!lengths.has_value(), ck.op(),
@@ -297,7 +295,7 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_backward", [&] {
     using T = scalar_t;
     const BackwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
-                                          denom, mlp, provisional, rows, &zeros)},
+                                          denom, mlp, provisional, rows ? &*rows : nullptr, &zeros)},
                             lstm_layer<T>(x, w_ih, w_hh, h0_cell, c0_cell, /*h=*/y_cell, gates, c_cell,
                                           /*h_cell=*/hhat),
                             lstm_sweep<T>(gy, grad_hn, grad_cn, len, cut, scale, dh, dc0, dh0), C,

@@ -21,7 +21,6 @@ struct SabCall {
   SlotGrid grid;
   std::optional<RowSlots> rows;
   int64_t S;
-  const RowSlots* row_tables() const { return rows ? &*rows : nullptr; }
 };
 
 // The arguments every SAB op takes, checked in the ops' order: the layer (cut/scale [T] or per row [T, B]),

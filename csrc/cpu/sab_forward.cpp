@@ -202,14 +202,11 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
   ArgChecker ck("fastrnn::sab_forward", at::kCPU);
   const SabCall call = check_sab_call(ck, x, w_ih, w_hh, h0, c0, cut, scale, att_wh, att_wm, att_vb, lengths, memory,
                                       step0, reset, slot_offset, row_step0, k_top, k_att, scorer);
-  const LayerDims& d = call.d;
-  const ScorerDims& sd = call.sd;
-  const SlotGrid& grid = call.grid;
-  const RowSlots* rows = call.row_tables();
+  const auto& [d, sd, grid, rows, S] = call;
   ck.biases(b_ih, b_hh, d);
   const at::Tensor& carried = memory.has_value() ? *memory : h0;
   const int64_t* len = lengths_data(lengths);
-  const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A, S = call.S;
+  const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A;
   const bool mlp = sd.mlp;
   const auto opt = x.options();
   const auto lopt = opt.dtype(at::kLong);
@@ -236,7 +233,7 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_forward", [&] {
     using T = scalar_t;
     const ForwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
-                                         denom, mlp, provisional, rows, &zeros)},
+                                         denom, mlp, provisional, rows ? &*rows : nullptr, &zeros)},
                            lstm_layer<T>(x, w_ih, w_hh, h0_cell, c0_cell, /*h=*/y, gates, c, /*h_cell=*/hhat),
                            mlp ? query.data_ptr<T>() : nullptr, new_slots.data_ptr<T>()};
     Rankings<T> rank(B, k_top), step(B, k_top);
