@@ -14,9 +14,9 @@ Per-layer signature, shared by every backend (docs/CONTRACT.md):
 
 `x` is [T, B, I] with T >= 1, `h0`/`c0` [B, H]; `cut` (bool) and `scale` are the [T] truncation
 schedule of SPEC section 3 (sab_layer: or [T, B], row b's schedule in column b). Step -1 is the initial
-state, so `cut[0]`/`scale[0]` act on the recurrent gradient into (h0, c0). `lengths` (None, or int64 [B] in [0, T]): every step is computed as without it,
-then `stop_at_lengths` keeps each row's outputs up to its own length, so autograd's gradient ignores
-everything past it.
+state, so `cut[0]`/`scale[0]` act on the recurrent gradient into (h0, c0). `lengths` (None, or int64 [B]
+in [0, T]): every step is computed as without it, then `stop_at_lengths` keeps each row's outputs up to its
+own length, so autograd's gradient ignores everything past it.
 `memory`/`step0`/`return_slots` continue a stream (docs/SPEC.md section 8): `memory` [B, S0, H] replaces
 the fresh memory [h0], slots are written when (step0 + t + 1) % k_att == 0, and `new_slots` [B, S1, H] are
 the slots this call wrote (the carried memory is cat(memory, new_slots), or cat(h0, new_slots) for a

@@ -543,6 +543,27 @@ def test_cpu_random_resets_two_threads_several_chunks(scorer):
         _assert_close(got[name], want[name], dict(rtol=1e-11, atol=1e-13), name)
 
 
+def test_schedule_with_resets_is_one_shared_schedule():
+    """A schedule= passed with reset= replaces k_trunc and reaches the layers as it is: one [T] schedule on
+    the call's steps for every row alike (not re-counted from each row's reset)."""
+    T, B = 13, 5
+    reset = _mask(T, B, MODULE_RESETS)
+    sched = fastrnn.truncation.fixed(T, 4)
+    x = torch.randn(T, B, I, dtype=f64, generator=torch.Generator().manual_seed(7))
+    sab = _model("reference", k_trunc=3)
+    y, (h, c) = sab(x, reset=reset, schedule=sched)
+    params = [getattr(sab, f"{n}_l0") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "att_wh",
+                                                 "att_wm", "att_v")]
+    zeros = torch.zeros(B, H, dtype=f64)
+    ey, eh, ec, _ = reference.sab_layer(x, *params, zeros, zeros, sched.cut, sched.scale.double(), k_top=2,
+                                        k_att=2, scorer="mlp", provisional=True, reset=reset)
+    want = torch.autograd.grad(_weighted((ey, eh, ec)), params)
+    got = torch.autograd.grad(_weighted((y, h[0], c[0])), params)
+    names = ("dw_ih", "dw_hh", "db_ih", "db_hh", "datt_wh", "datt_wm", "datt_v")
+    for name, a, b in (("y", y, ey), ("h_n", h[0], eh), ("c_n", c[0], ec), *zip(names, got, want)):
+        _assert_close(a, b, dict(rtol=1e-12, atol=1e-14), name)
+
+
 @pytest.mark.parametrize("backend", backend_params(FAST_RESET_BACKENDS))
 @pytest.mark.parametrize("scorer", ["mlp", "linear"])
 def test_reset_k_trunc_float32_matches_reference(backend, scorer):
