@@ -158,7 +158,7 @@ def test_cpu_ops_check_row_schedule(make, text, _):
 
 
 @pytest.mark.parametrize("backend", ["reference", *backend_params([b for b in BACKENDS if b == "triton"])])
-@pytest.mark.parametrize("make,_,text", [e for e in SCHEDULE_ERRORS if e[2]], ids=lambda v: "")
+@pytest.mark.parametrize("make,_,text", [e for e in SCHEDULE_ERRORS if e[2]], ids=[e[1] for e in SCHEDULE_ERRORS if e[2]])
 def test_python_layers_check_row_schedule(backend, make, _, text):
     args = {k: v.detach() for k, v in layer_args(5, 2, 3, 4).items()}
     cut, scale = _bad_schedule(**make)
