@@ -71,9 +71,10 @@ class ArgChecker {
   }
 
   // The per-layer arguments every layer op shares (docs/CONTRACT.md): x, w_ih [4H, I], w_hh [4H, H],
-  // h0, c0 [B, H], cut bool [T], scale [T].
+  // h0, c0 [B, H], cut bool [T], scale [T]. With `row_schedule` (the ops that implement it: docs/CONTRACT.md
+  // "Per-row truncation") cut and scale may instead both be [T, B], one schedule per batch row.
   LayerDims layer(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0,
-                  const at::Tensor& c0, const at::Tensor& cut, const at::Tensor& scale) {
+                  const at::Tensor& c0, const at::Tensor& cut, const at::Tensor& scale, bool row_schedule = false) {
     this->x(x);
     TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1), op_, ": w_hh must be [4H, H], got shape ",
                 w_hh.sizes());
@@ -82,6 +83,14 @@ class ArgChecker {
     tensor(w_hh, "w_hh", {4 * d.H, d.H});
     tensor(h0, "h0", {d.B, d.H});
     tensor(c0, "c0", {d.B, d.H});
+    if (row_schedule && cut.dim() == 2) {
+      tensor(cut, "cut", at::kBool, {d.T, d.B});
+      TORCH_CHECK(scale.dim() == 2, op_, ": scale must be [T, B] like cut, got shape ", scale.sizes());
+      tensor(scale, "scale", {d.T, d.B});
+      return d;
+    }
+    TORCH_CHECK(cut.dim() == 1, op_, ": cut must be [T]", row_schedule ? " or [T, B]" : "", ", got shape ",
+                cut.sizes());
     tensor(cut, "cut", at::kBool, {d.T});
     tensor(scale, "scale", {d.T});
     return d;

@@ -46,6 +46,8 @@ TORCH_LIBRARY(fastrnn, m) {
       "str scorer, bool provisional) -> (Tensor y, "
       "Tensor h_n, Tensor c_n, Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, "
       "Tensor denom, Tensor slot_keys, Tensor new_slots)");
+  // cut (bool) and scale (x's dtype): [T], or [T, B] with row b truncated by column b (docs/CONTRACT.md
+  // "Per-row truncation"; the LSTM ops take [T] only).
   // Its backward (SPEC section 2) under the truncation schedule (cut, scale). db is the gradient of both
   // b_ih and b_hh ([0] when has_bias is false). lengths: as lstm_backward. grad_new_slots (None = zeros)
   // is the gradient of new_slots, from the calls that read them; dmemory the gradient of memory ([0] when

@@ -422,7 +422,8 @@ _CALL_DOC = """
         Sequence b stops at lengths[b]: output[t, b] = 0 for t >= lengths[b]; (h_n, c_n)[:, b] is the state
         after its last step (its h_0, c_0 if lengths[b] == 0); the input past lengths[b] is ignored (it may
         hold anything, NaN included). Equal, per sequence, to running it alone, outputs and gradients.
-      schedule (keyword): a fastrnn.truncation.Schedule of length T (truncated BPTT, ARTBP), for every layer.
+      schedule (keyword): a fastrnn.truncation.Schedule of length T (truncated BPTT, ARTBP), for every layer
+        and every batch row.
     Outputs: output [T, B, H] ([B, T, H] with batch_first; [T, H] unbatched; a PackedSequence with the
       input's batch_sizes, sorted_indices and unsorted_indices for a PackedSequence input), (h_n, c_n) each
       [L, B, H] ([L, H] unbatched), in the original batch order.
@@ -520,14 +521,18 @@ class SABLSTM(_LSTMBase):
         while the state stays attached: gradient flows through (h, c) and the memory into the calls that
         made it); `state.detach()` gives online truncation (no gradient into earlier calls). The schedule
         is the call's own; its cut[0] acts on the carried (h, c), never on the memory; without a schedule,
-        k_trunc cuts on the stream's global steps (as the one-shot forward). With a state,
+        k_trunc cuts on the stream's global steps (as the one-shot forward; a per-row state's rows on their
+        own counters, state.row_steps). With a state,
         attention indices index the carried memory followed by the call's new slots, and slot_steps is the
         state's slot_steps followed by the new slots' steps.
       reset (keyword; docs/SPEC.md section 9): None or a torch.bool tensor [T, B] ([B, T] with batch_first, [T]
         unbatched). reset[t, b] restarts row b before step t: its (h, c) become zeros in every layer (no
         gradient crosses), its memory [0] and its step counter 0 (episode boundaries in RL rollouts). Equal
         to running each row's pieces separately (the first from hx / state, the later ones from hx=None),
-        outputs, (h_n, c_n), attention and gradients. With reset, the attention's indices index each row's
+        outputs, (h_n, c_n), attention and gradients, k_trunc included: with reset (or a per-row state) each
+        row is cut on its own steps, counted from its last reset (or its row_steps), as its pieces run alone
+        would be; a `schedule` passed to forward is one [T] schedule applied to every row alike, on the
+        call's steps. With reset, the attention's indices index each row's
         own slot table (its carried slots, then a fresh slot per reset and every slot written, in order)
         and slot_steps is [B, S] int64 (-2 padding); the state it returns is per row (SABState.row_steps,
         slot_steps [B, S], memory left-padded with zeros), and later calls continue it with or without reset.
@@ -651,6 +656,8 @@ class SABLSTM(_LSTMBase):
                             slot_offset=None if state is None else (carried_steps == PAD_STEP).sum(1),
                             row_step0=None if state is None or not state.per_row else
                             state.row_steps.reshape(-1).to(call.x.device))
+            if schedule is None and self.k_trunc:
+                call = self._row_truncation(call, step0, row_args)
 
         def layer_fn(layer, x, h0, c0):
             params = self._parameters_for((*self._lstm_parameters(layer), *self._attention_parameters(layer)),
@@ -704,6 +711,15 @@ class SABLSTM(_LSTMBase):
             else:
                 result = (*result, self._next_state(call, state, memories, new_slots, *output[1]))
         return result
+
+    def _row_truncation(self, call: _Call, step0: int, row_args: dict) -> _Call:
+        """k_trunc with per-row step counters (SPEC section 9): each row is cut on its own steps, where its
+        counter u (counting from its last reset, or its row_steps) has u > 0 and u % k_trunc == 0, as that
+        row's pieces run alone would be. A [T, B] schedule, scale 1."""
+        T, B, device = call.x.shape[0], call.x.shape[1], call.x.device
+        counter = reset_plan(T, B, self.k_att, device, step0=step0, **row_args).counter
+        return call._replace(cut=(counter > 0) & (counter % self.k_trunc == 0),
+                             scale=torch.ones((T, B), dtype=call.scale.dtype, device=device))
 
     def _check_reset(self, reset, call: _Call) -> Tensor:
         """`reset` as the layers take it: bool [T, B] on x's device (SPEC section 9)."""

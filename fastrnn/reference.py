@@ -13,10 +13,10 @@ Per-layer signature, shared by every backend (docs/CONTRACT.md):
               memory=None, step0=0, return_slots=False) -> (y, h_n, c_n, attention[, new_slots])
 
 `x` is [T, B, I] with T >= 1, `h0`/`c0` [B, H]; `cut` (bool) and `scale` are the [T] truncation
-schedule of SPEC section 3. Step -1 is the initial state, so `cut[0]`/`scale[0]` act on the recurrent
-gradient into (h0, c0). `lengths` (None, or int64 [B] in [0, T]): every step is computed as without it,
-then `stop_at_lengths` keeps each row's outputs up to its own length, so autograd's gradient ignores
-everything past it.
+schedule of SPEC section 3 (sab_layer: or [T, B], row b's schedule in column b). Step -1 is the initial
+state, so `cut[0]`/`scale[0]` act on the recurrent gradient into (h0, c0). `lengths` (None, or int64 [B]
+in [0, T]): every step is computed as without it, then `stop_at_lengths` keeps each row's outputs up to its
+own length, so autograd's gradient ignores everything past it.
 `memory`/`step0`/`return_slots` continue a stream (docs/SPEC.md section 8): `memory` [B, S0, H] replaces
 the fresh memory [h0], slots are written when (step0 + t + 1) % k_att == 0, and `new_slots` [B, S1, H] are
 the slots this call wrote (the carried memory is cat(memory, new_slots), or cat(h0, new_slots) for a
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .ops.attention import SABAttention, slot_steps
-from .ops.streaming import carried_row_steps, check_rows, check_stream, per_row, reset_plan
+from .ops.streaming import carried_row_steps, check_rows, check_schedule, check_stream, per_row, reset_plan
 
 # Added to the normaliser of the sparse weights (SPEC section 1, step 6).
 NORM_EPS = 1e-7
@@ -37,7 +37,10 @@ def recurrent_input(v: Tensor, cut: bool, scale: float) -> Tensor:
 
     Forward: `v` exactly. Backward: no gradient if `cut`, else the gradient times `scale`.
     (`d + scale * (v - d)` is `v` to the bit, because `v - d` is exactly zero.)
+    A per-row schedule (lists `cut`, `scale` of one entry per row of v [B, H]) applies each row's own.
     """
+    if isinstance(cut, list):
+        return torch.cat([recurrent_input(v[b:b + 1], cut[b], scale[b]) for b in range(len(cut))]) if cut else v
     if cut:
         return v.detach()
     if scale == 1.0:
@@ -70,7 +73,8 @@ def stop_at_lengths(ys, cs, h0, c0, lengths):
 
 
 def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
-    """A plain LSTM layer (torch.nn.LSTM's math) under a truncation schedule; rows stop at `lengths`."""
+    """A plain LSTM layer (torch.nn.LSTM's math) under a [T] truncation schedule; rows stop at `lengths`."""
+    check_schedule(cut, scale, x.shape[0], x.shape[1], per_row=False)
     cut, scale = cut.tolist(), scale.tolist()
     h, c = h0, c0
     ys, cs = [], []
@@ -137,8 +141,10 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     Streaming (section 8): `memory` [B, S0, H] (S0 >= 1) is the memory of earlier calls, used instead of
     [h0]; `step0` >= 0 is the global index of this call's first step. With `return_slots`, a fifth result
     `new_slots` [B, S1, H] holds the slots written by this call, with their graph.
-    Per-row resets (section 9; `reset` [T, B] bool, `slot_offset` / `row_step0` [B] int64): see _sab_layer_rows."""
+    Per-row resets (section 9; `reset` [T, B] bool, `slot_offset` / `row_step0` [B] int64): see _sab_layer_rows.
+    `cut` / `scale` [T, B]: row b is truncated by column b (section 3 per row)."""
     T = x.shape[0]
+    check_schedule(cut, scale, T, x.shape[1], per_row=True)
     check_stream(memory, step0, lengths, return_slots, h0)
     if per_row(reset, slot_offset, row_step0):
         check_rows(x, memory, step0, lengths, reset, slot_offset, row_step0)
@@ -192,6 +198,7 @@ def _sab_layer_rows(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, c
     literally: each row is split at its resets and every piece runs alone through sab_layer above. The first
     piece of row b starts from h0[b], c0[b], its carried slots memory[b, slot_offset[b]:] (or [h0[b]]) and
     the step counter row_step0[b] (step0 if None); every later piece from zeros, memory [0] and counter 0.
+    Each piece is truncated by its own steps of the schedule (row b's column of a [T, B] one).
 
     Row b's slot table: its S0 carried entries (memory[b], padding first, or [h0[b]]), then the slots the
     call appends in order: a fresh slot (zeros) at each reset, and each slot a piece writes. The attention
@@ -205,6 +212,7 @@ def _sab_layer_rows(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, c
     resets = [[False] * B for _ in range(T)] if reset is None else reset.tolist()
     ys, h_ns, c_ns, idx_rows, w_rows, new_rows = [], [], [], [], [], []
     for b in range(B):
+        row_cut, row_scale = (cut[:, b], scale[:, b]) if cut.dim() == 2 else (cut, scale)
         starts = [t for t in range(T) if resets[t][b]]
         bounds = sorted(set([0, *starts, T]))
         table = S0                      # entries of the row's table so far
@@ -221,7 +229,7 @@ def _sab_layer_rows(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, c
                 mem = None if memory is None else memory[b:b + 1, offsets[b]:]
                 base = offsets[b]
             y, h_last, c_last, att, new = sab_layer(
-                x[a:e, b:b + 1], w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, hb, cb, cut[a:e], scale[a:e],
+                x[a:e, b:b + 1], w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, hb, cb, row_cut[a:e], row_scale[a:e],
                 k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, need_attention=need_attention,
                 memory=mem, step0=counter, return_slots=True)
             y_parts.append(y)

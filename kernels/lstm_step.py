@@ -65,14 +65,27 @@ def lstm_fwd_step_kernel(xg_ptr, h_ptr, c_ptr, whh_ptr, gates_ptr, c_out_ptr, h_
 
 
 @triton.jit
+def scaled(v, scale_ptr, rb, mb, ROW_SCHEDULE: tl.constexpr, ACC: tl.constexpr):
+    """v [BLOCK_B, BLOCK_H] (rows rb) times its step's schedule factor (0 where cut, else scale): one factor
+    at scale_ptr, or with ROW_SCHEDULE one per row at scale_ptr[rb] (docs/CONTRACT.md "Per-row truncation"),
+    where a cut row gets exactly 0, not 0 · v (not even a NaN crosses a cut)."""
+    if ROW_SCHEDULE:
+        s = tl.load(scale_ptr + rb, mask=mb, other=0.0).to(ACC)[:, None]
+        return tl.where(s != 0.0, s * v, 0.0)
+    else:
+        return tl.load(scale_ptr).to(ACC) * v
+
+
+@triton.jit
 def lstm_bwd_step_kernel(dg_next_ptr, whh_ptr, rec_scale_ptr, dh_ptr, dc_ptr, gates_ptr, c_ptr, c_in_ptr,
                          dg_out_ptr, dc_out_ptr, scale_t_ptr, B, H, HAS_REC: tl.constexpr,
-                         ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                         BLOCK_K: tl.constexpr, DOT_PREC: tl.constexpr):
+                         ROW_SCHEDULE: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr,
+                         BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PREC: tl.constexpr):
     """One backward step t. The gradient reaching ĥ_t is dh [B, H] plus, if HAS_REC, the recurrent part
     rec_scale · (dgates_{t+1} @ W_hh) (fused here: the GEMM's K dimension is all 4H gates of step t+1).
     The schedule factors rec_scale (step t+1) and scale_t (step t; 0 where cut) are read from memory, so
-    they keep the tensors' precision (a Python float argument would be float32).
+    they keep the tensors' precision (a Python float argument would be float32); with ROW_SCHEDULE they
+    point at the step's [B] per-row factors (`scaled`).
     dc [B, H] is the gradient reaching c_t from step t+1, already scaled. Writes dgates_t [B, 4H]
     (pre-activation gradients) and the gradient into c_{t-1}, times scale_t (0 where cut)."""
     rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -85,7 +98,7 @@ def lstm_bwd_step_kernel(dg_next_ptr, whh_ptr, rec_scale_ptr, dh_ptr, dc_ptr, ga
     if HAS_REC:
         rec = dot_tile(dg_next_ptr, 4 * H, whh_ptr, H, 1, rb, rh, mb, mh, 4 * H,
                        tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC), BLOCK_K, DOT_PREC)
-        dh += tl.load(rec_scale_ptr).to(ACC) * rec
+        dh += scaled(rec, rec_scale_ptr, rb, mb, ROW_SCHEDULE, ACC)
     i = tl.load(gates_ptr + g_off, mask=m2, other=0.0).to(ACC)
     f = tl.load(gates_ptr + g_off + H, mask=m2, other=0.0).to(ACC)
     g = tl.load(gates_ptr + g_off + 2 * H, mask=m2, other=0.0).to(ACC)
@@ -98,14 +111,15 @@ def lstm_bwd_step_kernel(dg_next_ptr, whh_ptr, rec_scale_ptr, dh_ptr, dc_ptr, ga
     tl.store(dg_out_ptr + g_off + H, (dc * c_in * f * (1.0 - f)).to(out_ty), mask=m2)
     tl.store(dg_out_ptr + g_off + 2 * H, (dc * i * (1.0 - g * g)).to(out_ty), mask=m2)
     tl.store(dg_out_ptr + g_off + 3 * H, (dh * tc * o * (1.0 - o)).to(out_ty), mask=m2)
-    tl.store(dc_out_ptr + s_off, (tl.load(scale_t_ptr).to(ACC) * dc * f).to(out_ty), mask=m2)
+    tl.store(dc_out_ptr + s_off, (scaled(dc, scale_t_ptr, rb, mb, ROW_SCHEDULE, ACC) * f).to(out_ty), mask=m2)
 
 
 @triton.jit
-def recurrent_grad_kernel(dg_ptr, whh_ptr, out_ptr, scale_ptr, B, H,
+def recurrent_grad_kernel(dg_ptr, whh_ptr, out_ptr, scale_ptr, B, H, ROW_SCHEDULE: tl.constexpr,
                           ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                           BLOCK_K: tl.constexpr, DOT_PREC: tl.constexpr):
-    """out [B, H] = scale · (dgates [B, 4H] @ W_hh [4H, H]): the gradient into h_{t-1} along the recurrent
+    """out [B, H] = scale · (dgates [B, 4H] @ W_hh [4H, H]) (per row with ROW_SCHEDULE, `scaled`): the
+    gradient into h_{t-1} along the recurrent
     path. The SAB reverse sweep needs it as a whole row before the attention backward, so it cannot be
     fused into the pointwise kernel there (the plain LSTM sweep fuses it, see lstm_bwd_step_kernel)."""
     rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -113,5 +127,6 @@ def recurrent_grad_kernel(dg_ptr, whh_ptr, out_ptr, scale_ptr, B, H,
     mb, mh = rb < B, rh < H
     acc = dot_tile(dg_ptr, 4 * H, whh_ptr, H, 1, rb, rh, mb, mh, 4 * H,
                    tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC), BLOCK_K, DOT_PREC)
-    tl.store(out_ptr + rb[:, None] * H + rh[None, :], (tl.load(scale_ptr).to(ACC) * acc).to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + rb[:, None] * H + rh[None, :],
+             scaled(acc, scale_ptr, rb, mb, ROW_SCHEDULE, ACC).to(out_ptr.dtype.element_ty),
              mask=mb[:, None] & mh[None, :])

@@ -41,9 +41,11 @@ def variants(dt):
                    wr_ptr=i32, write_any="i32", B="i32", H="i32", A="i32")
     prec = "tf32" if dt == "fp32" else "ieee"
     yield lstm_step.lstm_fwd_step_kernel, lstm_fwd, dict(DOT_PREC=prec)
-    for has_rec in (True, False):
-        yield lstm_step.lstm_bwd_step_kernel, lstm_bwd, dict(HAS_REC=has_rec, DOT_PREC=prec)
-    yield lstm_step.recurrent_grad_kernel, rec, dict(DOT_PREC=prec)
+    for row_schedule in (False, True):
+        for has_rec in (True, False):
+            yield lstm_step.lstm_bwd_step_kernel, lstm_bwd, dict(HAS_REC=has_rec, ROW_SCHEDULE=row_schedule,
+                                                                 DOT_PREC=prec)
+        yield lstm_step.recurrent_grad_kernel, rec, dict(ROW_SCHEDULE=row_schedule, DOT_PREC=prec)
     for mlp in (True, False):
         yield sparse_attention.sab_scores_kernel, scores, dict(MLP=mlp, BLOCK_S=16, BLOCK_A=32, DOT_PREC=prec)
     for prov in (False, True):

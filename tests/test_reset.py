@@ -64,6 +64,9 @@ def _pieces_layer(args, sched, reset, *, memory, slot_offset, row_step0, step0, 
     S0 = 1 if memory is None else memory.shape[1]
     ys, hs, cs, idxs, ws, news = [], [], [], [], [], []
     for b in range(B):
+        # a [T, B] schedule: the row's own column (docs/CONTRACT.md "Per-row truncation")
+        row_cut, row_scale = ((sched["cut"][:, b], sched["scale"][:, b]) if sched["cut"].dim() == 2
+                              else (sched["cut"], sched["scale"]))
         starts = [t for t in range(T) if reset[t, b]]
         bounds = sorted({0, *starts, T})
         table, appended, parts = S0, [], []
@@ -79,7 +82,7 @@ def _pieces_layer(args, sched, reset, *, memory, slot_offset, row_step0, step0, 
                 off = int(slot_offset[b])
                 mem, base = (None, 0) if memory is None else (memory[b:b + 1, off:], off)
             piece = {**args, "x": args["x"][a:e, b:b + 1], "h0": h0, "c0": c0}
-            y, h, c, att, new = reference.sab_layer(**piece, cut=sched["cut"][a:e], scale=sched["scale"][a:e],
+            y, h, c, att, new = reference.sab_layer(**piece, cut=row_cut[a:e], scale=row_scale[a:e],
                                                     memory=mem, step0=counter, return_slots=True,
                                                     need_attention=True, **opts)
             parts.append((y, torch.where(att.indices >= 0, att.indices + base, att.indices), att.weights))
@@ -97,10 +100,12 @@ def _pieces_layer(args, sched, reset, *, memory, slot_offset, row_step0, step0, 
 
 
 LAYER_CASES = {
-    # name: (T, B, resets, streaming)
-    "mixed": (11, 4, [(0, 1), (4, 0), (5, 0), (9, 0), (3, 2), (10, 2)], False),
-    "none": (8, 3, [], False),
-    "stream": (9, 3, [(2, 0), (0, 2), (6, 2)], True),
+    # name: (T, B, resets, streaming, row_schedule: a [T, B] schedule, random per row)
+    "mixed": (11, 4, [(0, 1), (4, 0), (5, 0), (9, 0), (3, 2), (10, 2)], False, False),
+    "none": (8, 3, [], False, False),
+    "stream": (9, 3, [(2, 0), (0, 2), (6, 2)], True, False),
+    "mixed-row-schedule": (11, 4, [(0, 1), (4, 0), (5, 0), (9, 0), (3, 2), (10, 2)], False, True),
+    "stream-row-schedule": (9, 3, [(2, 0), (0, 2), (6, 2)], True, True),
 }
 
 
@@ -109,13 +114,16 @@ LAYER_CASES = {
 @pytest.mark.parametrize("provisional", [True, False])
 @pytest.mark.parametrize("case", list(LAYER_CASES))
 def test_layer_reset_equals_pieces(backend, scorer, provisional, case):
-    T, B, where, streaming = LAYER_CASES[case]
+    T, B, where, streaming, row_schedule = LAYER_CASES[case]
     I, H, k_att = 3, 4, 2
     torch.manual_seed(3)
     args = layer_args(T, B, I, H, A=5 if scorer == "mlp" else None, scorer=scorer)
-    sched = dict(cut=torch.zeros(T, dtype=torch.bool), scale=torch.ones(T, dtype=f64))
-    sched["cut"][5] = True            # a schedule cut of its own, and a scale, inside some pieces
-    sched["scale"][7] = 0.5
+    if row_schedule:                  # each row its own cuts and scales
+        sched = dict(cut=torch.rand(T, B) < 0.3, scale=0.5 + torch.rand(T, B, dtype=f64))
+    else:
+        sched = dict(cut=torch.zeros(T, dtype=torch.bool), scale=torch.ones(T, dtype=f64))
+        sched["cut"][5] = True        # a schedule cut of its own, and a scale, inside some pieces
+        sched["scale"][7] = 0.5
     reset = _mask(T, B, where)
     if streaming:                     # rows carry different slot counts and counters in
         S0 = 4
@@ -254,10 +262,13 @@ MODULE_RESETS = [(0, 1), (3, 0), (4, 0), (9, 0), (6, 2), (11, 3), (12, 1)]   # r
 @pytest.mark.parametrize("backend", RESET_BACKENDS)
 @pytest.mark.parametrize("scorer", ["mlp", "linear"])
 @pytest.mark.parametrize("slot_state", ["provisional", "final"])
-@pytest.mark.parametrize("num_layers,batch_first", [(1, False), (2, True)])
-def test_module_reset_equals_pieces(backend, scorer, slot_state, num_layers, batch_first):
+@pytest.mark.parametrize("num_layers,batch_first,k_trunc", [(1, False, None), (1, False, 3), (2, True, 3)])
+def test_module_reset_equals_pieces(backend, scorer, slot_state, num_layers, batch_first, k_trunc):
+    """With k_trunc, each piece run alone is cut on its own steps (u > 0, u % k_trunc == 0): the call with
+    resets cuts every row on the steps counted from its last reset."""
     T, B = 13, 5
-    sab = _model(backend, attention=scorer, slot_state=slot_state, num_layers=num_layers, batch_first=batch_first)
+    sab = _model(backend, attention=scorer, slot_state=slot_state, num_layers=num_layers, batch_first=batch_first,
+                 k_trunc=k_trunc)
     x = torch.randn(T, B, I, dtype=f64, requires_grad=True)
     hx = tuple((torch.randn(num_layers, B, H, dtype=f64) * 0.5).requires_grad_() for _ in range(2))
     reset = _mask(T, B, MODULE_RESETS)
@@ -291,10 +302,13 @@ def test_module_reset_equals_pieces(backend, scorer, slot_state, num_layers, bat
 @pytest.mark.parametrize("backend", RESET_BACKENDS)
 @pytest.mark.parametrize("scorer", ["mlp", "linear"])
 @pytest.mark.parametrize("slot_state", ["provisional", "final"])
-def test_streaming_chunks_across_resets_equal_one_shot(backend, scorer, slot_state):
+@pytest.mark.parametrize("k_trunc", [None, 3])
+def test_streaming_chunks_across_resets_equal_one_shot(backend, scorer, slot_state, k_trunc):
+    """k_trunc: a per-row state carries each row's step counter (row_steps), so the chunks cut every row where
+    the one-shot call does (and that, test_module_reset_equals_pieces, where its pieces run alone do)."""
     T, B = 13, 5
     chunks = [(0, 5), (5, 6), (6, 13)]     # resets at a chunk's start, inside chunks, at t = 0
-    sab = _model(backend, attention=scorer, slot_state=slot_state, num_layers=2)
+    sab = _model(backend, attention=scorer, slot_state=slot_state, num_layers=2, k_trunc=k_trunc)
     x = torch.randn(T, B, I, dtype=f64, requires_grad=True)
     reset = _mask(T, B, MODULE_RESETS + [(4, 2)])
     y, (h_n, c_n), att = sab(x, reset=reset, return_attention=True)
@@ -527,6 +541,52 @@ def test_cpu_random_resets_two_threads_several_chunks(scorer):
         if scorer == "linear" and (name.startswith("datt_wh") or name.startswith("datt_b")):
             continue
         _assert_close(got[name], want[name], dict(rtol=1e-11, atol=1e-13), name)
+
+
+def test_schedule_with_resets_is_one_shared_schedule():
+    """A schedule= passed with reset= replaces k_trunc and reaches the layers as it is: one [T] schedule on
+    the call's steps for every row alike (not re-counted from each row's reset)."""
+    T, B = 13, 5
+    reset = _mask(T, B, MODULE_RESETS)
+    sched = fastrnn.truncation.fixed(T, 4)
+    x = torch.randn(T, B, I, dtype=f64, generator=torch.Generator().manual_seed(7))
+    sab = _model("reference", k_trunc=3)
+    y, (h, c) = sab(x, reset=reset, schedule=sched)
+    params = [getattr(sab, f"{n}_l0") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "att_wh",
+                                                 "att_wm", "att_v")]
+    zeros = torch.zeros(B, H, dtype=f64)
+    ey, eh, ec, _ = reference.sab_layer(x, *params, zeros, zeros, sched.cut, sched.scale.double(), k_top=2,
+                                        k_att=2, scorer="mlp", provisional=True, reset=reset)
+    want = torch.autograd.grad(_weighted((ey, eh, ec)), params)
+    got = torch.autograd.grad(_weighted((y, h[0], c[0])), params)
+    names = ("dw_ih", "dw_hh", "db_ih", "db_hh", "datt_wh", "datt_wm", "datt_v")
+    for name, a, b in (("y", y, ey), ("h_n", h[0], eh), ("c_n", c[0], ec), *zip(names, got, want)):
+        _assert_close(a, b, dict(rtol=1e-12, atol=1e-14), name)
+
+
+@pytest.mark.parametrize("backend", backend_params(FAST_RESET_BACKENDS))
+@pytest.mark.parametrize("scorer", ["mlp", "linear"])
+def test_reset_k_trunc_float32_matches_reference(backend, scorer):
+    """float32, resets with k_trunc over two chunks (the second continues a per-row state): the backend's
+    module equals the reference's to TOL, outputs and every gradient."""
+    T, B, f32 = 13, 5, torch.float32
+    reset = _mask(T, B, MODULE_RESETS)
+    x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(6))
+    res = {}
+    for name in ("reference", backend):
+        sab = _model(name, attention=scorer, num_layers=2, k_trunc=3, dtype=f32)
+        xx = x.clone().requires_grad_()
+        y1, _, state = sab(xx[:6], reset=reset[:6], return_state=True)
+        y2, (h, c) = sab(xx[6:], state=state, reset=reset[6:])
+        named = {**{f"d{k}": p for k, p in sab.named_parameters()}, "x": xx}
+        res[name] = ((y1, y2, h, c), _grads(_weighted((y1, y2, h, c)), named))
+    (out, got), (eout, want) = res[backend], res["reference"]
+    for name, a, b in zip(("y1", "y2", "h_n", "c_n"), out, eout):
+        _assert_close(a, b, TOL[f32], name)
+    for name in want:
+        if scorer == "linear" and (name.startswith("datt_wh") or name.startswith("datt_b")):
+            continue
+        _assert_close(got[name], want[name], TOL[f32], name)
 
 
 # ---- triton: float32, bfloat16 ------------------------------------------------------------------------

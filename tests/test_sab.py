@@ -482,7 +482,7 @@ def test_triton_sab_layer_checks_state_and_schedule_shapes():
     with pytest.raises(ValueError, match=r"memory must be \[B, S0, H\] = \[2"):
         fn(**args, **sched, memory=memory[:1], step0=6, **kw)
     for n in (3, 8):
-        with pytest.raises(ValueError, match=rf"cut must have shape \[T\] = \[5\], got \[{n}\]"):
+        with pytest.raises(ValueError, match=rf"cut must have shape \[T\] = \[5\] \(or \[T, B\] = \[5, 2\].*got \[{n}\]"):
             fn(**args, cut=torch.zeros(n, dtype=torch.bool), scale=sched["scale"], **kw)
         with pytest.raises(ValueError, match=rf"scale must have shape \[T\] = \[5\], got \[{n}\]"):
             fn(**args, cut=sched["cut"], scale=torch.ones(n, dtype=torch.float64), **kw)

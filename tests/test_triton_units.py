@@ -50,37 +50,56 @@ def test_lstm_fwd_step_kernel(dtype):
     assert_close(gates, act, dtype, "activated gates")
 
 
+def schedule_factors(values, B, row_schedule, dtype):
+    """A step's schedule factors as the kernels read them: one for every row (0-dim), or per row ([B]; the
+    second row cut, factor 0, so that a cut row must come out exactly 0)."""
+    if not row_schedule:
+        return [torch.tensor(v, dtype=dtype) for v in values]
+    return [torch.tensor([v * (1 + b) if b != 1 else 0.0 for b in range(B)], dtype=dtype) for v in values]
+
+
+def times(factor, v):
+    return factor * v if factor.dim() == 0 else factor.unsqueeze(1) * v
+
+
 @pytest.mark.parametrize("dtype", [F64, F32])
 @pytest.mark.parametrize("has_rec", [True, False])
-def test_lstm_bwd_step_kernel(dtype, has_rec):
+@pytest.mark.parametrize("row_schedule", [False, True])
+def test_lstm_bwd_step_kernel(dtype, has_rec, row_schedule):
     B, H = 3, 20
     x = rnd(B, 4 * H, dtype=dtype).requires_grad_()
     c_in = rnd(B, H, dtype=dtype).requires_grad_()
     h, w = rnd(B, H, dtype=dtype), rnd(4 * H, H, dtype=dtype)
     dh, dc, dg_next = rnd(B, H, dtype=dtype), rnd(B, H, dtype=dtype), rnd(B, 4 * H, dtype=dtype)
-    rec_scale, scale_t = 0.7, 1.5
+    rec_scale, scale_t = schedule_factors([0.7, 1.5], B, row_schedule, dtype)   # read from memory by the kernel
     c_ref, h_ref = R.lstm_cell(x, h, c_in, torch.eye(4 * H, dtype=dtype), w, None, None)
-    dh_total = dh + rec_scale * dg_next @ w if has_rec else dh
+    dh_total = dh + times(rec_scale, dg_next @ w) if has_rec else dh
     dx_ref, dc_in_ref = torch.autograd.grad((h_ref * dh_total).sum() + (c_ref * dc).sum(), [x, c_in])
     pre = x.detach() + h @ w.t()
     gates = torch.cat([pre[:, :2 * H].sigmoid(), pre[:, 2 * H:3 * H].tanh(), pre[:, 3 * H:].sigmoid()], 1)
     dg_out, dc_out = nan(B, 4 * H, dtype=dtype), nan(B, H, dtype=dtype)
-    factors = torch.tensor([rec_scale, scale_t], dtype=dtype)     # read from memory by the kernel
-    K.lstm_step.lstm_bwd_step_kernel[(1, 2)](dg_next, w, factors[0], dh, dc, gates, c_ref.detach(),
-                                             c_in.detach(), dg_out, dc_out, factors[1], B, H, HAS_REC=has_rec,
-                                             ACC=K.acc_dtype(dtype), **SMALL)
+    K.lstm_step.lstm_bwd_step_kernel[(1, 2)](dg_next, w, rec_scale, dh, dc, gates, c_ref.detach(),
+                                             c_in.detach(), dg_out, dc_out, scale_t, B, H, HAS_REC=has_rec,
+                                             ROW_SCHEDULE=row_schedule, ACC=K.acc_dtype(dtype), **SMALL)
     assert_close(dg_out, dx_ref, dtype, "dgates")
-    assert_close(dc_out, scale_t * dc_in_ref, dtype, "dc_{t-1}")
+    assert_close(dc_out, times(scale_t, dc_in_ref), dtype, "dc_{t-1}")
 
 
 @pytest.mark.parametrize("dtype", [F64, F32])
-def test_recurrent_grad_kernel(dtype):
+@pytest.mark.parametrize("row_schedule", [False, True])
+def test_recurrent_grad_kernel(dtype, row_schedule):
     B, H = 3, 20
     dg, w = rnd(B, 4 * H, dtype=dtype), rnd(4 * H, H, dtype=dtype)
+    if row_schedule:
+        dg[1] = float("nan")         # a cut row (factor 0) is exactly 0: not even a NaN crosses a cut
     out = nan(B, H, dtype=dtype)
-    K.lstm_step.recurrent_grad_kernel[(1, 2)](dg, w, out, torch.tensor(0.3, dtype=dtype), B, H,
+    (scale,) = schedule_factors([0.3], B, row_schedule, dtype)
+    K.lstm_step.recurrent_grad_kernel[(1, 2)](dg, w, out, scale, B, H, ROW_SCHEDULE=row_schedule,
                                               ACC=K.acc_dtype(dtype), **SMALL)
-    assert_close(out, 0.3 * dg @ w, dtype, "recurrent gradient")
+    want = times(scale, dg @ w)
+    if row_schedule:
+        want[1] = 0
+    assert_close(out, want, dtype, "recurrent gradient")
 
 
 # ---------------------------------------------------------------- sparse attention kernels

@@ -97,11 +97,22 @@ inline void lstm_step_forward(const LstmLayer<T>& L, int64_t t, int64_t b0, int6
 
 // The truncation schedule (docs/CONTRACT.md): the gradient from step t into step t-1 along the recurrent
 // path (h and c; t = 0: into h0, c0) is zero where cut[t], otherwise multiplied by scale[t]. Memory slots
-// are never cut or scaled. Read by lstm_step_backward only.
+// are never cut or scaled. Read by lstm_step_backward only. Per row (the SAB op, docs/CONTRACT.md
+// "Per-row truncation"): cut, scale [T, B], row b's schedule in column b.
 template <typename T>
 struct Schedule {
-  const bool* cut;  // [T]
-  const T* scale;   // [T]
+  const bool* cut;  // [T], or [T, B] when B > 0
+  const T* scale;
+  int64_t B;  // 0: one schedule for every row
+
+  int64_t at(int64_t t, int64_t b) const { return B ? t * B + b : t; }
+  // Whether rows [b0, b0 + nb) share step t's (cut, scale), so that the step runs as one block.
+  bool uniform(int64_t t, int64_t b0, int64_t nb) const {
+    if (!B) return true;
+    for (int64_t b = b0 + 1; b < b0 + nb; ++b)
+      if (cut[at(t, b)] != cut[at(t, b0)] || scale[at(t, b)] != scale[at(t, b0)]) return false;
+    return true;
+  }
 };
 
 // What the reverse sweep reads and carries, for all B rows (a block works on its own rows).
@@ -122,7 +133,7 @@ inline LstmSweep<T> lstm_sweep(const at::Tensor& dy, const at::Tensor& dh_n, con
                                const int64_t* len, const at::Tensor& cut, const at::Tensor& scale, at::Tensor& dh,
                                at::Tensor& dc, at::Tensor& dh0) {
   return {dy.const_data_ptr<T>(), dh_n.const_data_ptr<T>(), dc_n.const_data_ptr<T>(), len,
-          {cut.const_data_ptr<bool>(), scale.const_data_ptr<T>()},
+          {cut.const_data_ptr<bool>(), scale.const_data_ptr<T>(), cut.dim() == 2 ? cut.size(1) : 0},
           dh.data_ptr<T>(), dc.data_ptr<T>(), dh0.data_ptr<T>()};
 }
 
@@ -146,6 +157,31 @@ inline void start_reverse_sweep(const LstmLayer<T>& L, const LstmSweep<T>& S, in
   }
 }
 
+// The recurrent gradient of lstm_step_backward for rows [b0, b0 + nb) whose per-row schedules differ at
+// step t (cut, scale [T, B]): one unscaled GEMM over the block into dh (the cell backward has consumed it),
+// then each row takes its own share, dL/dh_{t-1} = dy_{t-1} + scale_b · (dG_b @ W_hh), or dy_{t-1} alone
+// where cut (the product is dropped, not multiplied by 0: not even a NaN crosses a cut); at t = 0 into dh0.
+template <typename T>
+inline void rows_into_previous_step(const LstmLayer<T>& L, const LstmSweep<T>& S, int64_t t, int64_t b0,
+                                    int64_t nb, const T* dG) {
+  const int64_t H = L.H, G = 4 * H;
+  const Schedule<T>& sc = S.schedule;
+  T* dh = S.dh + b0 * H;
+  gemm<T>(false, false, nb, H, G, T(1), dG, G, L.w_hh, H, T(0), dh, H);
+  const T* dy = t > 0 ? S.dy + L.row(t - 1, b0, H) : nullptr;
+  T* target = t == 0 ? S.dh0 + b0 * H : dh;
+  for (int64_t b = 0; b < nb; ++b) {
+    const bool cut = sc.cut[sc.at(t, b0 + b)];
+    const T scale = sc.scale[sc.at(t, b0 + b)];
+    T* out = target + b * H;
+    const T* rec = dh + b * H;
+    for (int64_t h = 0; h < H; ++h) {
+      const T carried = dy ? dy[b * H + h] : T(0);
+      out[h] = cut ? carried : carried + scale * rec[h];
+    }
+  }
+}
+
 // Step t of rows [b0, b0 + nb) of the reverse sweep. On entry S.dh holds dL/dh_t over every path (the
 // output, step t+1's recurrent gradient, and for SAB the slot and attention paths, added by the caller) and
 // S.dc dL/dc_t from step t+1. Writes the gate pre-activation gradients dG ([nb, 4H], row-major) and leaves
@@ -155,12 +191,13 @@ inline void start_reverse_sweep(const LstmLayer<T>& L, const LstmSweep<T>& S, in
 // The schedule acts here, and only here, where the reference's `recurrent_input` acts: on what flows from
 // step t into step t-1 along h and c. Where cut[t] nothing crosses (the GEMM is skipped and the carried dc
 // is set to exactly 0, so not even a NaN crosses a cut); otherwise both are multiplied by scale[t].
+//
+// A per-row schedule whose rows differ at step t splits the recurrent gradient by row (rows_into_previous_step).
 template <typename T>
 inline void lstm_step_backward(const LstmLayer<T>& L, const LstmSweep<T>& S, int64_t t, int64_t b0, int64_t nb,
                                T* dG) {
   const int64_t H = L.H, G = 4 * H;
-  const bool cut = S.schedule.cut[t];
-  const T scale = S.schedule.scale[t];
+  const Schedule<T>& sc = S.schedule;
   T* dh = S.dh + b0 * H;
   T* dc = S.dc + b0 * H;
   if (S.len) {  // dc_n of the rows whose last step is t (c_n of such a row is c_t)
@@ -172,7 +209,14 @@ inline void lstm_step_backward(const LstmLayer<T>& L, const LstmSweep<T>& S, int
   const T* cp = L.c_prev(t, b0);
   const T* c = L.c + L.row(t, b0, H);
   for (int64_t b = 0; b < nb; ++b)
-    lstm_row_backward<T>(dh + b * H, dc + b * H, g + b * G, cp + b * H, c + b * H, dG + b * G, H, cut, scale);
+    lstm_row_backward<T>(dh + b * H, dc + b * H, g + b * G, cp + b * H, c + b * H, dG + b * G, H,
+                         sc.cut[sc.at(t, b0 + b)], sc.scale[sc.at(t, b0 + b)]);
+  if (!sc.uniform(t, b0, nb)) {
+    rows_into_previous_step(L, S, t, b0, nb, dG);
+    return;
+  }
+  const bool cut = sc.cut[sc.at(t, b0)];
+  const T scale = sc.scale[sc.at(t, b0)];
   // dh for step t-1: its own output gradient plus the recurrent path, unless cut; at t = 0 the recurrent
   // path alone, into dh0 (beta = 0: written, never read).
   T* target = t == 0 ? S.dh0 + b0 * H : dh;

@@ -10,7 +10,8 @@
 //   linear: dM_j += da_j att_wm, d att_wm += da_j m_j; the query term gets Σ da_j (zero up to rounding)
 //   dĥ_t = dh + att_wh^T dq_t (one GEMM over the batch) [+ dM_j, provisional slots]
 //   lstm_step_backward (lstm_step.h, as in the LSTM op): cell backward -> dgates_t, and the recurrent
-//   gradient into step t-1 = scale[t] * dgates_t @ w_hh (one GEMM; nothing where cut[t]).
+//   gradient into step t-1 = scale[t] * dgates_t @ w_hh (one GEMM; nothing where cut[t]; a [T, B] schedule
+//   per row, lstm_step.h rows_into_previous_step).
 // dM [B, S, H] (d_slots) and dP [B, S, A] (d_slot_keys, mlp) collect each slot's gradient until the sweep
 // reaches the step that wrote it; dP_j joins dM_j through att_wm (one GEMM) right before that. Rows are
 // independent until the weight gradients, so each thread sweeps one block of rows (see sweep).
@@ -34,11 +35,11 @@
 #include <torch/library.h>
 
 #include "backward_chunks.h"
-#include "checks.h"
 #include "fastrnn/sparse_attention.h"
 #include "huge_pages.h"
 #include "lengths.h"
 #include "lstm_step.h"
+#include "sab_call.h"
 #include "sab_rows.h"
 
 namespace fastrnn {
@@ -225,15 +226,11 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
                                 int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional,
                                 bool has_bias) {
   ArgChecker ck("fastrnn::sab_backward", at::kCPU);
-  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
-  const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
-  ck.lengths(lengths, d);
-  const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
-  const bool per_row = ck.rows(reset, slot_offset, row_step0, memory, lengths, d, grid.S0);
-  const std::optional<RowSlots> rows = row_slots(per_row, reset, slot_offset, row_step0, step0, d.T, d.B, grid.S0, k_att);
+  const SabCall call = check_sab_call(ck, x, w_ih, w_hh, h0, c0, cut, scale, att_wh, att_wm, att_vb, lengths, memory,
+                                      step0, reset, slot_offset, row_step0, k_top, k_att, scorer);
+  const auto& [d, sd, grid, rows, S] = call;
   const at::Tensor& carried = memory.has_value() ? *memory : h0;
   const int64_t steps = d.T, B = d.B, I = d.I, H = d.H, A = sd.A, S0 = grid.S0, G = 4 * H;
-  const int64_t S = rows ? rows->S0 + rows->S1 : grid.n_mem(steps);
   const bool mlp = sd.mlp;
   if (grad_new_slots.has_value()) {
     TORCH_CHECK(!lengths.has_value(), ck.op(),

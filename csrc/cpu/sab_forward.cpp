@@ -24,11 +24,11 @@
 #include <algorithm>
 #include <vector>
 
-#include "checks.h"
 #include "fastrnn/sparse_attention.h"
 #include "huge_pages.h"
 #include "lengths.h"
 #include "lstm_step.h"
+#include "sab_call.h"
 #include "sab_rows.h"
 
 namespace fastrnn {
@@ -200,16 +200,13 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
                               const std::optional<at::Tensor>& row_step0, int64_t k_top, int64_t k_att,
                               c10::string_view scorer, bool provisional) {
   ArgChecker ck("fastrnn::sab_forward", at::kCPU);
-  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
+  const SabCall call = check_sab_call(ck, x, w_ih, w_hh, h0, c0, cut, scale, att_wh, att_wm, att_vb, lengths, memory,
+                                      step0, reset, slot_offset, row_step0, k_top, k_att, scorer);
+  const auto& [d, sd, grid, rows, S] = call;
   ck.biases(b_ih, b_hh, d);
-  const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
-  ck.lengths(lengths, d);
-  const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
-  const bool per_row = ck.rows(reset, slot_offset, row_step0, memory, lengths, d, grid.S0);
-  const std::optional<RowSlots> rows = row_slots(per_row, reset, slot_offset, row_step0, step0, d.T, d.B, grid.S0, k_att);
   const at::Tensor& carried = memory.has_value() ? *memory : h0;
   const int64_t* len = lengths_data(lengths);
-  const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A, S = rows ? rows->S0 + rows->S1 : grid.n_mem(steps);
+  const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A;
   const bool mlp = sd.mlp;
   const auto opt = x.options();
   const auto lopt = opt.dtype(at::kLong);

@@ -25,6 +25,8 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
               lengths=None, memory=None, step0: int = 0, return_slots: bool = False, reset=None,
               slot_offset=None, row_step0=None):
     """One SAB-LSTM layer (SPEC sections 1-2); returns (y, h_n, c_n, attention or None[, new_slots]).
+    cut (bool) and scale: the truncation schedule, [T] or per row [T, B] (docs/CONTRACT.md "Per-row
+    truncation"); a wrong shape or dtype is a RuntimeError of the op naming it.
     att_vb is the scorer's last parameter: att_v [A] (scorer "mlp") or att_b [1] ("linear").
     lengths (None, or int64 [B] on x's device, each in [0, T]): each row stops at its own length
     (docs/CONTRACT.md, "Variable length"); the attention record is -1 / 0 past it.

@@ -50,6 +50,23 @@ def check_stream(memory, step0, lengths, return_slots, h0) -> int:
     return step0
 
 
+def check_schedule(cut, scale, T, B, *, per_row: bool) -> None:
+    """A layer's truncation schedule (docs/SPEC.md section 3): `cut` bool and `scale` floating, both [T], or
+    with `per_row` (the SAB layers) both [T, B], one schedule per batch row. TypeError for a dtype,
+    ValueError for a shape, each naming the argument."""
+    if not isinstance(cut, torch.Tensor) or cut.dtype != torch.bool:
+        raise TypeError(f"cut must be a torch.bool tensor, got {getattr(cut, 'dtype', type(cut).__name__)}")
+    if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
+        raise TypeError(f"scale must be a floating tensor, got {getattr(scale, 'dtype', type(scale).__name__)}")
+    if not (tuple(cut.shape) == (T,) or (per_row and tuple(cut.shape) == (T, B))):
+        rows = f" (or [T, B] = {[T, B]}, one schedule per row)" if per_row else ""
+        raise ValueError(f"cut must have shape [T] = {[T]}{rows}, got {list(cut.shape)}")
+    if scale.shape != cut.shape:
+        dims = "[T]" if cut.dim() == 1 else "[T, B]"
+        raise ValueError(f"scale must have shape {dims} = {list(cut.shape)}, got {list(scale.shape)} (the shape "
+                         f"of cut)")
+
+
 # ---- per-row resets (docs/SPEC.md section 9, docs/CONTRACT.md "Per-row resets") ----------------------------
 
 # slot_steps of a padding entry of a per-row slot table (a real slot's step is >= -1).

@@ -16,7 +16,7 @@ import torch
 
 from . import glue
 from .attention import SABAttention, slot_steps
-from .streaming import carried_row_steps, check_rows, check_stream, per_row, reset_plan
+from .streaming import carried_row_steps, check_rows, check_schedule, check_stream, per_row, reset_plan
 
 _KERNELS = None
 
@@ -126,16 +126,16 @@ class _Cfg:
         return dict(ACC=self.acc, BLOCK_B=self.bb, BLOCK_H=self.bh, BLOCK_K=self.bk, DOT_PREC=self.prec)
 
 
-def _check_tensors(named: dict, cut, scale, lengths=None) -> None:
+def _check_tensors(named: dict, cut, scale, lengths=None, *, row_schedule: bool = False) -> None:
     """Every tensor on x's device with x's dtype (the schedule and lengths on x's device), and a device the
-    kernels can run on; h0, c0 [B, H] and the schedule [T], whose shapes the kernels trust (the module checks
-    the others); errors name the argument."""
+    kernels can run on; h0, c0 [B, H] and the schedule [T] (row_schedule: or [T, B]), whose shapes the kernels
+    trust (the module checks the others); errors name the argument."""
     x = named["x"]
     T, B, H = x.shape[0], x.shape[1], named["w_hh"].shape[-1]
-    for name, t, shape, dims in (("h0", named["h0"], (B, H), "[B, H]"), ("c0", named["c0"], (B, H), "[B, H]"),
-                                 ("cut", cut, (T,), "[T]"), ("scale", scale, (T,), "[T]")):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {dims} = {list(shape)}, got {list(t.shape)}")
+    for name, t in (("h0", named["h0"]), ("c0", named["c0"])):
+        if tuple(t.shape) != (B, H):
+            raise ValueError(f"{name} must have shape [B, H] = {[B, H]}, got {list(t.shape)}")
+    check_schedule(cut, scale, T, B, per_row=row_schedule)
     for name, t in (("cut", cut), ("scale", scale), ("lengths", lengths)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
@@ -180,9 +180,19 @@ def _input_projection(x, w_ih, b_ih, b_hh):
 def _schedule(cut, scale, dtype):
     """The recurrent factor of each step t (0 where cut, else scale[t]) as a [T] tensor in `dtype` on the
     device, which the kernels read, and as a host list of "any gradient flows", which chooses the kernel
-    variants (one sync per call)."""
+    variants (one sync per call). A per-row schedule ([T, B]) gives [T, B] factors, and a step flows when
+    any row's does."""
     factor = torch.where(cut, torch.zeros((), dtype=scale.dtype, device=scale.device), scale).to(dtype)
-    return factor, [v != 0.0 for v in factor.tolist()]
+    return factor, (factor != 0).reshape(factor.shape[0], -1).any(1).tolist()
+
+
+def _scaled(factor, v):
+    """v [B, H] times one step's schedule factor: one for every row (a 0-dim f[t]), or per row ([B]), where
+    a cut row's (factor 0) is exactly 0, not 0 · v, as the kernels' (kernels/lstm_step.py, `scaled`)."""
+    if factor.dim() == 0:
+        return factor * v
+    factor = factor.unsqueeze(1)
+    return torch.where(factor != 0, factor * v, torch.zeros((), dtype=v.dtype, device=v.device))
 
 
 def _lstm_forward(x, w_hh, xg, h0, c0, gates, cs, out, cfg):
@@ -249,9 +259,9 @@ class _LSTMLayer(torch.autograd.Function):
             k.lstm_bwd_step_kernel[cfg.grid_bh](
                 dgates[t + 1] if has_rec else dgates[t], w_hh, f[t + 1] if has_rec else f[t], dy[t], dc,
                 gates[t], cs[t], cs[t - 1] if t > 0 else c0, dgates[t], dc_next, f[t], B, H,
-                HAS_REC=has_rec, **cfg.common())
+                HAS_REC=has_rec, ROW_SCHEDULE=False, **cfg.common())
             dc, dc_next = dc_next, dc
-        dh0 = f[0] * (dgates[0] @ w_hh.to(g))
+        dh0 = _scaled(f[0], dgates[0] @ w_hh.to(g))
         final.finish(dh0, dc)
         h_in = torch.cat([h0.unsqueeze(0), y[:-1]])
         dx, dw_ih, dw_hh, db = _weight_grads(ctx, dgates, x, w_ih, h_in)
@@ -439,11 +449,13 @@ class _SABLayer(torch.autograd.Function):
         dq = torch.empty_like(q, dtype=g)
         rec, gh = torch.empty_like(h0, dtype=g), torch.empty_like(h0, dtype=g)
         f, flows = _schedule(*ctx.schedule, g)
+        row_schedule = f.dim() == 2   # one schedule per row: the kernels read row b's factor f[t, b]
         lk, bk = kern.lstm_step, kern.sparse_attention_bwd
         for t in range(T - 1, -1, -1):
             has_rec = t + 1 < T and flows[t + 1]
             if has_rec:
-                lk.recurrent_grad_kernel[cfg.grid_bh](dgates[t + 1], w_hh, rec, f[t + 1], B, H, **cfg.common())
+                lk.recurrent_grad_kernel[cfg.grid_bh](dgates[t + 1], w_hh, rec, f[t + 1], B, H,
+                                                      ROW_SCHEDULE=row_schedule, **cfg.common())
                 if slots.reset_any[t + 1]:   # step t+1 of those rows read zeros, not h_t
                     rec.masked_fill_(slots.reset_rows(t + 1), 0)
             bk.sab_attention_bwd_kernel[cfg.grid_b](
@@ -457,13 +469,13 @@ class _SABLayer(torch.autograd.Function):
                 c_in = c_in.masked_fill(slots.reset_rows(t), 0)
             lk.lstm_bwd_step_kernel[cfg.grid_bh](
                 dgates[t], w_hh, f[t], gh, dc, gates[t], cs[t], c_in, dgates[t], dc_next,
-                f[t], B, H, HAS_REC=False, **cfg.common())
+                f[t], B, H, HAS_REC=False, ROW_SCHEDULE=row_schedule, **cfg.common())
             if slots.reset_any[t]:   # ... and pass no gradient into it
                 dc_next.masked_fill_(slots.reset_rows(t), 0)
             dc, dc_next = dc_next, dc
         # the carried slots' whole gradient (direct uses and uses as keys), complete after the sweep
         carried = gm[:S0] + dkey[:S0] @ wm.to(g)
-        dh0 = f[0] * (dgates[0] @ w_hh.to(g))
+        dh0 = _scaled(f[0], dgates[0] @ w_hh.to(g))
         if memory is None:   # h0 is slot 0 as well as the recurrent input of step 0
             dh0 += carried[0]
             dmemory = None
@@ -515,11 +527,12 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     Per-row resets (docs/SPEC.md section 9, docs/CONTRACT.md "Per-row resets"): `reset` [T, B] bool,
     `slot_offset` / `row_step0` [B] int64; the kernels then read each row's window and written slot from the
     tables of _Slots, and a reset row's h, c read as zeros; new_slots holds each row's appended slots
-    (zero-padded on the right) and the record's indices index each row's table."""
+    (zero-padded on the right) and the record's indices index each row's table.
+    `cut` / `scale`: [T], or [T, B] (row b truncated by column b, SPEC section 3 per row)."""
     _check_sab(k_top, k_att, scorer)
     named = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, att_wh=att_wh, att_wm=att_wm, att_vb=att_vb,
                  h0=h0, c0=c0)
-    _check_tensors(named, cut, scale, lengths)
+    _check_tensors(named, cut, scale, lengths, row_schedule=True)
     step0 = check_stream(memory, step0, lengths, return_slots, h0)
     rows = per_row(reset, slot_offset, row_step0)
     if rows:
