@@ -90,6 +90,21 @@ class GemmFloor:
         torch.set_num_threads(self.threads)
 
 
+def peak_gflops(rounds: int) -> float:
+    """One thread's float32 GEMM rate at a large square-ish shape ([2048, 512] x [512, 512]): the ceiling of
+    any float32 GEMM here, beside which the per-step floors are read."""
+    torch.set_num_threads(1)
+    a, w, out = torch.randn(2048, 512), torch.randn(512, 512), torch.empty(2048, 512)
+    torch.mm(a, w, out=out)
+    best = float("inf")
+    for _ in range(max(rounds, 3)):
+        start = time.perf_counter()
+        for _ in range(10):
+            torch.mm(a, w, out=out)
+        best = min(best, (time.perf_counter() - start) / 10)
+    return 2 * 2048 * 512 * 512 / best / 1e9
+
+
 def fwd_bwd(module, T, B, I, H):
     x = torch.randn(T, B, I, requires_grad=True)
     target = torch.randn(T, B, H)
@@ -165,6 +180,8 @@ def main():
     torch.set_flush_denormal(True)  # as the runner does
     print(f"CPU: {cpu_model()}  capability: {torch.backends.cpu.get_cpu_capability()}  "
           f"torch {torch.__version__}  cores visible: {len(__import__('os').sched_getaffinity(0))}")
+    peak = peak_gflops(args.rounds)
+    print(f"float32 GEMM peak, one thread: {peak:.0f} GFLOP/s ([2048, 512] x [512, 512])")
     print(f"best of {args.rounds} interleaved rounds; ms per call (training: per iteration); "
           "ratio = time / its GEMM floor (SAB-mlp: / the mlp floor)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +199,8 @@ def main():
             floor, floor_mlp = best["GEMM floor"], best.get("GEMM floor mlp")
             gf = impls["GEMM floor"].flop / floor / 1e9
             print(f"\n{title}, {threads} thread(s); GEMM floor {1e3 * floor:.2f} ms "
-                  f"({impls['GEMM floor'].flop / 1e9:.2f} GFLOP on one thread-block, {gf:.0f} GFLOP/s)")
+                  f"({impls['GEMM floor'].flop / 1e9:.2f} GFLOP on one thread-block, {gf:.0f} GFLOP/s = "
+                  f"{gf / peak:.0%} of the peak; the floor is {floor / best['nn.LSTM']:.2f}x nn.LSTM)")
             for name, v in best.items():
                 if name.startswith("GEMM"):
                     continue
