@@ -409,9 +409,10 @@ def test_cycleworld_suite_restricts_worlds_windows_methods_and_sets_fpp_paramete
         assert r["lr"] == 0.01 and r["steps"] == 12
         if r["method"] == "fpp":  # the run's FPP object got them (state_lr is read back from it)
             assert (r["state_lr"], r["lam"], r["buffer_size"], r["M"]) == (0.5, 0.25, 7, 3)
-    # defaults: the world's learning rate, and the state step equal to it
+    # defaults: the world's learning rate, and the suite's state step (not the FPP class's: the lr)
     r = methods.world_run("cycle10", "fpp", 3, 8)
-    assert r["lr"] == methods.WORLDS["cycle10"][2] == r["state_lr"] and r["lam"] == 1.0
+    assert r["lr"] == methods.WORLDS["cycle10"][2] and r["state_lr"] == methods.STATE_LR == 1.0
+    assert r["lam"] == 1.0 and r["M"] == 4 and r["buffer_size"] == 1000
 
 
 def test_cycleworld_report_merges_runs_into_mean_and_min_max_over_seeds(tmp_path):

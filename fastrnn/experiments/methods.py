@@ -149,6 +149,12 @@ WORLDS = {
     "stochastic": (32, 16, 0.003, (5, 10, 15)),
 }
 METHODS = ("fpp", "buffer", "tbptt")
+# The suite's step size of FPP's state variables (plain gradient descent on eq. (3.7); the thesis does not
+# give it). With λ = 1 an update moves s_i onto ŝ_i (s_i - 1 · λ (s_i - ŝ_i) = ŝ_i). The FPP class's
+# default, the optimiser's learning rate (0.03 here), left the states nearly where they were computed (each
+# is updated about 2M times in its 1,000 steps in the buffer) and FPP failed on 6-CycleWorld at T = 2: see
+# docs/reproductions/methods.md.
+STATE_LR = 1.0
 
 
 def _stream(world: str, rows: int, generator):
@@ -163,10 +169,11 @@ def world_run(world: str, method: str, T: int, steps: int, *, seed: int = 0, M: 
     """One online run: FPP (M windows, learned states), its buffer-only ablation or online T-BPTT.
 
     ``lr``: RMSprop's learning rate (default: the world's, `WORLDS`); ``state_lr``: the step size of the
-    state variables s_{i-T}, s_i (default: ``lr``); ``lam``: λ of eq. (3.6)."""
+    state variables s_{i-T}, s_i (default: `STATE_LR`); ``lam``: λ of eq. (3.6)."""
     torch.set_num_threads(1)
     hidden, rows, world_lr, _ = WORLDS[world]
     lr = world_lr if lr is None else lr
+    state_lr = STATE_LR if state_lr is None else state_lr
     torch.manual_seed(seed)
     core = fastrnn.LSTM(1, hidden)
     head = torch.nn.Linear(hidden, 2)
@@ -478,7 +485,8 @@ def build_parser():
                         help="cycleworld: RMSprop learning rate of every run (default: the world's, 0.03 on "
                              "CycleWorld, 0.003 on StochasticWorld)")
     parser.add_argument("--state-lr", type=float, default=None,
-                        help="cycleworld: step size of FPP's state variables (default: the learning rate)")
+                        help=f"cycleworld: step size of FPP's state variables (default: {STATE_LR:g}: with "
+                             "λ = 1 an update moves s_i onto ŝ_i)")
     parser.add_argument("--lam", type=float, default=1.0, help="cycleworld: FPP's λ of eq. (3.6)")
     parser.add_argument("--buffer", type=int, default=1000, help="cycleworld: FPP's buffer size (transitions)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
