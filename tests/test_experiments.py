@@ -396,6 +396,47 @@ def test_influence_suite_runs_the_seeds_from_seed_on(tmp_path):
     assert names == ["tbptt-L=10", "tbptt-L=100", "tbptt-L=200", "artbp-L0=16-alpha=6-s3", "artbp-L0=16-alpha=6-s4"]
 
 
+def test_cycleworld_suite_restricts_worlds_windows_methods_and_sets_fpp_parameters(tmp_path):
+    from fastrnn.experiments import methods
+
+    assert cli(["suite", "cycleworld", "--worlds", "cycle6", "--T", "2", "--methods", "fpp", "tbptt",
+                "--steps", "12", "--seed", "1", "--seeds", "2", "--lr", "0.01", "--state-lr", "0.5",
+                "--lam", "0.25", "--buffer", "7", "--M", "3", "--out", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "suite_cycleworld.json").read_text())
+    assert sorted(r["name"] for r in runs) == ["cycle6-fpp-T2-s1", "cycle6-fpp-T2-s2",
+                                               "cycle6-tbptt-T2-s1", "cycle6-tbptt-T2-s2"]
+    for r in runs:
+        assert r["lr"] == 0.01 and r["steps"] == 12
+        if r["method"] == "fpp":  # the run's FPP object got them (state_lr is read back from it)
+            assert (r["state_lr"], r["lam"], r["buffer_size"], r["M"]) == (0.5, 0.25, 7, 3)
+    # defaults: the world's learning rate, and the suite's state step (not the FPP class's: the lr)
+    r = methods.world_run("cycle10", "fpp", 3, 8)
+    assert r["lr"] == methods.WORLDS["cycle10"][2] and r["state_lr"] == methods.STATE_LR == 1.0
+    assert r["lam"] == 1.0 and r["M"] == 4 and r["buffer_size"] == 1000
+
+
+def test_cycleworld_report_merges_runs_into_mean_and_min_max_over_seeds(tmp_path):
+    from fastrnn.experiments import methods
+
+    curve = {"t": [1, 2], "acc": [0.5, 0.5], "ce": [0.7, 0.7]}
+    accs = {0: 0.81, 1: 0.97, 2: 0.93}
+    runs = [{"world": "cycle6", "method": m, "T": 2, "seed": s, "steps": 40, "acc": a if m == "fpp" else 0.5,
+             "ce": 0.0, "wall_s": 1.0, "curve": curve, "lr": 0.03, "state_lr": 0.03, "lam": 1.0, "M": 4,
+             "buffer_size": 1000} for s, a in accs.items() for m in ("fpp", "tbptt")]
+    (tmp_path / "a.json").write_text(json.dumps(runs[:4]))  # seeds 0, 1 from one suite, seed 2 from another
+    (tmp_path / "b.json").write_text(json.dumps(runs[4:]))
+    assert cli(["suite", "cycleworld", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                "--out", str(tmp_path / "m")]) == 0
+    text = (tmp_path / "m" / "suite_cycleworld.md").read_text()
+    mean = sum(accs.values()) / 3
+    row = next(line for line in text.splitlines() if line.startswith("| 2 |"))
+    assert row == f"| 2 | {mean:.3f} ({min(accs.values()):.3f}-{max(accs.values()):.3f}, n=3) | 0.500 (0.500-0.500, n=3) |"
+    assert "buffer" not in text.split("| T |")[1].splitlines()[0]  # no column for a method that did not run
+    assert "state step = the learning rate" in text and "seeds 0, 1, 2" in text
+    assert (tmp_path / "m" / "curves_cycleworld.png").stat().st_size > 0
+    assert len(json.loads((tmp_path / "m" / "suite_cycleworld.json").read_text())) == 6
+
+
 def test_every_parser_refuses_abbreviations():
     from fastrnn import data
     from fastrnn.experiments import methods, suites

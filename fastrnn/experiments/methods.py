@@ -3,7 +3,9 @@
 
     python -m fastrnn.experiments suite influence  [--steps 100000] [--seeds 5] [--seed 0] [--out results]
     python -m fastrnn.experiments suite cycleworld [--steps 4000] [--seeds 1] [--seed 0] [--M 4] [--workers 1]
-                                                   [--out results]
+                                                   [--worlds cycle6 cycle10 stochastic] [--T ...] [--methods ...]
+                                                   [--lr LR] [--state-lr LR] [--lam 1] [--buffer 1000]
+                                                   [--merge JSON ...] [--out results]
 
 influence    seed 002 §6.1 (`fastrnn.tasks.influence`, p = 10, n = 13): online truncated BPTT with
              L = 10, 100, 200 (deterministic: one run each) and online ARTBP (L0 = 16, alpha = 6) on
@@ -147,6 +149,12 @@ WORLDS = {
     "stochastic": (32, 16, 0.003, (5, 10, 15)),
 }
 METHODS = ("fpp", "buffer", "tbptt")
+# The suite's step size of FPP's state variables (plain gradient descent on eq. (3.7); the thesis does not
+# give it). With λ = 1 an update moves s_i onto ŝ_i (s_i - 1 · λ (s_i - ŝ_i) = ŝ_i). The FPP class's
+# default, the optimiser's learning rate (0.03 here), left the states nearly where they were computed (each
+# is updated about 2M times in its 1,000 steps in the buffer) and FPP failed on 6-CycleWorld at T = 2: see
+# docs/reproductions/methods.md.
+STATE_LR = 1.0
 
 
 def _stream(world: str, rows: int, generator):
@@ -156,10 +164,16 @@ def _stream(world: str, rows: int, generator):
 
 
 def world_run(world: str, method: str, T: int, steps: int, *, seed: int = 0, M: int = 4,
-              buffer_size: int = 1000, state_lr: float | None = None, bins: int = 50) -> dict:
-    """One online run: FPP (M windows, learned states), its buffer-only ablation or online T-BPTT."""
+              buffer_size: int = 1000, lr: float | None = None, state_lr: float | None = None,
+              lam: float = 1.0, bins: int = 50) -> dict:
+    """One online run: FPP (M windows, learned states), its buffer-only ablation or online T-BPTT.
+
+    ``lr``: RMSprop's learning rate (default: the world's, `WORLDS`); ``state_lr``: the step size of the
+    state variables s_{i-T}, s_i (default: `STATE_LR`); ``lam``: λ of eq. (3.6)."""
     torch.set_num_threads(1)
-    hidden, rows, lr, _ = WORLDS[world]
+    hidden, rows, world_lr, _ = WORLDS[world]
+    lr = world_lr if lr is None else lr
+    state_lr = STATE_LR if state_lr is None else state_lr
     torch.manual_seed(seed)
     core = fastrnn.LSTM(1, hidden)
     head = torch.nn.Linear(hidden, 2)
@@ -169,7 +183,7 @@ def world_run(world: str, method: str, T: int, steps: int, *, seed: int = 0, M: 
     if method == "tbptt":
         algo = fpp.tbptt(core, head, opt, T=T, batch_size=rows)
     else:
-        algo = fpp.FPP(core, head, opt, T=T, batch_size=rows, M=M, buffer_size=buffer_size,
+        algo = fpp.FPP(core, head, opt, T=T, batch_size=rows, M=M, buffer_size=buffer_size, lam=lam,
                        state_lr=state_lr, learn_states=method == "fpp", generator=g)
     start = time.perf_counter()
     infos = algo.run(stream, steps)
@@ -179,55 +193,87 @@ def world_run(world: str, method: str, T: int, steps: int, *, seed: int = 0, M: 
     tail = slice(int(0.8 * steps), steps)
     per = steps // bins
     return {"name": f"{world}-{method}-T{T}-s{seed}", "world": world, "method": method, "T": T, "seed": seed,
-            "steps": steps, "acc": acc[tail].mean().item(), "ce": ce[tail].mean().item(), "wall_s": wall,
+            "steps": steps, "lr": lr, "state_lr": algo.state_lr, "lam": lam, "M": M, "buffer_size": buffer_size,
+            "acc": acc[tail].mean().item(), "ce": ce[tail].mean().item(), "wall_s": wall,
             "curve": {"t": [per * (k + 1) for k in range(bins)],
                       "acc": acc[:per * bins].view(bins, per).mean(1).tolist(),
                       "ce": ce[:per * bins].view(bins, per).mean(1).tolist()}}
 
 
 def _world_job(args):
-    world, method, T, steps, seed, M = args
-    return world_run(world, method, T, steps, seed=seed, M=M)
+    world, method, T, steps, seed, kw = args
+    return world_run(world, method, T, steps, seed=seed, **kw)
 
 
 def cycleworld_suite(out: Path, steps: int, seeds: int, workers: int, worlds=tuple(WORLDS), M: int = 4,
-                     seed: int = 0) -> Path:
-    """Seeds ``seed`` .. ``seed + seeds - 1`` of every cell."""
-    jobs = [(w, m, T, steps * (2 if w == "stochastic" else 1), s, M)
-            for w in worlds for T in WORLDS[w][3] for m in METHODS for s in range(seed, seed + seeds)]
+                     seed: int = 0, Ts=None, methods=METHODS, lr: float | None = None,
+                     state_lr: float | None = None, lam: float = 1.0, buffer_size: int = 1000) -> Path:
+    """Seeds ``seed`` .. ``seed + seeds - 1`` of every cell: ``methods`` x the windows T of each world
+    (``Ts``: only those of them, or these T on every world); ``lr``, ``state_lr``, ``lam``,
+    ``buffer_size``: as in `world_run`, for every run."""
+    kw = {"M": M, "lr": lr, "state_lr": state_lr, "lam": lam, "buffer_size": buffer_size}
+    jobs = [(w, m, T, steps * (2 if w == "stochastic" else 1), s, kw)
+            for w in worlds for T in (Ts or WORLDS[w][3]) for m in methods for s in range(seed, seed + seeds)]
     start = time.perf_counter()
     runs = _map(workers, _world_job, jobs)
     wall = time.perf_counter() - start
+    return cycleworld_report(out, runs, wall, workers)
+
+
+def _settings(runs) -> str:
+    """The FPP settings shared by ``runs`` (one value, or the set of values)."""
+    def one(key, fmt="{:g}"):
+        vals = sorted({r[key] for r in runs if r["method"] != "tbptt" and key in r})
+        return " / ".join(fmt.format(v) for v in vals) if vals else "?"
+    states = sorted({(r["lr"], r["state_lr"]) for r in runs if r["method"] == "fpp" and "lr" in r})
+    state = ("the learning rate" if states and all(a == b for a, b in states)
+             else " / ".join(f"{b:g}" for b in sorted({b for _, b in states})) or "?")
+    return (f"FPP: M = {one('M')} windows per step, buffer {one('buffer_size', '{:,}')}, λ = {one('lam')}, "
+            f"state step = {state}")
+
+
+def cycleworld_report(out: Path, runs: list, wall: float | None = None, workers: int | None = None) -> Path:
+    """Writes ``OUT/suite_cycleworld.md`` (per world: mean and min-max over the seeds of each method x T
+    cell), ``OUT/suite_cycleworld.json`` (``runs``) and ``OUT/curves_cycleworld.png`` (mean curve over the
+    seeds, band: min-max) from the runs of `world_run` (also those merged from several suites)."""
+    worlds = [w for w in WORLDS if any(r["world"] == w for r in runs)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    seeds = sorted({r["seed"] for r in runs})
     ref = cycleworld.STOCHASTIC_REFERENCE
     lines = ["## FPP vs T-BPTT (seed 003 §4.1-4.3): online prediction over the last 20 % of steps\n",
-             f"FPP: M = {M} windows per step, buffer 1000, λ = 1, state step = the learning rate; buffer-only: "
-             "the same without learned states (loss ℓ only); T-BPTT: one window ending at t per step. LSTM "
-             f"core, RMSprop, {seeds} seed(s) per cell (mean, and min-max over seeds).\n"]
+             f"{_settings(runs)}; buffer-only: the same without learned states (loss ℓ only); T-BPTT: one "
+             "window ending at t per step. LSTM core, RMSprop. Each cell: the mean over seeds, and (min-max) "
+             "with the number of seeds n when there is more than one.\n"]
     for w in worlds:
-        hidden, rows, lr, Ts = WORLDS[w]
+        hidden, rows, _, _ = WORLDS[w]
         mine = [r for r in runs if r["world"] == w]
+        Ts = sorted({r["T"] for r in mine})
+        lrs = " / ".join(f"{v:g}" for v in sorted({r.get("lr", WORLDS[w][2]) for r in mine}))
+        steps = " / ".join(f"{v:,}" for v in sorted({r["steps"] for r in mine}))
         if w.startswith("cycle"):
             p = int(w[5:])
             lines.append(f"\n### CycleWorld p = {p}: accuracy (naive predictor {cycleworld.naive_accuracy(p):.1%}); "
-                         f"{mine[0]['steps']:,} steps, LSTM {hidden} units, lr {lr:g}\n")
-            key, fmt = "acc", "{:.3f}"
+                         f"{steps} steps, LSTM {hidden} units, lr {lrs}\n")
+            key = "acc"
         else:
             lines.append(f"\n### StochasticWorld: cross-entropy in nats (no dependency {ref['none']:.2f}, the "
-                         f"5-step one {ref['lag5']:.2f}, both {ref['both']:.2f}); {mine[0]['steps']:,} steps x "
-                         f"{rows} streams, LSTM {hidden} units, lr {lr:g}\n")
-            key, fmt = "ce", "{:.3f}"
-        lines += ["| T | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+                         f"5-step one {ref['lag5']:.2f}, both {ref['both']:.2f}); {steps} steps x "
+                         f"{rows} streams, LSTM {hidden} units, lr {lrs}\n")
+            key = "ce"
+        lines += ["| T | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
         for T in Ts:
             cells = []
-            for m in METHODS:
+            for m in methods:
                 vals = [r[key] for r in mine if r["method"] == m and r["T"] == T]
-                cell = fmt.format(sum(vals) / len(vals))
+                cell = f"{sum(vals) / len(vals):.3f}" if vals else "-"
                 if len(vals) > 1:
-                    cell += f" ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
+                    cell += f" ({min(vals):.3f}-{max(vals):.3f}, n={len(vals)})"
                 cells.append(cell)
             lines.append(f"| {T} | " + " | ".join(cells) + " |")
-    lines.append(f"\n{len(runs)} runs, {wall / 60:.1f} min of wall time ({sum(r['wall_s'] for r in runs) / 60:.1f} "
-                 f"min summed over runs, {workers} at a time).\n")
+    timing = f"{len(runs)} runs (seeds {', '.join(map(str, seeds))}), {sum(r['wall_s'] for r in runs) / 60:.1f} min summed over runs"
+    if wall is not None:
+        timing += f", {wall / 60:.1f} min of wall time ({workers} at a time)"
+    lines.append(f"\n{timing}.\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "suite_cycleworld.json").write_text(json.dumps(runs))
     path = out / "suite_cycleworld.md"
@@ -236,19 +282,29 @@ def cycleworld_suite(out: Path, steps: int, seeds: int, workers: int, worlds=tup
     styles = {"fpp": "-", "buffer": ":", "tbptt": "--"}
     for ax, w in zip(axes[:, 0], worlds):
         key = "acc" if w.startswith("cycle") else "ce"
-        colours = {T: f"C{k}" for k, T in enumerate(WORLDS[w][3])}
-        for r in runs:
-            if r["world"] == w and r["seed"] == seed:
-                ax.plot(r["curve"]["t"], r["curve"][key], styles[r["method"]], color=colours[r["T"]],
-                        label=f"{r['method']} T={r['T']}", lw=1.2)
+        mine = [r for r in runs if r["world"] == w]
+        Ts = sorted({r["T"] for r in mine})
+        colours = {T: f"C{k}" for k, T in enumerate(Ts)}
+        for T in Ts:
+            for m in methods:
+                cell = [r for r in mine if r["method"] == m and r["T"] == T]
+                if not cell:
+                    continue
+                curves = torch.tensor([r["curve"][key] for r in cell])
+                t = cell[0]["curve"]["t"]
+                ax.plot(t, curves.mean(0), styles[m], color=colours[T], label=f"{m} T={T}", lw=1.2)
+                if len(cell) > 1:
+                    ax.fill_between(t, curves.min(0).values, curves.max(0).values, color=colours[T], alpha=0.08)
         if key == "acc":
             ax.axhline(cycleworld.naive_accuracy(int(w[5:])), color="gray", lw=1, label="naive predictor")
             ax.set_ylabel("online accuracy")
         else:
-            for name, v in ref.items():
+            for v in ref.values():
                 ax.axhline(v, color="gray", lw=1, ls=":")
             ax.set_ylabel("online cross-entropy (nats)")
-        ax.set(xlabel="step", title=f"{w}: solid FPP, dotted buffer-only, dashed T-BPTT (seed {seed})")
+        n = len({r["seed"] for r in mine})
+        ax.set(xlabel="step", title=f"{w}: solid FPP, dotted buffer-only, dashed T-BPTT; mean over {n} seed(s)"
+               + (" (band: min-max)" if n > 1 else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=3)
     _save(fig, out / "curves_cycleworld.png")
@@ -421,6 +477,21 @@ def build_parser():
     parser.add_argument("--worlds", nargs="*", default=list(WORLDS), choices=list(WORLDS),
                         help="cycleworld: the worlds to run")
     parser.add_argument("--M", type=int, default=4, help="cycleworld: FPP windows per step (T-BPTT: 1)")
+    parser.add_argument("--T", type=int, nargs="+", default=None,
+                        help="cycleworld: only these window lengths T (default: each world's, e.g. 2 4 6 on cycle6)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="cycleworld: the methods to run")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="cycleworld: RMSprop learning rate of every run (default: the world's, 0.03 on "
+                             "CycleWorld, 0.003 on StochasticWorld)")
+    parser.add_argument("--state-lr", type=float, default=None,
+                        help=f"cycleworld: step size of FPP's state variables (default: {STATE_LR:g}: with "
+                             "λ = 1 an update moves s_i onto ŝ_i)")
+    parser.add_argument("--lam", type=float, default=1.0, help="cycleworld: FPP's λ of eq. (3.6)")
+    parser.add_argument("--buffer", type=int, default=1000, help="cycleworld: FPP's buffer size (transitions)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="cycleworld: run nothing; write OUT's table and curves from the runs in these "
+                             "suite_cycleworld.json files (e.g. seeds run separately)")
     parser.add_argument("--out", default="results", help="results directory")
     parser.add_argument("--budget", type=float, default=600.0, help="aux: training seconds per run")
     parser.add_argument("--side", type=int, default=14, choices=(14, 28), help="aux: image side (28: 784 steps)")
@@ -441,8 +512,12 @@ def main(argv) -> int:
         path = aux_suite(out, args.budget, args.seeds or 1, args.workers, args.side, seed=args.seed)
     elif args.name == "influence":
         path = influence_suite(out, args.steps or 100_000, args.seeds or 5, args.workers, seed=args.seed)
+    elif args.merge:
+        runs = [r for f in args.merge for r in json.loads(Path(f).read_text())]
+        path = cycleworld_report(out, runs)
     else:
         path = cycleworld_suite(out, args.steps or 4000, args.seeds or 1, args.workers, tuple(args.worlds), args.M,
-                                seed=args.seed)
+                                seed=args.seed, Ts=args.T, methods=tuple(args.methods), lr=args.lr,
+                                state_lr=args.state_lr, lam=args.lam, buffer_size=args.buffer)
     print(path.read_text(), end="")
     return 0

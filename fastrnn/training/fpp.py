@@ -68,7 +68,12 @@ class FPP:
     optimizer   over the core's and the head's parameters (the thesis uses RMSprop)
     T           window (truncation) length; M windows per step; ``buffer_size`` transitions kept
     lam         λ of (3.5)-(3.6); ``state_lr``: the step size of the state variables (default: the
-                optimiser's first learning rate)
+                optimiser's first learning rate). Plain gradient descent at an RMSprop-sized rate (0.03)
+                barely moves them: each state is updated about 2M times while in the buffer, and each
+                update as a window's end closes a fraction λ·``state_lr`` of the gap s_i - ŝ_i.
+                ``state_lr = 1/λ`` moves s_i onto ŝ_i; the CycleWorld suite uses 1
+                (`fastrnn.experiments.methods.STATE_LR`; docs/reproductions/methods.md: at 0.03 FPP
+                failed on 6-CycleWorld at T = 2)
     loss_fn     ``loss_fn(prediction, y) -> per-row loss`` (default: cross-entropy, reduction "none")
     """
 
