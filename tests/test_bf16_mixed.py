@@ -30,14 +30,7 @@ SEQUENCE_TOL = 5e-3
 NAMES = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")
 
 
-def _capabilities():
-    if "cpu" not in fastrnn.available_backends():
-        return None
-    avx512_bf16, amx_bf16, mkl, auto = torch.ops.fastrnn.bf16_capabilities()
-    return dict(avx512bf16=avx512_bf16, amx=amx_bf16, mkl=mkl, auto=auto)
-
-
-CAPS = _capabilities()
+CAPS = cpu_lstm.bf16_capabilities() if "cpu" in fastrnn.available_backends() else None
 
 
 def kernel_params(auto=False):

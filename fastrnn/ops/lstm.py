@@ -13,7 +13,7 @@ import torch
 from .. import _native
 from . import glue
 
-__all__ = ["available", "lstm_layer", "mixed_lstm_layer"]
+__all__ = ["available", "bf16_capabilities", "lstm_layer", "mixed_lstm_layer"]
 
 
 def available() -> bool:
@@ -45,6 +45,16 @@ def mixed_lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=N
     torch.autocast("cpu", dtype=torch.bfloat16)."""
     return lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths=lengths,
                       bf16_gemm=os.environ.get("FASTRNN_BF16_GEMM", "auto"))
+
+
+def bf16_capabilities() -> dict:
+    """What this machine offers the bfloat16 mixed precision: {"avx512bf16": bool, "amx": bool, "mkl": bool
+    (MKL's bfloat16 GEMM is exported by this torch), "auto": the kernel "auto" runs}. RuntimeError if the
+    native library is unavailable."""
+    if not _native.load():
+        raise RuntimeError(f"fastrnn cpu backend unavailable: {_native.load_error()}")
+    avx512_bf16, amx, mkl, auto = torch.ops.fastrnn.bf16_capabilities()
+    return dict(avx512bf16=avx512_bf16, amx=amx, mkl=mkl, auto=auto)
 
 
 def _fake_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths=None, gemm=None):

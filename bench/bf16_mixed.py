@@ -1,0 +1,131 @@
+"""The cpu backend's bfloat16 mixed precision (issue #12) against float32, side by side in one run.
+
+1. fastrnn.LSTM fwd+bwd (B=32, I=64, H=128; T=300 and 1000; 2 threads): torch.nn.LSTM float32, fastrnn
+   float32, and fastrnn under torch.autocast("cpu", bfloat16) with each GEMM kernel this machine runs
+   (FASTRNN_BF16_GEMM).
+2. One training iteration of the main job's shape (bench/train_step.py: copy T=100, batch 64, hidden 128,
+   Adam, one thread; the runner's Run.step), float32 against the same step under autocast.
+
+Variants alternate within each round and the best round is kept (the machine is shared); wall and process
+CPU milliseconds are both printed. The machine and its bfloat16 capabilities come first.
+
+    PYTHONPATH=. .venv/bin/python bench/bf16_mixed.py [--rounds 5] [--reps 3] [--iters 20]
+"""
+import argparse
+import contextlib
+import os
+import platform
+import tempfile
+import time
+
+import torch
+
+import fastrnn
+from fastrnn.experiments import train
+from fastrnn.ops.lstm import bf16_capabilities
+
+from common import B, H, I, fwd_bwd_step
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def kernels():
+    caps = bf16_capabilities()
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; AVX512_BF16: "
+          f"{caps['avx512bf16']}, AMX-BF16: {caps['amx']}, MKL bf16 GEMM exported: {caps['mkl']}; "
+          f"'auto' runs '{caps['auto']}'")
+    return ["emulated"] + [k for k in ("mkl", "avx512bf16") if caps[k]]
+
+
+@contextlib.contextmanager
+def mixed(kernel):
+    """torch.autocast bfloat16 with FASTRNN_BF16_GEMM=kernel (None: float32, no autocast)."""
+    if kernel is None:
+        yield
+        return
+    old = os.environ.get("FASTRNN_BF16_GEMM")
+    os.environ["FASTRNN_BF16_GEMM"] = kernel
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+    finally:
+        if old is None:
+            del os.environ["FASTRNN_BF16_GEMM"]
+        else:
+            os.environ["FASTRNN_BF16_GEMM"] = old
+
+
+def best_times(variants: dict, rounds: int, reps: int) -> dict:
+    """{name: (wall ms, cpu ms)} per call of each (fn, kernel), best round; variants alternate per round."""
+    best = {}
+    for _ in range(rounds):
+        for name, (fn, kernel) in variants.items():
+            with mixed(kernel):
+                fn()  # warm
+                w0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(reps):
+                    fn()
+                wall, cpu = (time.perf_counter() - w0) / reps, (time.process_time() - c0) / reps
+            if name not in best or wall < best[name][0]:
+                best[name] = (1e3 * wall, 1e3 * cpu)
+    return best
+
+
+def report(title, best, base):
+    print(title)
+    for name, (wall, cpu) in best.items():
+        print(f"  {name:28s} {wall:9.1f} ms wall {cpu:9.1f} ms cpu   x{best[base][0] / wall:5.2f} vs {base}")
+
+
+def lstm_fwd_bwd(T, ks, rounds, reps):
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(I, H)
+    ours = fastrnn.LSTM(I, H, backend="cpu")
+    ours.load_state_dict(theirs.state_dict())
+    variants = {"nn.LSTM float32": (fwd_bwd_step(theirs, T), None),
+                "fastrnn float32": (fwd_bwd_step(ours, T), None)}
+    for k in ks:
+        variants[f"fastrnn mixed ({k})"] = (fwd_bwd_step(ours, T), k)
+    report(f"LSTM fwd+bwd B={B} I={I} H={H} T={T}, 2 threads", best_times(variants, rounds, reps),
+           "fastrnn float32")
+
+
+def training_iteration(ks, rounds, iters):
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # as the runner does
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = train.Config(task="copy", T=100, batch_size=64, hidden=128, max_iters=1, method="bptt")
+        run = train.Run(cfg, f"{tmp}/bptt")
+
+        def steps():
+            for _ in range(iters):
+                run.step()
+        variants = {"float32": (steps, None), **{f"mixed ({k})": (steps, k) for k in ks}}
+        best = best_times(variants, rounds, 1)
+    best = {name: (wall / iters, cpu / iters) for name, (wall, cpu) in best.items()}
+    report(f"training iteration, copy T=100 (120 steps) B=64 H=128 Adam, bptt, 1 thread, per iteration", best,
+           "float32")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--T", type=int, nargs="+", default=[300, 1000])
+    args = parser.parse_args()
+    ks = kernels()
+    for T in args.T:
+        lstm_fwd_bwd(T, ks, args.rounds, args.reps)
+    training_iteration(ks, args.rounds, args.iters)
+
+
+if __name__ == "__main__":
+    main()
