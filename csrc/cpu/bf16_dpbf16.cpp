@@ -6,6 +6,10 @@
 // 55-73 GFLOP/s, below float32 sgemm; the LSTM's per-step shapes (M = one thread's rows, 16-32; N = 4H or
 // H; K = H or 4H) are small, so B (the weights) is packed once per call and only A is converted per step.
 //
+// The pair-interleaved layout is also how the weight gradients' sums over a chunk of steps read their
+// operands (accumulate_outer in bf16_gemm.h): A pairs may lie along A's rows (the weights' products) or
+// across them (pack_pair_rows interleaves two rows, which transposes the gate gradients for free).
+//
 // Register blocking: a tile of kRows rows x kVecs vectors of 16 columns (6 x 4 = 24 zmm accumulators), over
 // the K pairs: per pair, kVecs loads of B and kRows broadcasts of one A pair. Columns go outermost, so a
 // 64-column panel of B (Kp/2 x 64 x 2 bfloat16: 16 KiB at K = 128) stays in L1 while every row tile uses it.
@@ -14,6 +18,7 @@
 // for: bf16_gemm.cpp calls it only where the CPU has the instructions (cpu_has_avx512_bf16).
 #include "bf16_gemm.h"
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -35,11 +40,13 @@ namespace {
 
 constexpr int kRows = 6, kVecs = 4;
 
-// Rows [0, R) x vectors [0, V) of the tile at A (row stride Kp) and Bp + 2 n0 (row stride 2 Np); C at the
-// tile's corner; the last vector stores only the columns in `last` (N not a multiple of 16).
+// Rows [0, R) x vectors [0, V) of the tile at A and Bp + 2 n0 (row stride 2 Np); the pair p of row r of A
+// at A + r * a_row + p * a_pair; C at the tile's corner; the last vector stores only the columns in `last`
+// (N not a multiple of 16).
 template <int R, int V>
-FASTRNN_BF16_TARGET void tile(int64_t Kp, int64_t Np, float alpha, const uint16_t* A, const uint16_t* Bp,
-                              float beta, float* C, int64_t ldc, __mmask16 last) {
+FASTRNN_BF16_TARGET void tile(int64_t Kp, int64_t Np, float alpha, const uint16_t* A, int64_t a_row,
+                              int64_t a_pair, const uint16_t* Bp, float beta, float* C, int64_t ldc,
+                              __mmask16 last) {
   __m512 acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -49,7 +56,7 @@ FASTRNN_BF16_TARGET void tile(int64_t Kp, int64_t Np, float alpha, const uint16_
     for (int v = 0; v < V; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(b + 32 * v);
     for (int r = 0; r < R; ++r) {
       int32_t pair;
-      std::memcpy(&pair, A + r * Kp + 2 * p, sizeof(pair));
+      std::memcpy(&pair, A + r * a_row + p * a_pair, sizeof(pair));
       const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, bv[v]);
     }
@@ -66,8 +73,8 @@ FASTRNN_BF16_TARGET void tile(int64_t Kp, int64_t Np, float alpha, const uint16_
   }
 }
 
-using TileFn = void (*)(int64_t, int64_t, float, const uint16_t*, const uint16_t*, float, float*, int64_t,
-                        __mmask16);
+using TileFn = void (*)(int64_t, int64_t, float, const uint16_t*, int64_t, int64_t, const uint16_t*, float, float*,
+                        int64_t, __mmask16);
 
 template <int R, int... V>
 constexpr std::array<TileFn, kVecs> row_tiles(std::integer_sequence<int, V...>) {
@@ -82,25 +89,55 @@ constexpr std::array<std::array<TileFn, kVecs>, kRows> all_tiles(std::integer_se
 // kTiles[r - 1][v - 1]: the tile of r rows and v vectors.
 constexpr auto kTiles = all_tiles(std::make_integer_sequence<int, kRows>());
 
+// x rounded to bfloat16 (to nearest even) in the low 16 bits of each lane; NaN stays a NaN.
+FASTRNN_BF16_TARGET inline __m512i round_bits(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
+}
+
 }  // namespace
 
-void dpbf16_gemm(int64_t M, int64_t N, int64_t Kp, int64_t Np, float alpha, const uint16_t* A,
-                 const uint16_t* Bp, float beta, float* C, int64_t ldc) {
+FASTRNN_BF16_TARGET void dpbf16_gemm(int64_t M, int64_t N, int64_t Kp, int64_t Np, float alpha, const uint16_t* A,
+                                     int64_t a_row, int64_t a_pair, const uint16_t* Bp, float beta, float* C,
+                                     int64_t ldc) {
   for (int64_t n0 = 0; n0 < N; n0 += 16 * kVecs) {
     const int64_t cols = std::min<int64_t>(N - n0, 16 * kVecs);
     const int v = int((cols + 15) / 16);
     const __mmask16 last = __mmask16((1u << (cols - 16 * (v - 1))) - 1u);
     for (int64_t m0 = 0; m0 < M; m0 += kRows) {
       const int r = int(std::min<int64_t>(M - m0, kRows));
-      kTiles[r - 1][v - 1](Kp, Np, alpha, A + m0 * Kp, Bp + 2 * n0, beta, C + m0 * ldc + n0, ldc, last);
+      kTiles[r - 1][v - 1](Kp, Np, alpha, A + m0 * a_row, a_row, a_pair, Bp + 2 * n0, beta, C + m0 * ldc + n0,
+                           ldc, last);
     }
   }
 }
 
+FASTRNN_BF16_TARGET void pack_pair_rows(const float* row0, const float* row1, int64_t n, int64_t n_padded,
+                                        uint16_t* dst) {
+  auto* out = reinterpret_cast<uint32_t*>(dst);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i lo = round_bits(_mm512_loadu_ps(row0 + i));
+    const __m512i hi = row1 ? round_bits(_mm512_loadu_ps(row1 + i)) : _mm512_setzero_si512();
+    _mm512_storeu_si512(out + i, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+  for (; i < n; ++i) {
+    const uint32_t lo = c10::BFloat16(row0[i]).x, hi = row1 ? c10::BFloat16(row1[i]).x : 0;
+    out[i] = lo | (hi << 16);
+  }
+  std::fill(out + n, out + n_padded, 0u);
+}
+
 #else
 
-void dpbf16_gemm(int64_t, int64_t, int64_t, int64_t, float, const uint16_t*, const uint16_t*, float, float*,
-                 int64_t) {
+void dpbf16_gemm(int64_t, int64_t, int64_t, int64_t, float, const uint16_t*, int64_t, int64_t, const uint16_t*,
+                 float, float*, int64_t) {
+  TORCH_CHECK(false, "fastrnn: the avx512bf16 kernel needs an x86-64 CPU");
+}
+
+void pack_pair_rows(const float*, const float*, int64_t, int64_t, uint16_t*) {
   TORCH_CHECK(false, "fastrnn: the avx512bf16 kernel needs an x86-64 CPU");
 }
 

@@ -123,7 +123,7 @@ void Bf16Weights::multiply(const float* A, int64_t M, int64_t lda, float alpha, 
     cblas_gemm_bf16bf16f32(kCblasRowMajor, kCblasNoTrans, kCblasTrans, int(M), int(N), int(K), alpha,
                            scratch.data(), int(K), b, int(K), beta, C, int(ldc));
   } else {
-    dpbf16_gemm(M, N, Kp_, Np_, alpha, scratch.data(), b, beta, C, ldc);
+    dpbf16_gemm(M, N, Kp_, Np_, alpha, scratch.data(), Kp_, 2, b, beta, C, ldc);
   }
 }
 

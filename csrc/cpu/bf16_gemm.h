@@ -74,10 +74,35 @@ void round_to_bf16_float(const float* src, float* dst, int64_t n);
 // t rounded to bfloat16 and back to float32 (a new tensor): the operands of the float32 GEMMs.
 inline at::Tensor rounded(const at::Tensor& t) { return t.to(at::kBFloat16).to(at::kFloat); }
 
-// The avx512bf16 kernel (bf16_dpbf16.cpp): C[M, N] = alpha * A Bp + beta * C, A bfloat16 [M, Kp] (row
-// stride Kp), Bp packed bfloat16 [Kp/2, Np, 2]. Only called where cpu_has_avx512_bf16().
-void dpbf16_gemm(int64_t M, int64_t N, int64_t Kp, int64_t Np, float alpha, const uint16_t* A,
-                 const uint16_t* Bp, float beta, float* C, int64_t ldc);
+// The avx512bf16 kernel (bf16_dpbf16.cpp): C[M, N] = alpha * A Bp + beta * C (beta = 0: C unread), Bp
+// bfloat16 packed [Kp/2, Np, 2] (Kp even, Np a multiple of 16 >= N, zero padding), A bfloat16 with the pair
+// (A[m, 2p], A[m, 2p + 1]) at A + m * a_row + p * a_pair (row-major [M, Kp]: a_row = Kp, a_pair = 2;
+// pair-interleaved [Kp/2, M, 2]: a_row = 2, a_pair = 2 M). Only called where cpu_has_avx512_bf16().
+void dpbf16_gemm(int64_t M, int64_t N, int64_t Kp, int64_t Np, float alpha, const uint16_t* A, int64_t a_row,
+                 int64_t a_pair, const uint16_t* Bp, float beta, float* C, int64_t ldc);
+
+// dst[2 i] = r(row0[i]), dst[2 i + 1] = r(row1[i]) (0 if row1 is null) for i < n, then zero pairs up to
+// n_padded: one pair-row of the packed layout. Only called where cpu_has_avx512_bf16().
+void pack_pair_rows(const float* row0, const float* row1, int64_t n, int64_t n_padded, uint16_t* dst);
+
+// C[M, N] += Σ_k r(a(k))^T r(b(k)) over k < K, a(k) -> float32 row [M], b(k) -> float32 row [N]: a weight
+// gradient's sum over the rows of a chunk of steps, as one GEMM with K = steps x rows (per step, K would
+// be the block's 16-32 rows and C would be read and written once per step). avx512bf16 kernel only.
+template <class RowA, class RowB>
+void accumulate_outer(int64_t K, int64_t M, int64_t N, const RowA& a, const RowB& b, float* C, int64_t ldc,
+                      std::vector<uint16_t>& scratch) {
+  if (K == 0 || M == 0 || N == 0) return;
+  const int64_t pairs = (K + 1) / 2, Np = (N + 15) / 16 * 16;
+  scratch.resize(pairs * 2 * (M + Np));
+  uint16_t* A = scratch.data();
+  uint16_t* Bp = A + pairs * 2 * M;
+  for (int64_t p = 0; p < pairs; ++p) {
+    const bool full = 2 * p + 1 < K;
+    pack_pair_rows(a(2 * p), full ? a(2 * p + 1) : nullptr, M, M, A + p * 2 * M);
+    pack_pair_rows(b(2 * p), full ? b(2 * p + 1) : nullptr, N, Np, Bp + p * 2 * Np);
+  }
+  dpbf16_gemm(M, N, 2 * pairs, Np, 1.0f, A, 2, 2 * M, Bp, 1.0f, C, ldc);
+}
 
 }  // namespace cpu
 }  // namespace fastrnn

@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include "backward_chunks.h"
+#include "bf16_fold.h"
 #include "bf16_gemm.h"
 #include "checks.h"
 #include "huge_pages.h"
@@ -28,29 +29,17 @@ namespace fastrnn {
 namespace cpu {
 namespace {
 
-// One block's reverse sweep, rows [b0, b0 + nb): the chunk dgc holds its gate gradients, folded into its
-// accumulators when complete. dgr (the mixed path only, else nullptr): a chunk of the same size for dG
-// rounded to bfloat16, the operand of the fold's GEMMs (dgc, unrounded, then gives db).
-template <typename Tv, class Product>
+// One block's reverse sweep, rows [b0, b0 + nb): the chunk dgc (step-major [C * nb, 4H]) holds its gate
+// gradients; fold(t0, n) folds the complete chunk of steps [t0, t0 + n) into the block's weight gradients.
+template <typename Tv, class Product, class Fold>
 void sweep_block(const LstmLayer<Tv>& L, const LstmSweep<Tv>& S, int64_t C, int64_t b0, int64_t nb, Tv* dgc,
-                 Tv* dgr, Product& recurrent, Tv* dx, Tv* dw_ih, Tv* dw_hh, Tv* db) {
+                 Product& recurrent, const Fold& fold) {
   const int64_t T = L.steps, G = 4 * L.H;
   start_reverse_sweep(L, S, b0, nb);
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t t0 = t / C * C;  // first step of t's chunk
-    Tv* dg_t = dgc + (t - t0) * nb * G;
-    lstm_step_backward(L, S, t, b0, nb, dg_t, recurrent);
-    if constexpr (std::is_same_v<Tv, float>) {
-      if (dgr) round_to_bf16_float(dg_t, dgr + (t - t0) * nb * G, nb * G);
-    }
-    if (t == t0) {  // the chunk [t0, t0 + C) is complete: fold it into the block's weight gradients
-      const int64_t n = std::min(T, t0 + C) - t0;
-      if (dgr) {
-        fold_lstm_chunk(L, dgr, t0, n, b0, nb, dx, dw_ih, dw_hh, db, /*dG_sum=*/dgc);
-      } else {
-        fold_lstm_chunk(L, dgc, t0, n, b0, nb, dx, dw_ih, dw_hh, db);
-      }
-    }
+    lstm_step_backward(L, S, t, b0, nb, dgc + (t - t0) * nb * G, recurrent);
+    if (t == t0) fold(t0, std::min(T, t0 + C) - t0);
   }
 }
 
@@ -89,18 +78,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto dh = at::empty({B, H}, opts), dc = at::empty({B, H}, opts), dh0 = at::empty({B, H}, opts);
 
   if (kernel) {
-    // The fold's GEMM operands, rounded once: x, h_{t-1} (y and h0) and W_ih; W_hh^T for dh = dG W_hh.
-    const at::Tensor xr = rounded(x), yr = rounded(y), h0r = rounded(h0), w_ih_r = rounded(w_ih);
-    const Bf16Weights w(*kernel, w_hh.t().contiguous());
-    auto dg_round = at::empty_like(dg_chunk);
+    // avx512bf16 folds whole chunks on its own kernel (bf16_fold.h), rounding as it packs; the other kernels
+    // fold with the float32 BLAS on operands rounded here: x, h_{t-1} (y and h0), W_ih, and dG per chunk.
+    const bool packed = *kernel == Bf16Kernel::Avx512Bf16;
+    const auto round = [&](const at::Tensor& t) { return packed ? t : rounded(t); };
+    const at::Tensor xr = round(x), yr = round(y), h0r = round(h0), w_ih_r = round(w_ih);
+    const Bf16Weights w(*kernel, w_hh.t().contiguous());   // dh = dG W_hh
+    std::optional<Bf16Weights> w_ih_t;                      // dx = dG W_ih
+    if (packed) w_ih_t.emplace(*kernel, w_ih.t().contiguous());
+    auto dg_round = packed ? at::Tensor() : at::empty_like(dg_chunk);
     const auto L = lstm_layer<float>(xr, w_ih_r, w_hh, h0r, c0, /*h=*/yr, gates, cs, /*h_cell=*/yr);
     const auto S = lstm_sweep<float>(gy, dh_n, dc_n, len, cut, scale, dh, dc, dh0);
     for_each_row_block(B, [&](int64_t k, int64_t b0, int64_t nb) {
+      float* dgc = dg_chunk.data_ptr<float>() + k * C * R * G;
+      float* dxp = dx.data_ptr<float>();
+      float* dw_ih = acc_ih.data_ptr<float>() + k * G * I;
+      float* dw_hh = acc_hh.data_ptr<float>() + k * G * H;
+      float* db = acc_b.data_ptr<float>() + k * G;
       Bf16Product recurrent(w);
-      sweep_block(L, S, C, b0, nb, dg_chunk.data_ptr<float>() + k * C * R * G,
-                  dg_round.data_ptr<float>() + k * C * R * G, recurrent, dx.data_ptr<float>(),
-                  acc_ih.data_ptr<float>() + k * G * I, acc_hh.data_ptr<float>() + k * G * H,
-                  acc_b.data_ptr<float>() + k * G);
+      if (packed) {
+        Bf16Product dx_product(*w_ih_t);
+        std::vector<uint16_t> scratch;
+        sweep_block(L, S, C, b0, nb, dgc, recurrent, [&](int64_t t0, int64_t n) {
+          fold_lstm_chunk_bf16(L, dgc, t0, n, b0, nb, dxp, dw_ih, dw_hh, db, dx_product, scratch);
+        });
+      } else {
+        float* dgr = dg_round.data_ptr<float>() + k * C * R * G;
+        sweep_block(L, S, C, b0, nb, dgc, recurrent, [&](int64_t t0, int64_t n) {
+          round_to_bf16_float(dgc, dgr, n * nb * G);
+          fold_lstm_chunk(L, dgr, t0, n, b0, nb, dxp, dw_ih, dw_hh, db, /*dG_sum=*/dgc);
+        });
+      }
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::lstm_backward", [&] {
@@ -108,10 +116,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const auto L = lstm_layer<Tv>(x, w_ih, w_hh, h0, c0, /*h=*/y, gates, cs, /*h_cell=*/y);
       const auto S = lstm_sweep<Tv>(gy, dh_n, dc_n, len, cut, scale, dh, dc, dh0);
       for_each_row_block(B, [&](int64_t k, int64_t b0, int64_t nb) {
+        Tv* dgc = dg_chunk.data_ptr<Tv>() + k * C * R * G;
         RecurrentBackward<Tv> recurrent{L.w_hh, H};
-        sweep_block(L, S, C, b0, nb, dg_chunk.data_ptr<Tv>() + k * C * R * G, static_cast<Tv*>(nullptr),
-                    recurrent, dx.data_ptr<Tv>(), acc_ih.data_ptr<Tv>() + k * G * I,
-                    acc_hh.data_ptr<Tv>() + k * G * H, acc_b.data_ptr<Tv>() + k * G);
+        sweep_block(L, S, C, b0, nb, dgc, recurrent, [&](int64_t t0, int64_t n) {
+          fold_lstm_chunk(L, dgc, t0, n, b0, nb, dx.data_ptr<Tv>(), acc_ih.data_ptr<Tv>() + k * G * I,
+                          acc_hh.data_ptr<Tv>() + k * G * H, acc_b.data_ptr<Tv>() + k * G);
+        });
       });
     });
   }
