@@ -107,6 +107,10 @@ Bf16Weights::Bf16Weights(Bf16Kernel kernel, const at::Tensor& b)
 void Bf16Weights::multiply(const float* A, int64_t M, int64_t lda, float alpha, float beta, float* C,
                            int64_t ldc, std::vector<uint16_t>& scratch) const {
   if (M == 0 || N == 0) return;
+  if (K == 0) {  // e.g. I = 0: C = beta * C, which gemm() does without reading A or B (MKL would refuse lda 0)
+    gemm<float>(false, true, M, N, 0, alpha, A, 1, A, 1, beta, C, ldc);
+    return;
+  }
   if (kernel_ == Bf16Kernel::Emulated) {
     scratch.resize(2 * M * K);   // r(A) as float32: two uint16 per value
     float* a = reinterpret_cast<float*>(scratch.data());
