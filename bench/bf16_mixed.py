@@ -1,5 +1,6 @@
 """The cpu backend's bfloat16 mixed precision (issue #12) against float32, side by side in one run.
 
+0. Accuracy: fastrnn float32 and mixed against fastrnn float64, outputs and gradients, at the shapes of 1.
 1. fastrnn.LSTM fwd+bwd (B=32, I=64, H=128; T=300 and 1000; 2 threads): torch.nn.LSTM float32, fastrnn
    float32, and fastrnn under torch.autocast("cpu", bfloat16) with each GEMM kernel this machine runs
    (FASTRNN_BF16_GEMM).
@@ -114,6 +115,36 @@ def training_iteration(ks, rounds, iters):
            "float32")
 
 
+def results(model, x, target, kernel):
+    """(y, h_n, c_n, dx, dW_ih, dW_hh, db_ih) of model on x (float32, or mixed with `kernel`), float64."""
+    x = x.clone().requires_grad_()
+    model.zero_grad(set_to_none=True)
+    with mixed(kernel):
+        y, (h_n, c_n) = model(x)
+    (y.double() * target).sum().backward()
+    grads = [x.grad, model.weight_ih_l0.grad, model.weight_hh_l0.grad, model.bias_ih_l0.grad]
+    return [t.detach().double() for t in (y, h_n, c_n, *grads)]
+
+
+def accuracy(T):
+    """Mixed (the kernel "auto" runs) and float32 against float64, at the benchmark's shape: per result, the
+    largest and the mean absolute error relative to the largest and the mean |float64 value|."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = fastrnn.LSTM(I, H, backend="cpu")
+    x, target = torch.randn(T, B, I), torch.randn(T, B, H, dtype=torch.float64)
+    f64 = results(model.double(), x.double(), target, None)
+    f32 = results(model.float(), x, target, None)
+    mix = results(model, x, target, "auto")
+    print(f"accuracy, B={B} I={I} H={H} T={T}, nn.LSTM's init, x ~ N(0, 1), loss = sum(y * N(0, 1)): error "
+          f"against float64, max |err| / max |ref| and mean |err| / mean |ref|")
+    names = ["y", "h_n", "c_n", "dx", "dW_ih", "dW_hh", "db"]
+    for label, res in (("float32", f32), ("mixed", mix)):
+        cells = [f"{n} {float((a - r).abs().max() / r.abs().max()):.1e}/{float((a - r).abs().mean() / r.abs().mean()):.1e}"
+                 for n, a, r in zip(names, res, f64)]
+        print(f"  {label:8s} " + "  ".join(cells))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -122,6 +153,8 @@ def main():
     parser.add_argument("--T", type=int, nargs="+", default=[300, 1000])
     args = parser.parse_args()
     ks = kernels()
+    for T in args.T:
+        accuracy(T)
     for T in args.T:
         lstm_fwd_bwd(T, ks, args.rounds, args.reps)
     training_iteration(ks, args.rounds, args.iters)
