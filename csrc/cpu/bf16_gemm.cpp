@@ -37,15 +37,6 @@ bool cpuid7(unsigned subleaf, unsigned reg, unsigned bit) {
 }
 #endif
 
-// src rows [M, n] (row stride lda) -> r(src) as bfloat16 in dst [M, ld] (ld >= n; columns n.. zeroed).
-void round_rows(const float* src, int64_t M, int64_t n, int64_t lda, uint16_t* dst, int64_t ld) {
-  static_assert(sizeof(c10::BFloat16) == sizeof(uint16_t));
-  for (int64_t m = 0; m < M; ++m) {
-    at::vec::convert(src + m * lda, reinterpret_cast<c10::BFloat16*>(dst + m * ld), n);
-    std::fill(dst + m * ld + n, dst + (m + 1) * ld, uint16_t(0));
-  }
-}
-
 }  // namespace
 
 bool cpu_has_avx512_bf16() {
@@ -129,6 +120,22 @@ void Bf16Weights::multiply(const float* A, int64_t M, int64_t lda, float alpha, 
   } else {
     dpbf16_gemm(M, N, Kp_, Np_, alpha, scratch.data(), Kp_, 2, b, beta, C, ldc);
   }
+}
+
+void round_rows(const float* src, int64_t M, int64_t n, int64_t lda, uint16_t* dst, int64_t ld) {
+  static_assert(sizeof(c10::BFloat16) == sizeof(uint16_t));
+  for (int64_t m = 0; m < M; ++m) {
+    at::vec::convert(src + m * lda, reinterpret_cast<c10::BFloat16*>(dst + m * ld), n);
+    std::fill(dst + m * ld + n, dst + (m + 1) * ld, uint16_t(0));
+  }
+}
+
+void mkl_gemm_tn_accumulate(int64_t M, int64_t N, int64_t K, const uint16_t* A, const uint16_t* B, float* C,
+                            int64_t ldc) {
+  TORCH_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX && ldc <= INT32_MAX,
+              "fastrnn: matrix too large for 32-bit BLAS");
+  cblas_gemm_bf16bf16f32(kCblasRowMajor, kCblasTrans, kCblasNoTrans, int(M), int(N), int(K), 1.0f, A, int(M), B,
+                         int(N), 1.0f, C, int(ldc));
 }
 
 void round_to_bf16_float(const float* src, float* dst, int64_t n) {

@@ -85,13 +85,32 @@ void dpbf16_gemm(int64_t M, int64_t N, int64_t Kp, int64_t Np, float alpha, cons
 // n_padded: one pair-row of the packed layout. Only called where cpu_has_avx512_bf16().
 void pack_pair_rows(const float* row0, const float* row1, int64_t n, int64_t n_padded, uint16_t* dst);
 
+// src rows [M, n] (row stride lda) -> r(src) as bfloat16 in dst [M, ld] (ld >= n; columns n.. zeroed).
+void round_rows(const float* src, int64_t M, int64_t n, int64_t lda, uint16_t* dst, int64_t ld);
+
+// MKL's C[M, N] += A^T B, A bfloat16 [K, M], B bfloat16 [K, N], both row-major. mkl kernel only.
+void mkl_gemm_tn_accumulate(int64_t M, int64_t N, int64_t K, const uint16_t* A, const uint16_t* B, float* C,
+                            int64_t ldc);
+
 // C[M, N] += Σ_k r(a(k))^T r(b(k)) over k < K, a(k) -> float32 row [M], b(k) -> float32 row [N]: a weight
 // gradient's sum over the rows of a chunk of steps, as one GEMM with K = steps x rows (per step, K would
-// be the block's 16-32 rows and C would be read and written once per step). avx512bf16 kernel only.
+// be the block's 16-32 rows and C would be read and written once per step). The mkl and avx512bf16
+// kernels (the emulated one folds with the float32 BLAS: bf16_fold.h).
 template <class RowA, class RowB>
-void accumulate_outer(int64_t K, int64_t M, int64_t N, const RowA& a, const RowB& b, float* C, int64_t ldc,
-                      std::vector<uint16_t>& scratch) {
+void accumulate_outer(Bf16Kernel kernel, int64_t K, int64_t M, int64_t N, const RowA& a, const RowB& b, float* C,
+                      int64_t ldc, std::vector<uint16_t>& scratch) {
   if (K == 0 || M == 0 || N == 0) return;
+  if (kernel == Bf16Kernel::Mkl) {
+    scratch.resize(K * (M + N));
+    uint16_t* A = scratch.data();
+    uint16_t* Bm = A + K * M;
+    for (int64_t k = 0; k < K; ++k) {
+      round_rows(a(k), 1, M, M, A + k * M, M);
+      round_rows(b(k), 1, N, N, Bm + k * N, N);
+    }
+    mkl_gemm_tn_accumulate(M, N, K, A, Bm, C, ldc);
+    return;
+  }
   const int64_t pairs = (K + 1) / 2, Np = (N + 15) / 16 * 16;
   scratch.resize(pairs * 2 * (M + Np));
   uint16_t* A = scratch.data();

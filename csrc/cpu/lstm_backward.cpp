@@ -78,9 +78,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto dh = at::empty({B, H}, opts), dc = at::empty({B, H}, opts), dh0 = at::empty({B, H}, opts);
 
   if (kernel) {
-    // avx512bf16 folds whole chunks on its own kernel (bf16_fold.h), rounding as it packs; the other kernels
-    // fold with the float32 BLAS on operands rounded here: x, h_{t-1} (y and h0), W_ih, and dG per chunk.
-    const bool packed = *kernel == Bf16Kernel::Avx512Bf16;
+    // avx512bf16 and mkl fold whole chunks on their bfloat16 GEMM (bf16_fold.h), rounding as they convert;
+    // emulated folds with the float32 BLAS on operands rounded here: x, h_{t-1} (y and h0), W_ih, and dG
+    // per chunk.
+    const bool packed = *kernel != Bf16Kernel::Emulated;
     const auto round = [&](const at::Tensor& t) { return packed ? t : rounded(t); };
     const at::Tensor xr = round(x), yr = round(y), h0r = round(h0), w_ih_r = round(w_ih);
     const Bf16Weights w(*kernel, w_hh.t().contiguous());   // dh = dG W_hh
@@ -100,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         Bf16Product dx_product(*w_ih_t);
         std::vector<uint16_t> scratch;
         sweep_block(L, S, C, b0, nb, dgc, recurrent, [&](int64_t t0, int64_t n) {
-          fold_lstm_chunk_bf16(L, dgc, t0, n, b0, nb, dxp, dw_ih, dw_hh, db, dx_product, scratch);
+          fold_lstm_chunk_bf16(*kernel, L, dgc, t0, n, b0, nb, dxp, dw_ih, dw_hh, db, dx_product, scratch);
         });
       } else {
         float* dgr = dg_round.data_ptr<float>() + k * C * R * G;
