@@ -254,7 +254,7 @@ class _LSTMBase(nn.Module):
             dtype = torch.get_autocast_dtype(device_type)
             name = _concrete_backend(self.backend, device_type)
             emulate = None if dtype in NATIVE_DTYPES.get(name, ()) else torch.float32
-            mixed = self._MIXED_BF16 and name == "cpu" and dtype == torch.bfloat16
+            mixed = self._MIXED_BF16 and name == "cpu" and device_type == "cpu" and dtype == torch.bfloat16
             return _Precision(dtype, emulate, True, mixed)
         if not input_dtype.is_floating_point:
             raise TypeError(f"input must be a floating-point tensor, got {input_dtype}: convert it with "
