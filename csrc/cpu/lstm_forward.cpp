@@ -1,7 +1,8 @@
 // fastrnn::lstm_forward on CPU: a whole LSTM layer over the sequence in one call; fastrnn::lstm_mixed_forward
 // the same in bfloat16 mixed precision (bf16_gemm.h).
 //
-// The input projection of every step is one GEMM up front; then each thread runs the whole time loop on
+// The input projection of every step is one GEMM up front (the mixed path: per step, in the time loop); then
+// each thread runs the whole time loop on
 // its block of rows, one lstm_step_forward per step (lstm_step.h: the recurrent GEMM into its slice of the
 // gates buffer, then the fused pointwise pass, at::vec over H).
 #include <ATen/ATen.h>
