@@ -14,8 +14,9 @@
 // the K pairs: per pair, kVecs loads of B and kRows broadcasts of one A pair. Columns go outermost, so a
 // 64-column panel of B (Kp/2 x 64 x 2 bfloat16: 16 KiB at K = 128) stays in L1 while every row tile uses it.
 //
-// Compiled for AVX512_BF16 by function attributes, whatever FASTRNN_CPU_CAPABILITY the library is built
-// for: bf16_gemm.cpp calls it only where the CPU has the instructions (cpu_has_avx512_bf16).
+// Compiled only into a library built for AVX512 (FASTRNN_CPU_CAPABILITY; a DEFAULT or AVX2 build uses no
+// wider registers than it names, tests/test_native_build.py), with AVX512_BF16 added by function
+// attributes; bf16_gemm.cpp calls it only where the CPU has the instructions (cpu_has_avx512_bf16).
 #include "bf16_gemm.h"
 
 #include <c10/util/BFloat16.h>
@@ -26,14 +27,17 @@
 #include <cstring>
 #include <utility>
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(CPU_CAPABILITY_AVX512)
+#define FASTRNN_DPBF16 1
 #include <immintrin.h>
 #endif
 
 namespace fastrnn {
 namespace cpu {
 
-#if defined(__x86_64__)
+#if defined(FASTRNN_DPBF16)
+bool dpbf16_built() { return true; }
+
 namespace {
 
 #define FASTRNN_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -131,14 +135,15 @@ FASTRNN_BF16_TARGET void pack_pair_rows(const float* row0, const float* row1, in
 }
 
 #else
+bool dpbf16_built() { return false; }
 
 void dpbf16_gemm(int64_t, int64_t, int64_t, int64_t, float, const uint16_t*, int64_t, int64_t, const uint16_t*,
                  float, float*, int64_t) {
-  TORCH_CHECK(false, "fastrnn: the avx512bf16 kernel needs an x86-64 CPU");
+  TORCH_CHECK(false, "fastrnn: the avx512bf16 kernel is not in this build (x86-64, FASTRNN_CPU_CAPABILITY=AVX512)");
 }
 
 void pack_pair_rows(const float*, const float*, int64_t, int64_t, uint16_t*) {
-  TORCH_CHECK(false, "fastrnn: the avx512bf16 kernel needs an x86-64 CPU");
+  TORCH_CHECK(false, "fastrnn: the avx512bf16 kernel is not in this build (x86-64, FASTRNN_CPU_CAPABILITY=AVX512)");
 }
 
 #endif

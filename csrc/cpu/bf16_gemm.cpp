@@ -42,8 +42,8 @@ bool cpuid7(unsigned subleaf, unsigned reg, unsigned bit) {
 bool cpu_has_avx512_bf16() {
 #if defined(__x86_64__)
   // avx512f through __builtin_cpu_supports, which also asks whether the OS saves the AVX-512 state
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && cpuid7(1, 0, 5);
+  static const bool has = dpbf16_built() && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && cpuid7(1, 0, 5);
   return has;
 #else
   return false;
@@ -69,8 +69,9 @@ Bf16Kernel bf16_kernel(const std::string& name, const char* op) {
     return Bf16Kernel::Mkl;
   }
   if (name == "avx512bf16") {
-    TORCH_CHECK(cpu_has_avx512_bf16(), op, ": gemm='avx512bf16' needs a CPU with AVX512_BF16, which this one "
-                "lacks; use gemm='auto' or 'emulated'");
+    TORCH_CHECK(cpu_has_avx512_bf16(), op, ": gemm='avx512bf16' needs a CPU with AVX512_BF16 and a library "
+                "built for AVX512 (FASTRNN_CPU_CAPABILITY); ", dpbf16_built() ? "this CPU lacks AVX512_BF16" :
+                "this build is not for AVX512", "; use gemm='auto' or 'emulated'");
     return Bf16Kernel::Avx512Bf16;
   }
   TORCH_CHECK(name == "auto", op, ": gemm must be 'auto', 'emulated', 'mkl' or 'avx512bf16', got '", name, "'");

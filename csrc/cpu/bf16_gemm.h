@@ -26,8 +26,11 @@ namespace cpu {
 
 enum class Bf16Kernel { Emulated, Mkl, Avx512Bf16 };
 
-// What this CPU (and this torch's BLAS) can run; the op reports them (fastrnn::bf16_capabilities).
+// What this CPU (and this torch's BLAS, and this build) can run; the op reports them
+// (fastrnn::bf16_capabilities). cpu_has_avx512_bf16: the CPU has AVX512_BF16 and the library was built
+// with the avx512bf16 kernel (FASTRNN_CPU_CAPABILITY=AVX512 on x86-64: dpbf16_built).
 bool cpu_has_avx512_bf16();
+bool dpbf16_built();
 bool cpu_has_amx_bf16();
 bool mkl_bf16_gemm_available();
 
