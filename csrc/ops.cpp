@@ -22,6 +22,19 @@ TORCH_LIBRARY(fastrnn, m) {
       "lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, "
       "Tensor c0, Tensor y, Tensor gates, Tensor cs, Tensor cut, Tensor scale, Tensor? lengths=None) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The same layer in bfloat16 mixed precision (docs/SPEC.md "bfloat16 mixed precision", CPU only):
+  // float32 tensors; every GEMM's operands rounded to bfloat16 and summed in float32; the state, gates, cell
+  // math and gradients float32. gemm picks the kernel: 'auto', 'emulated', 'mkl' or 'avx512bf16'
+  // (csrc/cpu/bf16_gemm.h); one this machine cannot run is refused. Outputs and saved tensors as lstm_forward.
+  m.def(
+      "lstm_mixed_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor h0, Tensor c0, "
+      "Tensor cut, Tensor scale, Tensor? lengths, str gemm) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "lstm_mixed_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, "
+      "Tensor c0, Tensor y, Tensor gates, Tensor cs, Tensor cut, Tensor scale, Tensor? lengths, str gemm) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // What this machine offers the mixed path: (avx512_bf16, amx_bf16, mkl_bf16_gemm, the kernel 'auto' picks).
+  m.def("bf16_capabilities() -> (bool, bool, bool, str)");
 
   // One SAB-LSTM layer (SPEC section 1). att_vb is the scorer's last parameter: att_v [A] (mlp) or att_b [1]
   // (linear). Outputs after c_n are saved for sab_backward: gates (activated), c, hhat, idx/w (the

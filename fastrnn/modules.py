@@ -77,10 +77,13 @@ def _in_functorch_transform() -> bool:
 class _Precision(NamedTuple):
     """How one call computes: `dtype` the tensors the layers see, `emulate` where the backend has no kernels
     for the autocast dtype (it then computes in float32 from operands rounded to it), `autocast` whether
-    torch.autocast is in effect (the layers then run with autocast off: the casts are made here)."""
+    torch.autocast is in effect (the layers then run with autocast off: the casts are made here), `mixed`
+    the cpu backend's bfloat16 mixed precision (fastrnn.LSTM only: the layers take the float32 tensors
+    unrounded and round each GEMM's operands themselves; docs/SPEC.md "bfloat16 mixed precision")."""
     dtype: torch.dtype
     emulate: Optional[torch.dtype]
     autocast: bool
+    mixed: bool = False
 
 
 class _Call(NamedTuple):
@@ -100,6 +103,10 @@ class _Call(NamedTuple):
 
 class _LSTMBase(nn.Module):
     """Parameters, checks and the layer loop shared by LSTM and SABLSTM."""
+
+    # Whether the class runs the cpu backend's bfloat16 mixed precision under autocast (_Precision.mixed);
+    # SABLSTM emulates (float32 math on rounded operands).
+    _MIXED_BF16 = False
 
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, backend,
                  device, dtype):
@@ -244,7 +251,8 @@ class _LSTMBase(nn.Module):
         torch.autocast (measured on torch.nn.LSTM, torch 2.13, CPU, bfloat16): input, hx and the weights are
         cast to the autocast dtype unless float64, the layers compute in it and the outputs have it; a float64
         model is left alone. fastrnn does the same on every backend; one without kernels for that dtype
-        (cpu; triton for float16) computes in float32 from the rounded operands and rounds its outputs.
+        (cpu; triton for float16) computes in float32 from the rounded operands and rounds its outputs,
+        except fastrnn.LSTM on cpu in bfloat16, which runs the mixed precision (_Precision.mixed).
         """
         device_type = device.type
         if (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
@@ -253,7 +261,8 @@ class _LSTMBase(nn.Module):
             dtype = torch.get_autocast_dtype(device_type)
             name = _concrete_backend(self.backend, device_type)
             emulate = None if dtype in NATIVE_DTYPES.get(name, ()) else torch.float32
-            return _Precision(dtype, emulate, True)
+            mixed = self._MIXED_BF16 and name == "cpu" and device_type == "cpu" and dtype == torch.bfloat16
+            return _Precision(dtype, emulate, True, mixed)
         if not input_dtype.is_floating_point:
             raise TypeError(f"input must be a floating-point tensor, got {input_dtype}: convert it with "
                             f"input.to({param_dtype})")
@@ -280,6 +289,13 @@ class _LSTMBase(nn.Module):
 
     def _layer_functions(self, call: _Call):
         backend, device_type = self.backend, call.x.device.type
+        if call.precision.mixed:
+            # the cpu backend's bfloat16 mixed precision; inside a torch.func transform its plain-autograd
+            # oracle, as the reference stands in for the fused ops below
+            from . import reference_bf16
+            from .ops import lstm as lstm_ops
+            lstm_layer = reference_bf16.lstm_layer if _in_functorch_transform() else lstm_ops.mixed_lstm_layer
+            return lstm_layer, None
         if _in_functorch_transform():
             # The fused ops' autograd formulas are opaque to torch.func (grad, vmap, jvp, ...); plain
             # autograd through the reference is not. "auto" takes it; an explicit fast backend refuses.
@@ -304,9 +320,12 @@ class _LSTMBase(nn.Module):
 
     @staticmethod
     def _cast(t, precision: _Precision):
-        """A tensor as the layers take it: in the autocast dtype (then float32 where emulated)."""
+        """A tensor as the layers take it: in the autocast dtype (then float32 where emulated); float32,
+        unrounded, in the mixed precision."""
         if t is None or not precision.autocast:
             return t
+        if precision.mixed:
+            return t.to(torch.float32)
         t = t.to(precision.dtype)
         return t if precision.emulate is None else t.to(precision.emulate)
 
@@ -434,7 +453,9 @@ _CALL_DOC = """
       dtype, the layers compute in it and output, h_n and c_n have it (gradients reach the float32 parameters
       as float32). A backend without kernels for that dtype ("cpu"; "triton" for float16) computes in float32
       from the operands rounded to it and rounds its outputs, as oneDNN's bfloat16 LSTM does inside
-      torch.nn.LSTM. (torch.nn.LSTM returns float32 for a PackedSequence under autocast; fastrnn treats a
+      torch.nn.LSTM; except LSTM on "cpu" in bfloat16, which runs the bfloat16 mixed precision (docs/SPEC.md:
+      bfloat16 GEMMs with float32 sums, float32 state and cell math, float32 gradients; the GEMM kernel is
+      picked at run time, FASTRNN_BF16_GEMM=auto|emulated|mkl|avx512bf16 forces one). (torch.nn.LSTM returns float32 for a PackedSequence under autocast; fastrnn treats a
       PackedSequence as padded input and returns the autocast dtype.)
     Errors: TypeError for an input, hx, lengths or schedule of the wrong type or dtype (and an unsupported
       dtype for the backend); ValueError for a wrong shape, device or length (lengths outside [0, T], lengths
@@ -452,6 +473,8 @@ class LSTM(_LSTMBase):
 
     forward(input, hx=None, *, lengths=None, schedule=None) -> output, (h_n, c_n)
     """
+
+    _MIXED_BF16 = True
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,

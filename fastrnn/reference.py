@@ -49,9 +49,10 @@ def recurrent_input(v: Tensor, cut: bool, scale: float) -> Tensor:
     return d + scale * (v - d)
 
 
-def lstm_cell(x_t, h_in, c_in, w_ih, w_hh, b_ih, b_hh):
-    """SPEC section 1, steps 2-3: returns (c_t, ĥ_t). Gate order i, f, g, o as torch.nn.LSTM."""
-    gates = x_t @ w_ih.t() + h_in @ w_hh.t()
+def lstm_cell(x_t, h_in, c_in, w_ih, w_hh, b_ih, b_hh, matmul=torch.matmul):
+    """SPEC section 1, steps 2-3: returns (c_t, ĥ_t). Gate order i, f, g, o as torch.nn.LSTM. `matmul` is
+    the product of the two GEMMs (reference_bf16.py passes the bfloat16 mixed one)."""
+    gates = matmul(x_t, w_ih.t()) + matmul(h_in, w_hh.t())
     if b_ih is not None:
         gates = gates + b_ih + b_hh
     i, f, g, o = gates.chunk(4, dim=1)
@@ -72,8 +73,9 @@ def stop_at_lengths(ys, cs, h0, c0, lengths):
     return y, states_h.gather(0, last).squeeze(0), states_c.gather(0, last).squeeze(0)
 
 
-def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
-    """A plain LSTM layer (torch.nn.LSTM's math) under a [T] truncation schedule; rows stop at `lengths`."""
+def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None, matmul=torch.matmul):
+    """A plain LSTM layer (torch.nn.LSTM's math) under a [T] truncation schedule; rows stop at `lengths`.
+    `matmul`: as lstm_cell's."""
     check_schedule(cut, scale, x.shape[0], x.shape[1], per_row=False)
     cut, scale = cut.tolist(), scale.tolist()
     h, c = h0, c0
@@ -81,7 +83,7 @@ def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
     for t in range(x.shape[0]):
         h_in = recurrent_input(h, cut[t], scale[t])
         c_in = recurrent_input(c, cut[t], scale[t])
-        c, h = lstm_cell(x[t], h_in, c_in, w_ih, w_hh, b_ih, b_hh)
+        c, h = lstm_cell(x[t], h_in, c_in, w_ih, w_hh, b_ih, b_hh, matmul)
         ys.append(h)
         cs.append(c)
     if lengths is not None:

@@ -81,18 +81,46 @@ inline LstmLayer<T> lstm_layer(const at::Tensor& x, const at::Tensor& w_ih, cons
           h_cell.data_ptr<T>()};
 }
 
+// The recurrent products of a step with W = W_hh [4H, H], called as product(A, M, lda, alpha, beta, C, ldc)
+// with the float32/float64 BLAS: the forward's C[M, 4H] = alpha A W^T + beta C (RecurrentForward), the
+// backward's C[M, H] = alpha A W + beta C (RecurrentBackward). The bfloat16 mixed path passes its own
+// (bf16_gemm.h's Bf16Product: the same products of operands rounded to bfloat16).
+template <typename T>
+struct RecurrentForward {
+  const T* w_hh;
+  int64_t H;
+  void operator()(const T* A, int64_t M, int64_t lda, T alpha, T beta, T* C, int64_t ldc) const {
+    gemm<T>(false, true, M, 4 * H, H, alpha, A, lda, w_hh, H, beta, C, ldc);
+  }
+};
+
+template <typename T>
+struct RecurrentBackward {
+  const T* w_hh;
+  int64_t H;
+  void operator()(const T* A, int64_t M, int64_t lda, T alpha, T beta, T* C, int64_t ldc) const {
+    gemm<T>(false, false, M, H, 4 * H, alpha, A, lda, w_hh, H, beta, C, ldc);
+  }
+};
+
 // Step t of rows [b0, b0 + nb): gates_t += h_{t-1} W_hh^T (beta = 1 keeps the input projection already
 // there), then per row the cell: activated gates, c_t, ĥ_t. h_{t-1} must be final (for SAB: step t-1's
 // summary added) before this runs.
-template <typename T>
-inline void lstm_step_forward(const LstmLayer<T>& L, int64_t t, int64_t b0, int64_t nb) {
+template <typename T, class Product>
+inline void lstm_step_forward(const LstmLayer<T>& L, int64_t t, int64_t b0, int64_t nb, Product& recurrent) {
   const int64_t H = L.H, G = 4 * H;
   T* g = L.gates + L.row(t, b0, G);
-  gemm<T>(false, true, nb, G, H, T(1), L.h_prev(t, b0), H, L.w_hh, H, T(1), g, G);
+  recurrent(L.h_prev(t, b0), nb, H, T(1), T(1), g, G);
   const T* cp = L.c_prev(t, b0);
   T* c = L.c + L.row(t, b0, H);
   T* h = L.h_cell + L.row(t, b0, H);
   for (int64_t b = 0; b < nb; ++b) lstm_row_forward<T>(g + b * G, cp + b * H, c + b * H, h + b * H, H);
+}
+
+template <typename T>
+inline void lstm_step_forward(const LstmLayer<T>& L, int64_t t, int64_t b0, int64_t nb) {
+  RecurrentForward<T> recurrent{L.w_hh, L.H};
+  lstm_step_forward(L, t, b0, nb, recurrent);
 }
 
 // The truncation schedule (docs/CONTRACT.md): the gradient from step t into step t-1 along the recurrent
@@ -161,13 +189,13 @@ inline void start_reverse_sweep(const LstmLayer<T>& L, const LstmSweep<T>& S, in
 // step t (cut, scale [T, B]): one unscaled GEMM over the block into dh (the cell backward has consumed it),
 // then each row takes its own share, dL/dh_{t-1} = dy_{t-1} + scale_b · (dG_b @ W_hh), or dy_{t-1} alone
 // where cut (the product is dropped, not multiplied by 0: not even a NaN crosses a cut); at t = 0 into dh0.
-template <typename T>
+template <typename T, class Product>
 inline void rows_into_previous_step(const LstmLayer<T>& L, const LstmSweep<T>& S, int64_t t, int64_t b0,
-                                    int64_t nb, const T* dG) {
+                                    int64_t nb, const T* dG, Product& recurrent) {
   const int64_t H = L.H, G = 4 * H;
   const Schedule<T>& sc = S.schedule;
   T* dh = S.dh + b0 * H;
-  gemm<T>(false, false, nb, H, G, T(1), dG, G, L.w_hh, H, T(0), dh, H);
+  recurrent(dG, nb, G, T(1), T(0), dh, H);
   const T* dy = t > 0 ? S.dy + L.row(t - 1, b0, H) : nullptr;
   T* target = t == 0 ? S.dh0 + b0 * H : dh;
   for (int64_t b = 0; b < nb; ++b) {
@@ -193,9 +221,9 @@ inline void rows_into_previous_step(const LstmLayer<T>& L, const LstmSweep<T>& S
 // is set to exactly 0, so not even a NaN crosses a cut); otherwise both are multiplied by scale[t].
 //
 // A per-row schedule whose rows differ at step t splits the recurrent gradient by row (rows_into_previous_step).
-template <typename T>
+template <typename T, class Product>
 inline void lstm_step_backward(const LstmLayer<T>& L, const LstmSweep<T>& S, int64_t t, int64_t b0, int64_t nb,
-                               T* dG) {
+                               T* dG, Product& recurrent) {
   const int64_t H = L.H, G = 4 * H;
   const Schedule<T>& sc = S.schedule;
   T* dh = S.dh + b0 * H;
@@ -212,7 +240,7 @@ inline void lstm_step_backward(const LstmLayer<T>& L, const LstmSweep<T>& S, int
     lstm_row_backward<T>(dh + b * H, dc + b * H, g + b * G, cp + b * H, c + b * H, dG + b * G, H,
                          sc.cut[sc.at(t, b0 + b)], sc.scale[sc.at(t, b0 + b)]);
   if (!sc.uniform(t, b0, nb)) {
-    rows_into_previous_step(L, S, t, b0, nb, dG);
+    rows_into_previous_step(L, S, t, b0, nb, dG, recurrent);
     return;
   }
   const bool cut = sc.cut[sc.at(t, b0)];
@@ -222,22 +250,31 @@ inline void lstm_step_backward(const LstmLayer<T>& L, const LstmSweep<T>& S, int
   T* target = t == 0 ? S.dh0 + b0 * H : dh;
   if (t > 0) std::copy_n(S.dy + L.row(t - 1, b0, H), nb * H, target);
   if (!cut) {
-    gemm<T>(false, false, nb, H, G, scale, dG, G, L.w_hh, H, T(t > 0), target, H);
+    recurrent(dG, nb, G, scale, T(t > 0), target, H);
   } else if (t == 0) {
     std::fill_n(target, nb * H, T(0));
   }
 }
 
+template <typename T>
+inline void lstm_step_backward(const LstmLayer<T>& L, const LstmSweep<T>& S, int64_t t, int64_t b0, int64_t nb,
+                               T* dG) {
+  RecurrentBackward<T> recurrent{L.w_hh, L.H};
+  lstm_step_backward(L, S, t, b0, nb, dG, recurrent);
+}
+
 // The LSTM part of a finished chunk of the sweep: steps [t0, t0 + n) of rows [b0, b0 + R), whose gate
 // gradients are dG (step-major, [n * R, 4H]). Accumulates dW_ih += dG_t^T x_t, dW_hh += dG_t^T h_{t-1}
-// (h0 for t = 0), db += column sums of dG, and writes the block's dx rows dx_t = dG_t W_ih (dx [T, B, I]).
+// (h0 for t = 0), db += column sums of dG_sum (nullptr: of dG), and writes the block's dx rows
+// dx_t = dG_t W_ih (dx [T, B, I]). The bfloat16 mixed path passes dG rounded to bfloat16 (the GEMMs'
+// operand) and dG_sum unrounded (the bias gradient is no GEMM: float32).
 // A block's rows of x and h_{t-1} are not one strided matrix across steps, so the GEMMs go step by step
 // (K = R): copying the chunk's rows into one matrix for a single GEMM with K = n * R measured slower
 // (39 against 34 ms per 1000 steps of a 16-row block at H = 128, float32; MKL's small-K GEMM beats copy
 // plus packing).
 template <typename T>
 inline void fold_lstm_chunk(const LstmLayer<T>& L, const T* dG, int64_t t0, int64_t n, int64_t b0, int64_t R,
-                            T* dx, T* dw_ih, T* dw_hh, T* db) {
+                            T* dx, T* dw_ih, T* dw_hh, T* db, const T* dG_sum = nullptr) {
   const int64_t I = L.I, H = L.H, G = 4 * H;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = t0 + i;
@@ -246,8 +283,9 @@ inline void fold_lstm_chunk(const LstmLayer<T>& L, const T* dG, int64_t t0, int6
     gemm<T>(true, false, G, H, R, T(1), dG_t, G, L.h_prev(t, b0), H, T(1), dw_hh, H);
     gemm<T>(false, false, R, I, G, T(1), dG_t, G, L.w_ih, I, T(0), dx + L.row(t, b0, I), I);
   }
+  const T* sum = dG_sum ? dG_sum : dG;
   for (int64_t r = 0; r < n * R; ++r)
-    for (int64_t g = 0; g < G; ++g) db[g] += dG[r * G + g];
+    for (int64_t g = 0; g < G; ++g) db[g] += sum[r * G + g];
 }
 
 }  // namespace cpu

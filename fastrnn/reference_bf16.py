@@ -1,0 +1,50 @@
+"""The bfloat16 mixed precision of the cpu backend (docs/SPEC.md "bfloat16 mixed precision") in plain
+PyTorch: the oracle its kernels (csrc/cpu/bf16_gemm.h) are tested against.
+
+The math: every GEMM's operands are rounded to bfloat16 (round to nearest even, `.bfloat16()`), the products
+summed in float32; everything else (biases, gates, cell, state, every gradient) stays float32, for float32
+master weights. In the backward the GEMMs' operands are rounded too: the incoming gradient of a product
+(dG of the gates) is rounded before it multiplies the other operand, so dW = r(dG)^T r(h) and
+dh = r(dG) r(W). The rounding itself passes gradients through unchanged (the float32 master gets the
+gradient of its rounded copy).
+
+    lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None) -> (y, h_n, c_n)
+
+takes float32 tensors and returns float32, with reference.lstm_layer's signature and schedule semantics.
+"""
+import torch
+
+from . import reference
+
+__all__ = ["bf16_matmul", "lstm_layer"]
+
+
+def _r(t):
+    return t.bfloat16().float()
+
+
+class _Bf16Matmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return _r(a) @ _r(b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        g = _r(grad)
+        da = g @ _r(b).t() if ctx.needs_input_grad[0] else None
+        db = _r(a).t() @ g if ctx.needs_input_grad[1] else None
+        return da, db
+
+
+def bf16_matmul(a, b):
+    """a @ b of float32 matrices [M, K] x [K, N] from operands rounded to bfloat16, summed in float32; its
+    backward rounds the incoming gradient and the operands the same way."""
+    return _Bf16Matmul.apply(a, b)
+
+
+def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
+    """reference.lstm_layer with every GEMM in bfloat16 mixed precision (bf16_matmul)."""
+    return reference.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths=lengths,
+                                matmul=bf16_matmul)
