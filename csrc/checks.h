@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace fastrnn {
@@ -71,9 +72,10 @@ class ArgChecker {
   }
 
   // The per-layer arguments every layer op shares (docs/CONTRACT.md): x, w_ih [4H, I], w_hh [4H, H],
-  // h0, c0 [B, H], cut bool [T], scale [T].
+  // h0, c0 [B, H], and the truncation schedule (schedule below). `row_schedules`: the implementation also
+  // takes a schedule per row.
   LayerDims layer(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0,
-                  const at::Tensor& c0, const at::Tensor& cut, const at::Tensor& scale) {
+                  const at::Tensor& c0, const at::Tensor& cut, const at::Tensor& scale, bool row_schedules = false) {
     this->x(x);
     TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1), op_, ": w_hh must be [4H, H], got shape ",
                 w_hh.sizes());
@@ -82,9 +84,23 @@ class ArgChecker {
     tensor(w_hh, "w_hh", {4 * d.H, d.H});
     tensor(h0, "h0", {d.B, d.H});
     tensor(c0, "c0", {d.B, d.H});
-    tensor(cut, "cut", at::kBool, {d.T});
-    tensor(scale, "scale", {d.T});
+    schedule(cut, scale, d, row_schedules);
     return d;
+  }
+
+  // The truncation schedule: cut bool and scale (x's dtype), each [T], or, where the implementation takes
+  // a schedule per row (`row_schedules`), each [T] or [T, B] (step-major: entry [t, b] is row b's at step t;
+  // [T] is every row's).
+  void schedule(const at::Tensor& cut, const at::Tensor& scale, const LayerDims& d, bool row_schedules) const {
+    for (const auto& [t, name, dtype] : {std::tuple{&cut, "cut", at::kBool}, std::tuple{&scale, "scale", dtype_}}) {
+      if (!row_schedules || t->dim() == 1) {
+        tensor(*t, name, dtype, {d.T});
+        continue;
+      }
+      TORCH_CHECK(t->dim() == 2, op_, ": ", name, " must be [T] = [", d.T, "] or [T, B] = [", d.T, ", ", d.B,
+                  "], got shape ", t->sizes());
+      tensor(*t, name, dtype, {d.T, d.B});
+    }
   }
 
   // b_ih, b_hh [4H], both given or both None (bias=False).
@@ -162,7 +178,9 @@ class ArgChecker {
 
   // The per-row arguments of the SAB ops (docs/CONTRACT.md "Per-row resets"): reset bool [T, B], slot_offset
   // int64 [B] in [0, S0) (0 without memory), row_step0 int64 [B] >= 0, each contiguous on x's device, never
-  // with lengths (the values are checked on CPU). Returns whether the call is per row (any of them given).
+  // with lengths. The values are read on the host (on another device than the CPU: one copy of each [B]
+  // tensor), so every device names the first bad one in the same words. Returns whether the call is per row
+  // (any of them given).
   bool rows(const std::optional<at::Tensor>& reset, const std::optional<at::Tensor>& slot_offset,
             const std::optional<at::Tensor>& row_step0, const std::optional<at::Tensor>& memory,
             const std::optional<at::Tensor>& lengths, const LayerDims& d, int64_t S0) const {
@@ -173,15 +191,16 @@ class ArgChecker {
       if (!t->has_value()) continue;
       tensor(**t, name, at::kLong, {d.B});
     }
-    if (!device_.is_cpu()) return true;  // the values are read on the host by the CPU ops only
     if (slot_offset.has_value()) {
-      const int64_t* p = slot_offset->const_data_ptr<int64_t>();
+      const at::Tensor host = slot_offset->cpu();
+      const int64_t* p = host.const_data_ptr<int64_t>();
       for (int64_t b = 0; b < d.B; ++b)
         TORCH_CHECK(p[b] >= 0 && p[b] < S0 && (memory.has_value() || p[b] == 0), op_, ": slot_offset[", b, "] = ",
                     p[b], " must lie in [0, S0) with S0 = ", S0, memory.has_value() ? "" : " (0 without memory)");
     }
     if (row_step0.has_value()) {
-      const int64_t* p = row_step0->const_data_ptr<int64_t>();
+      const at::Tensor host = row_step0->cpu();
+      const int64_t* p = host.const_data_ptr<int64_t>();
       for (int64_t b = 0; b < d.B; ++b)
         TORCH_CHECK(p[b] >= 0, op_, ": row_step0[", b, "] = ", p[b], " must be >= 0");
     }
