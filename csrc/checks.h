@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace fastrnn {
@@ -171,7 +172,9 @@ class ArgChecker {
 
   // The per-row arguments of the SAB ops (docs/CONTRACT.md "Per-row resets"): reset bool [T, B], slot_offset
   // int64 [B] in [0, S0) (0 without memory), row_step0 int64 [B] >= 0, each contiguous on x's device, never
-  // with lengths (the values are checked on CPU). Returns whether the call is per row (any of them given).
+  // with lengths. The values are read on the host (on another device than the CPU: one copy of each [B]
+  // tensor), so every device names the first bad one in the same words. Returns whether the call is per row
+  // (any of them given).
   bool rows(const std::optional<at::Tensor>& reset, const std::optional<at::Tensor>& slot_offset,
             const std::optional<at::Tensor>& row_step0, const std::optional<at::Tensor>& memory,
             const std::optional<at::Tensor>& lengths, const LayerDims& d, int64_t S0) const {
@@ -182,15 +185,16 @@ class ArgChecker {
       if (!t->has_value()) continue;
       tensor(**t, name, at::kLong, {d.B});
     }
-    if (!device_.is_cpu()) return true;  // the values are read on the host by the CPU ops only
     if (slot_offset.has_value()) {
-      const int64_t* p = slot_offset->const_data_ptr<int64_t>();
+      const at::Tensor host = slot_offset->cpu();
+      const int64_t* p = host.const_data_ptr<int64_t>();
       for (int64_t b = 0; b < d.B; ++b)
         TORCH_CHECK(p[b] >= 0 && p[b] < S0 && (memory.has_value() || p[b] == 0), op_, ": slot_offset[", b, "] = ",
                     p[b], " must lie in [0, S0) with S0 = ", S0, memory.has_value() ? "" : " (0 without memory)");
     }
     if (row_step0.has_value()) {
-      const int64_t* p = row_step0->const_data_ptr<int64_t>();
+      const at::Tensor host = row_step0->cpu();
+      const int64_t* p = host.const_data_ptr<int64_t>();
       for (int64_t b = 0; b < d.B; ++b)
         TORCH_CHECK(p[b] >= 0, op_, ": row_step0[", b, "] = ", p[b], " must be >= 0");
     }

@@ -8,9 +8,11 @@
 #   2. builds the CUDA backend (fastrnn/ops/cuda_build.py: csrc/cuda with torch.utils.cpp_extension);
 #      later processes only load it (FASTRNN_CUDA_NO_BUILD=1: a failed build is not retried by each),
 #   3. runs the cuda backend's GPU tests (tests/test_cuda.py -k "not triton": against the reference,
-#      streaming a SAB layer across calls, both LSTM sweeps, new_slots fresh, the k_top limit),
+#      streaming a SAB layer across calls, both LSTM sweeps, new_slots fresh, the k_top limit, per-row
+#      resets against each row's pieces and per-row [T, B] schedules against each row's reference),
 #   4. runs the triton backend's GPU tests (tests/test_cuda.py -k triton),
-#   5. runs compute-sanitizer --tool memcheck on a small LSTM and SAB forward+backward (cuda backend), after
+#   5. runs compute-sanitizer --tool memcheck on a small LSTM and SAB forward+backward (cuda backend; SAB
+#      also streaming, and per row: resets, a left-padded memory, per-row counters, a [T, B] schedule), after
 #      a probe: where the sanitizer is missing or refuses the device ("Device not supported", as under
 #      gVisor) the part is skipped with a line saying so, not failed,
 #   6. prints fwd+bwd times as ratios to nn.LSTM (cuDNN) for fastrnn.LSTM and SABLSTM (cuda, triton) at
@@ -206,8 +208,21 @@ for mlp in (True, False):
                                k_att=3, scorer="mlp" if mlp else "linear", provisional=mlp, memory=r(B, 4, H),
                                step0=7, return_slots=True)
     (out[0].square().sum() + out[4].square().sum()).backward()
+    # per row (docs/SPEC.md section 9): resets (one at step 0), a left-padded memory, per-row counters, and a
+    # [T, B] schedule; the per-row slot tables (sab_rows.cu) and every kernel's per-row path
+    reset = torch.zeros(T, B, dtype=torch.bool, device="cuda")
+    reset[0, 1] = reset[2, 0] = reset[3, 2] = True
+    cut = torch.zeros(T, B, dtype=torch.bool, device="cuda")
+    cut[3, 1] = True
+    out = cuda_build.sab_layer(r(T, B, I), r(4 * H, I), r(4 * H, H), r(4 * H), r(4 * H), *att, r(B, H), r(B, H),
+                               cut, torch.rand(T, B, **d) + 0.5, k_top=2, k_att=2, scorer="mlp" if mlp else "linear",
+                               provisional=not mlp, memory=r(B, 4, H), step0=7, return_slots=True, reset=reset,
+                               slot_offset=torch.tensor([1, 0, 3], device="cuda"),
+                               row_step0=torch.tensor([2, 5, 0], device="cuda"))
+    (out[0].square().sum() + out[4].square().sum()).backward()
 torch.cuda.synchronize()
-print("memcheck case ran: LSTM and SABLSTM (mlp, linear), float32 and bfloat16, both LSTM sweeps; streaming")
+print("memcheck case ran: LSTM and SABLSTM (mlp, linear), float32 and bfloat16, both LSTM sweeps; streaming; "
+      "per-row resets and schedules")
 PY
 fi
 

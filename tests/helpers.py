@@ -98,7 +98,7 @@ def run_with_grads(fn, args, sched, seed=1, **kw):
     out = fn(**args, **sched, **kw)
     y, h_n, c_n = out[0], out[1], out[2]
     g = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum()
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device, o.dtype)).sum()
                for o in (y, h_n, c_n))
     named = leaves(args)
     grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)

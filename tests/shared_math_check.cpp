@@ -11,6 +11,7 @@
 #include "fastrnn/lstm_cell.h"
 #include "fastrnn/memory_slots.h"
 #include "fastrnn/reverse_sweep.h"
+#include "fastrnn/row_slots.h"
 #include "fastrnn/scalar_math.h"
 #include "fastrnn/sparse_attention.h"
 #ifdef FASTRNN_WITH_CUDA_HEADERS
@@ -182,6 +183,101 @@ static void slot_cases() {
       }
 }
 
+// Per-row slot tables (row_slots.h): the walk of every row of a few calls (resets, left-padded carried
+// memory, per-row counters; the first pass without src as the ops run it, then with it), row_step on its
+// own, and where each table entry's value lies (row_slot_value; zeros: a fourth region of the buffer).
+static void row_slot_cases() {
+  struct Case {
+    int64_t T, B, S0, step0, k_att;
+    const char* reset;       // T x B characters, step-major ('1': a reset), or nullptr
+    const int64_t* offset;   // [B] or nullptr
+    const int64_t* counter;  // [B] or nullptr (every row at step0)
+  };
+  static const int64_t off_a[] = {1, 0, 3}, cnt_a[] = {5, 7, 0}, off_b[] = {0, 0, 0, 0}, cnt_b[] = {0, 3, 1, 2};
+  const Case cases[] = {
+      {11, 4, 1, 0, 2, "0100" "0000" "0000" "0010" "1000" "1000" "0000" "0000" "0000" "1000" "0010", nullptr, nullptr},
+      {9, 3, 4, 9, 2, "000" "000" "100" "000" "000" "000" "001" "000" "000", off_a, cnt_a},
+      {7, 4, 1, 0, 3, "1111" "0000" "1010" "1100" "0000" "0001" "1111", off_b, cnt_b},
+      {6, 2, 2, 5, 1, nullptr, nullptr, nullptr},
+      {5, 3, 4, 4, 4, "001" "010" "100" "000" "010", off_a, nullptr},
+  };
+  static double buf[4 * 100000];
+  const double *carried = buf, *y = buf + 100000, *hhat = buf + 200000, *zeros = buf + 300000;
+  static const char* names[] = {"carried", "y", "hhat", "zeros"};
+  for (const Case& c : cases) {
+    bool reset[64];
+    for (int64_t i = 0; i < c.T * c.B; ++i) reset[i] = c.reset != nullptr && c.reset[i] == '1';
+    int64_t lo[64], hi[64], wr[64], appended[8], src[8 * 32], S1 = 0;
+    for (int64_t b = 0; b < c.B; ++b) {
+      appended[b] = fastrnn::row_slot_walk(c.reset ? reset : nullptr, c.T, c.B, b, c.S0, c.offset ? c.offset[b] : 0,
+                                           c.counter ? c.counter[b] : c.step0, c.k_att, lo, hi, wr, nullptr);
+      S1 = appended[b] > S1 ? appended[b] : S1;
+    }
+    for (int64_t i = 0; i < c.B * S1; ++i) src[i] = -1;
+    for (int64_t b = 0; b < c.B; ++b)
+      fastrnn::row_slot_walk(c.reset ? reset : nullptr, c.T, c.B, b, c.S0, c.offset ? c.offset[b] : 0,
+                             c.counter ? c.counter[b] : c.step0, c.k_att, nullptr, nullptr, nullptr, src + b * S1);
+    printf("{\"kind\": \"row_slots\", \"T\": %lld, \"B\": %lld, \"S0\": %lld, \"step0\": %lld, \"k_att\": %lld, "
+           "\"reset\": [", (long long)c.T, (long long)c.B, (long long)c.S0, (long long)c.step0, (long long)c.k_att);
+    for (int64_t i = 0; i < c.T * c.B; ++i) printf("%s%d", i ? ", " : "", int(reset[i]));
+    printf("], \"has_reset\": %s, \"offset\": ", c.reset ? "true" : "false");
+    if (c.offset) {
+      for (int64_t b = 0; b < c.B; ++b) printf("%s%lld", b ? ", " : "[", (long long)c.offset[b]);
+      printf("]");
+    } else {
+      printf("null");
+    }
+    printf(", \"counter\": ");
+    if (c.counter) {
+      for (int64_t b = 0; b < c.B; ++b) printf("%s%lld", b ? ", " : "[", (long long)c.counter[b]);
+      printf("]");
+    } else {
+      printf("null");
+    }
+    const int64_t* tables[] = {lo, hi, wr};
+    const char* table_names[] = {"lo", "hi", "wr"};
+    for (int k = 0; k < 3; ++k) {
+      printf(", \"%s\": [", table_names[k]);
+      for (int64_t i = 0; i < c.T * c.B; ++i) printf("%s%lld", i ? ", " : "", (long long)tables[k][i]);
+      printf("]");
+    }
+    printf(", \"appended\": [");
+    for (int64_t b = 0; b < c.B; ++b) printf("%s%lld", b ? ", " : "", (long long)appended[b]);
+    printf("], \"src\": [");
+    for (int64_t i = 0; i < c.B * S1; ++i) printf("%s%lld", i ? ", " : "", (long long)src[i]);
+    // row_step alone along row 0: each step's fresh slot (the walk does not print it)
+    printf("], \"steps_row0\": [");
+    fastrnn::RowWalk w{c.S0, c.offset ? c.offset[0] : 0, c.counter ? c.counter[0] : c.step0};
+    for (int64_t t = 0; t < c.T; ++t) {
+      const fastrnn::RowStep st = fastrnn::row_step(w, reset[t * c.B] && c.reset, c.k_att);
+      printf("%s[%lld, %lld, %lld, %lld]", t ? ", " : "", (long long)st.lo, (long long)st.hi, (long long)st.fresh,
+             (long long)st.wr);
+    }
+    // every entry of every row's table, final and provisional: [b, j, prov, region, offset]
+    const int64_t H = 5;
+    const fastrnn::SlotGrid grid(c.S0, c.step0, c.k_att);
+    printf("], \"H\": %lld, \"value\": [", (long long)H);
+    bool first_entry = true;
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t j = 0; j < c.S0 + S1; ++j)
+        for (int prov = 0; prov < 2; ++prov) {
+          const int64_t at =
+              fastrnn::row_slot_value(grid, src, S1, j, b, carried, y, hhat, prov != 0, c.B, H, zeros) - buf;
+          printf("%s[%lld, %lld, %d, \"%s\", %lld]", first_entry ? "" : ", ", (long long)b, (long long)j, prov,
+                 names[at / 100000], (long long)(at % 100000));
+          first_entry = false;
+        }
+    // without tables (src nullptr): slot_value's, for the slots of the uniform grid
+    bool plain_same = true;
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t j = 0; j < grid.n_mem(c.T); ++j)
+        plain_same = plain_same && fastrnn::row_slot_value<double>(grid, nullptr, 0, j, b, carried, y, hhat, true,
+                                                                   c.B, H, zeros) ==
+                                       fastrnn::slot_value(grid, j, b, carried, y, hhat, true, c.B, H);
+    printf("], \"plain_same\": %s}\n", plain_same ? "true" : "false");
+  }
+}
+
 // The reverse sweep's lengths and schedule at one element: last_step, output_grad, carried_dc.
 static void sweep_cases() {
   const int64_t len[] = {4, 0, 7};
@@ -203,6 +299,12 @@ static void sweep_cases() {
       num(g_nan);
       printf(", \"g_f32\": %.9g}\n", double(g_f32));
     }
+  for (int64_t rows = 0; rows < 2; ++rows)
+    for (int64_t t = 0; t < 3; ++t)
+      for (int64_t b = 0; b < 4; ++b)
+        printf("{\"kind\": \"schedule_entry\", \"t\": %lld, \"b\": %lld, \"B\": 4, \"rows\": %s, \"entry\": %lld}\n",
+               (long long)t, (long long)b, rows ? "true" : "false",
+               (long long)fastrnn::schedule_entry(t, b, 4, rows != 0));
   for (int n = 0; n < 8; ++n) {
     const bool cut = n % 2 == 1;
     const double dcp = n >= 6 ? nan : uniform(), scale = uniform();
@@ -223,6 +325,7 @@ int main() {
   selection_cases();
   nan_ranking_cases();
   slot_cases();
+  row_slot_cases();
   sweep_cases();
   return 0;
 }

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every launcher of csrc/cuda/launchers.h, per dtype where it has one.
 LAUNCHERS = ["fastrnn_lstm_pointwise_forward_f32", "fastrnn_lstm_pointwise_forward_f64",
              "fastrnn_lstm_pointwise_backward_f32", "fastrnn_lstm_pointwise_backward_f64",
-             "fastrnn_lstm_persistent_units", "fastrnn_sab_max_k_top",
+             "fastrnn_lstm_persistent_units", "fastrnn_sab_max_k_top", "fastrnn_sab_row_slots",
              *(f"fastrnn_{op}_{dt}" for op in ("gemm", "lstm_forward", "lstm_backward", "sab_forward", "sab_backward")
                for dt in ("f32", "f64", "bf16"))]
 
@@ -87,7 +87,7 @@ def test_cuda_library_compiles_for_sm80_and_sm90(tmp_path):
         functions = _run([cuobjdump, "--list-text", str(so)])
         for kernel in ("lstm_fwd_step_kernel", "lstm_fwd_persistent_kernel", "lstm_bwd_step_kernel",
                        "lstm_bwd_persistent_kernel", "gemm_kernel", "sab_attention_fwd_kernel",
-                       "sab_attention_bwd_kernel", "sab_cell_bwd_kernel"):
+                       "sab_attention_bwd_kernel", "sab_cell_bwd_kernel", "sab_row_slots_kernel"):
             assert kernel in functions, f"{kernel} missing from {so.name}"
 
 

@@ -16,8 +16,19 @@ from fastrnn.ops.streaming import PAD_STEP, reset_plan, supports_reset
 from helpers import TOL, assert_bf16_close, backend_params, compare, layer_args, leaves, only, run_with_grads
 
 f64 = torch.float64
+
+
+def _cpu_sab_layer(backend):
+    """The backend's sab_layer for CPU tensors, or None for a backend that takes GPU tensors only (cuda; triton
+    without TRITON_INTERPRET: tests/test_cuda.py runs those, importing this file's helpers)."""
+    try:
+        return _backends.layer_functions(backend, torch.device("cpu"))[1]
+    except ValueError:
+        return None
+
+
 FAST_RESET_BACKENDS = [b for b in fastrnn.available_backends() if b != "reference"
-                       and supports_reset(_backends.layer_functions(b, torch.device("cpu"))[1], "cpu")]
+                       and _cpu_sab_layer(b) is not None and supports_reset(_cpu_sab_layer(b), "cpu")]
 RESET_BACKENDS = ["reference", *backend_params(FAST_RESET_BACKENDS)]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +58,7 @@ def _grads(loss, named):
 
 def _weighted(outputs, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return sum((o * torch.randn(o.shape, generator=g, dtype=f64)).sum() for o in outputs)
+    return sum((o * torch.randn(o.shape, generator=g, dtype=f64).to(o.device)).sum() for o in outputs)
 
 
 def _assert_close(a, b, tol, what):
@@ -407,12 +418,13 @@ def test_reset_argument_errors():
 
 
 def test_backends_without_resets_refuse_them(monkeypatch):
-    """A backend whose layer does not implement resets (today: cuda, whose kernels lack them; the cpu op module
-    serves CUDA tensors only without them) makes the module raise NotImplementedError naming it, for reset=
-    and for a per-row state; exercised on the cpu backend with its mark taken away, so it runs without a GPU."""
+    """A backend whose layer does not implement resets (today none: every backend is marked, cuda too, and the
+    cpu op module serves CUDA tensors with the CUDA op's) makes the module raise NotImplementedError naming it,
+    for reset= and for a per-row state; exercised on the cpu backend with its mark taken away, so it runs
+    without a GPU."""
     from fastrnn.ops import cuda_build, sab as sab_ops
     from fastrnn.ops.streaming import supports_reset
-    assert not supports_reset(cuda_build.sab_layer, "cuda") and not supports_reset(sab_ops.sab_layer, "cuda")
+    assert supports_reset(cuda_build.sab_layer, "cuda") and supports_reset(sab_ops.sab_layer, "cuda")
     if "cpu" not in fastrnn.available_backends():
         pytest.skip("cpu backend unavailable")
     monkeypatch.setattr(sab_ops.sab_layer, "supports_reset", False)

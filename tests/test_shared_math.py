@@ -2,9 +2,11 @@
 policy (scalar_math.h), the LSTM cell forward and backward (lstm_cell.h), the scorers' terms and their
 backward (attention_score.h), the ranking with its tie rules, the threshold, the sparse weights, their backward
 and the threshold slot's gradient (sparse_attention.h), the slot numbering of a call, streaming included, and
-where a slot's value lies (memory_slots.h), and what lengths and the schedule do to one element of the
-reverse sweep (reverse_sweep.h). tests/shared_math_check.cpp calls them and prints the results; this file
-recomputes them in Python from docs/SPEC.md (sections 1.2-1.3, 8) and docs/CONTRACT.md, and checks that the
+where a slot's value lies (memory_slots.h), the per-row slot tables of a call with resets and where their
+entries lie (row_slots.h, against fastrnn.ops.streaming.reset_plan), and what lengths and the schedule (a
+[T] or a [T, B] one) do to one element of the reverse sweep (reverse_sweep.h). tests/shared_math_check.cpp
+calls them and prints the results; this file recomputes them in Python from docs/SPEC.md (sections 1.2-1.3,
+8, 9) and docs/CONTRACT.md, and checks that the
 check program calls every FASTRNN_HD function of those headers. Compiled with nvcc (-x cu: the headers are
 compiled for the device as well; host code runs without a GPU) where it is installed, else with c++ and the
 csrc/include headers alone."""
@@ -67,7 +69,7 @@ def test_every_shared_function_is_exercised():
     code = "\n".join(line.split("//")[0] for line in CHECK.read_text().splitlines())
     shared = _shared_functions()
     assert {"lstm_cell.h", "attention_score.h", "sparse_attention.h", "memory_slots.h", "reverse_sweep.h",
-            "scalar_math.h"} <= set(shared), shared
+            "row_slots.h", "scalar_math.h"} <= set(shared), shared
     missing = [f"{h}: {name}" for h, names in shared.items() for name in names
                if not re.search(rf"\b{name}\b", code)]
     assert not missing, f"shared functions the check program never calls: {missing}"
@@ -89,13 +91,15 @@ def test_no_copy_of_the_shared_math_in_the_device_code():
     """The pieces that moved into csrc/include/fastrnn/ are defined there only: neither device's code keeps
     its own (both call the shared ones)."""
     moved = ("slot_value", "slot_written_at", "num_slots", "slot_step", "output_grad", "carried_dc", "last_step",
-             "add_threshold_grad", "selected_count", "mlp_score_term", "linear_score")
+             "add_threshold_grad", "selected_count", "mlp_score_term", "linear_score", "row_step", "row_slot_walk",
+             "row_slot_value", "schedule_entry")
     for path in sorted([*(ROOT / "csrc" / "cpu").iterdir(), *(ROOT / "csrc" / "cuda").iterdir()]):
         if path.suffix not in (".h", ".cuh", ".cpp", ".cu"):
             continue
         code = "\n".join(line.split("//")[0] for line in path.read_text().splitlines())
         own = [name for name in moved if _defines(code, name)]
-        own += [name for name in ("SlotGrid", "ScalarMath") if re.search(rf"\b(struct|class)\s+{name}\b", code)]
+        own += [name for name in ("SlotGrid", "ScalarMath", "RowWalk", "RowStep")
+                if re.search(rf"\b(struct|class)\s+{name}\b", code)]
         assert not own, f"{path.relative_to(ROOT)} defines its own {own}"
     shared = "\n".join(p.read_text() for p in SHARED.glob("*.h"))
     assert all(_defines(shared, name) for name in moved if name not in ("slot_written_at", "num_slots",
@@ -285,3 +289,70 @@ def test_reverse_sweep_pieces(results):
         else:
             assert r["out"] == r["dc_prev"] * r["scale"]
             assert r["out_f32"] == pytest.approx(r["dc_prev"] * r["scale"], rel=1e-6, abs=1e-7)
+
+
+def test_row_slot_tables_match_reset_plan(results):
+    """row_slots.h's walk (the cpu and cuda ops' per-row tables) against fastrnn.ops.streaming.reset_plan (the
+    module's and triton's bookkeeping, docs/CONTRACT.md "Per-row resets"): per row and step the window [lo, hi)
+    (lo: the last reset's fresh slot, or the row's offset; hi: the carried entries and every slot appended
+    before the step's own write), the written slot where reset_plan writes, the appended count, base, and the
+    appended slots' sources in table order (a fresh slot -1, a written one its step), which number the slots as
+    reset_plan's new_steps do; row_step alone gives the same windows and the fresh slots; row_slot_value reads
+    carried entries from the memory, written ones from y / hhat at their step, fresh ones and padding as zeros,
+    and without tables (src nullptr) is slot_value."""
+    import torch
+
+    from fastrnn.ops.streaming import PAD_STEP, reset_plan
+    cases = _of(results, "row_slots")
+    assert len(cases) == 5 and any(r["offset"] for r in cases) and any(not r["has_reset"] for r in cases)
+    for r in cases:
+        T, B, S0, step0, k_att = (r[k] for k in ("T", "B", "S0", "step0", "k_att"))
+        reset = torch.tensor(r["reset"], dtype=torch.bool).reshape(T, B)
+        offset = None if r["offset"] is None else torch.tensor(r["offset"])
+        counter = None if r["counter"] is None else torch.tensor(r["counter"])
+        plan = reset_plan(T, B, k_att, torch.device("cpu"), S0=S0, step0=step0,
+                          reset=reset if r["has_reset"] else None, slot_offset=offset, row_step0=counter)
+        lo, hi, wr = (torch.tensor(r[k]).reshape(T, B) for k in ("lo", "hi", "wr"))
+        assert r["appended"] == plan.appended.tolist()
+        S1 = max(r["appended"])
+        src = torch.tensor(r["src"], dtype=torch.int64).reshape(B, S1)
+        assert torch.equal(wr >= 0, plan.writes)
+        events = (reset.long() + plan.writes.long()).cumsum(0) - plan.writes.long()   # appended before t's write
+        assert torch.equal(hi, S0 + events)
+        assert torch.equal(wr, torch.where(plan.writes, hi, -1))
+        start = torch.zeros(B, dtype=torch.int64) if offset is None else offset
+        fresh = torch.where(reset, hi - 1, -1)
+        assert torch.equal(lo, torch.maximum(fresh.cummax(0).values, start.expand(T, B)))
+        assert torch.equal(lo[-1], plan.base)
+        for b in range(B):
+            n = r["appended"][b]
+            assert src[b, n:].eq(-1).all()                            # padding
+            for i in range(n):
+                t = int(src[b, i])
+                if t >= 0:                                            # written after step t: wr says so
+                    assert wr[t, b] == S0 + i and plan.new_steps[b, i] == step0 + t
+                else:                                                 # a fresh slot: lo starts there at a reset
+                    (steps,) = torch.nonzero(reset[:, b] & (lo[:, b] == S0 + i), as_tuple=True)
+                    assert len(steps) == 1 and plan.new_steps[b, i] == step0 + int(steps[0]) - 1
+            assert plan.new_steps[b, n:].eq(PAD_STEP).all()
+        steps = torch.tensor(r["steps_row0"])                          # [lo, hi, fresh, wr] along row 0
+        assert torch.equal(steps[:, 0], lo[:, 0]) and torch.equal(steps[:, 1], hi[:, 0])
+        assert torch.equal(steps[:, 3], wr[:, 0])
+        assert torch.equal(steps[:, 2], torch.where(reset[:, 0], lo[:, 0], -1))
+        H = r["H"]
+        for b, j, prov, region, at in r["value"]:
+            if j < S0:
+                assert (region, at) == ("carried", (b * S0 + j) * H)
+            elif src[b, j - S0] < 0:
+                assert region == "zeros"
+            else:
+                assert (region, at) == ("hhat" if prov else "y", (int(src[b, j - S0]) * B + b) * H)
+        assert r["plain_same"]
+
+
+def test_schedule_entry(results):
+    """A [T] schedule is every row's (entry t), a [T, B] one step-major (entry t * B + b)."""
+    cases = _of(results, "schedule_entry")
+    assert len(cases) == 24
+    for r in cases:
+        assert r["entry"] == (r["t"] * r["B"] + r["b"] if r["rows"] else r["t"])

@@ -14,6 +14,7 @@
 
 #include "fastrnn/attention_score.h"  // the scorers' per-element math, shared with CUDA
 #include "fastrnn/memory_slots.h"     // SlotGrid, slot_value: the slot layout, shared with CUDA
+#include "fastrnn/row_slots.h"        // row_slot_walk, row_slot_value: the per-row tables, shared with CUDA
 #include "vec_tanh.h"                 // the float tanh of the mlp scorer, the tile's sums
 
 namespace fastrnn {
@@ -168,8 +169,8 @@ inline void mlp_score_backward(const T* q, const T* p, const T* v, T da, T* dv, 
 // Per-row slot tables of a call with resets (docs/SPEC.md section 9, docs/CONTRACT.md "Per-row resets"):
 // row b's table is its S0 carried entries (valid from offset[b]; or h0), then the slots it appends in time
 // order: a fresh slot (zeros) at each reset, then each slot it writes. Built once per call in O(T * B) from
-// reset [T, B], slot_offset [B], row_step0 [B] (each may be absent); the same walk as ops/streaming.py's
-// reset_plan.
+// reset [T, B], slot_offset [B], row_step0 [B] (each may be absent) by fastrnn/row_slots.h's walk, the one
+// the CUDA op runs (and the same walk as ops/streaming.py's reset_plan).
 struct RowSlots {
   int64_t T = 0, B = 0, S0 = 1, S1 = 0;  // S1: the most slots one row appends
   std::vector<int64_t> lo, hi, wr;       // [T, B]: slots [lo, hi) scored at step t; the slot written after t, or -1
@@ -184,34 +185,14 @@ struct RowSlots {
       for (int64_t b = 0; b < B; ++b) this->offset[b] = offset[b];
     if (reset_p)
       for (int64_t i = 0; i < T * B; ++i) reset[i] = reset_p[i];
-    std::vector<int64_t> count(B, 0);
-    for (int pass = 0; pass < 2; ++pass) {  // the first pass counts (S1), the second fills src
-      for (int64_t b = 0; b < B; ++b) {
-        int64_t n = S0, first = offset ? offset[b] : 0, counter = row_step0 ? row_step0[b] : step0;
-        for (int64_t t = 0; t < T; ++t) {
-          const int64_t r = t * B + b;
-          if (reset[r]) {
-            if (pass) src[b * S1 + n - S0] = -1;
-            first = n++;
-            counter = 0;
-          }
-          lo[r] = first;
-          hi[r] = n;
-          if ((counter + 1) % k_att == 0) {
-            if (pass) src[b * S1 + n - S0] = t;
-            wr[r] = n++;
-          } else {
-            wr[r] = -1;
-          }
-          ++counter;
-        }
-        count[b] = n - S0;
-      }
-      if (!pass) {
-        for (int64_t b = 0; b < B; ++b) S1 = std::max(S1, count[b]);
-        src.assign(B * S1, -1);
-      }
-    }
+    auto walk = [&](int64_t b, int64_t* lo_p, int64_t* hi_p, int64_t* wr_p, int64_t* src_p) {
+      return row_slot_walk(reset_p, T, B, b, S0, this->offset[b], row_step0 ? row_step0[b] : step0, k_att, lo_p,
+                           hi_p, wr_p, src_p);
+    };
+    for (int64_t b = 0; b < B; ++b) S1 = std::max(S1, walk(b, lo.data(), hi.data(), wr.data(), nullptr));
+    src.assign(B * S1, -1);  // padding: zeros
+    if (S1 > 0)
+      for (int64_t b = 0; b < B; ++b) walk(b, nullptr, nullptr, nullptr, src.data() + b * S1);
   }
   bool any_reset(int64_t t, int64_t b0, int64_t nb) const {
     for (int64_t b = b0; b < b0 + nb; ++b)
@@ -242,9 +223,8 @@ struct SabLayer {
   // The value m_j of slot j for batch row b: carried in, or the final (y) / provisional (ĥ) state of the
   // step that wrote it (per row: a reset's fresh slot, zeros).
   const T* slot(int64_t j, int64_t b) const {
-    if (!rows || j < grid.S0) return slot_value(grid, j, b, carried, y, hhat, provisional, B, H);
-    const int64_t t = rows->src[b * rows->S1 + j - grid.S0];
-    return t < 0 ? zeros : (provisional ? hhat : y) + (t * B + b) * H;
+    return row_slot_value(grid, rows ? rows->src.data() : nullptr, rows ? rows->S1 : 0, j, b, carried, y, hhat,
+                          provisional, B, H, zeros);
   }
   // The slots step t of row b scores, [first_slot, n_slots) (SPEC step 4; per row: its current piece).
   int64_t first_slot(int64_t t, int64_t b) const { return rows ? rows->lo[t * B + b] : 0; }

@@ -5,8 +5,10 @@
 // (csrc/cuda/*.cu, reached through the C launcher API of launchers.h); not built by CMake (it needs the
 // CUDA build of torch). This file does what is not sequential with torch (cuBLAS): the input projection
 // before the sweep, the weight gradients after it, the lengths' gathers and masks, the streaming slots'
-// gathers (new_slots) and gradients (dmemory); the sweeps are the launchers'. bfloat16 tensors compute in
-// float32 (projection, gate gradients, accumulators) and return bfloat16.
+// gathers (new_slots) and gradients (dmemory), the per-row slot tables of a call with resets (built on the
+// device by a launcher; one host read of their size) and what resets do to dh0 and dW_hh; the sweeps are the
+// launchers'. bfloat16 tensors compute in float32 (projection, gate gradients, accumulators) and return
+// bfloat16. The SAB ops take the schedule (cut, scale) as [T] or one per row, [T, B].
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -95,11 +97,15 @@ std::pair<Tensor, Tensor> stop_at_lengths(Tensor& y, const Tensor& cs, const Ten
   return {h_n, c_n};
 }
 
-// dh0 from the recurrent path: cut[0] ? 0 : scale[0] dG_0 W_hh (a cut is a detach: where, not a product).
-Tensor recurrent_into_h0(const Tensor& dG, const Tensor& w_hh, const Tensor& cut, const Tensor& scale) {
+// dh0 from the recurrent path: cut[0] ? 0 : scale[0] dG_0 W_hh (a cut is a detach: where, not a product), per
+// row with a [T, B] schedule; 0 for the rows reset at step 0 (`reset` [T, B] or None), which never read h0.
+Tensor recurrent_into_h0(const Tensor& dG, const Tensor& w_hh, const Tensor& cut, const Tensor& scale,
+                         const OptTensor& reset = std::nullopt) {
   const auto acc = dG.scalar_type();
-  const Tensor rec = dG[0].mm(w_hh.to(acc)) * scale[0].to(acc);
-  return at::where(cut[0], at::zeros_like(rec), rec);
+  const Tensor rec = dG[0].mm(w_hh.to(acc)) * scale[0].to(acc).reshape({-1, 1});  // [B, 1] or [1, 1]
+  Tensor stop = cut[0].reshape({-1, 1});
+  if (reset.has_value()) stop = stop | (*reset)[0].unsqueeze(1);
+  return at::where(stop, at::zeros_like(rec), rec);
 }
 
 // Zero-length rows: h_n, c_n are h0, c0 themselves, so dh_n, dc_n join dh0, dc0.
@@ -109,13 +115,16 @@ void add_zero_length_grads(const Tensor& len, const Tensor& dh_n, const Tensor& 
   dc0 = at::where(empty, dc0 + dc_n.to(dc0.scalar_type()), dc0);
 }
 
-// dx, dW_ih, dW_hh, db from dG [T, B, 4H] (acc) as one GEMM each; h_in = [h0, y_0 .. y_{T-2}].
+// dx, dW_ih, dW_hh, db from dG [T, B, 4H] (acc) as one GEMM each; h_in = [h0, y_0 .. y_{T-2}], with the rows
+// reset at step t (`reset` [T, B] or None) zero at t: their h_{t-1} was zeros.
 std::tuple<Tensor, Tensor, Tensor, Tensor> weight_grads(const Tensor& dG, const Tensor& x, const Tensor& w_ih,
-                                                        const Tensor& h0, const Tensor& y) {
+                                                        const Tensor& h0, const Tensor& y,
+                                                        const OptTensor& reset = std::nullopt) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = 4 * H;
   const auto acc = dG.scalar_type(), dt = x.scalar_type();
   const Tensor dG2 = dG.view({T * B, G});
-  const Tensor h_in = at::cat({h0.unsqueeze(0), y.slice(0, 0, T - 1)}, 0);
+  Tensor h_in = at::cat({h0.unsqueeze(0), y.slice(0, 0, T - 1)}, 0);
+  if (reset.has_value()) h_in.masked_fill_(reset->unsqueeze(2), 0);
   Tensor dx = dG2.mm(w_ih.to(acc)).view({T, B, I}).to(dt);
   Tensor dw_ih = dG2.t().mm(x.reshape({T * B, I}).to(acc)).to(dt);
   Tensor dw_hh = dG2.t().mm(h_in.reshape({T * B, H}).to(acc)).to(dt);
@@ -223,12 +232,64 @@ Tensor written_slots(const Tensor& states, const SlotGrid& grid, int64_t S1) {
   return s.transpose(0, 1).clone(at::MemoryFormat::Contiguous);
 }
 
-// Per-row resets (docs/SPEC.md section 9) are not in the CUDA kernels yet: the schema's per-row arguments
-// must be None here (the Python layer refuses them first, fastrnn/ops/streaming.py supports_reset).
-void refuse_per_row(const ArgChecker& ck, const OptTensor& reset, const OptTensor& slot_offset,
-                    const OptTensor& row_step0) {
-  TORCH_CHECK(!reset.has_value() && !slot_offset.has_value() && !row_step0.has_value(), ck.op(),
-              ": per-row resets (reset, slot_offset, row_step0) are not implemented by the CUDA kernels yet");
+// The per-row slot tables of a call with per-row arguments (docs/SPEC.md section 9, docs/CONTRACT.md "Per-row
+// resets"; launchers.h fastrnn_sab_row_slots, fastrnn/row_slots.h's walk on the device), and the zeros a
+// reset's fresh slot holds. The one host read: S1, the most slots a row appends (the extent of new_slots and
+// slot_keys).
+struct RowTables {
+  Tensor lo, hi, wr, src, zeros;  // [T, B] int64 x3, [B, S1] int64, [H] x's dtype
+  int64_t S1 = 0;
+};
+
+RowTables row_tables(const ArgChecker& ck, const Tensor& x, int64_t H, const OptTensor& reset,
+                     const OptTensor& slot_offset, const OptTensor& row_step0, int64_t step0, int64_t S0,
+                     int64_t k_att) {
+  const int64_t T = x.size(0), B = x.size(1);
+  const auto lopt = x.options().dtype(at::kLong);
+  RowTables r;
+  r.lo = at::empty({T, B}, lopt);
+  r.hi = at::empty({T, B}, lopt);
+  r.wr = at::empty({T, B}, lopt);
+  r.zeros = at::zeros({H}, x.options());
+  const Tensor appended = at::empty({B}, lopt);
+  const bool* reset_p = reset.has_value() ? reset->const_data_ptr<bool>() : nullptr;
+  const int64_t* offset_p = slot_offset.has_value() ? slot_offset->const_data_ptr<int64_t>() : nullptr;
+  const int64_t* step0_p = row_step0.has_value() ? row_step0->const_data_ptr<int64_t>() : nullptr;
+  check_rc(fastrnn_sab_row_slots(reset_p, offset_p, step0_p, step0, T, B, S0, k_att, r.lo.data_ptr<int64_t>(),
+                                 r.hi.data_ptr<int64_t>(), r.wr.data_ptr<int64_t>(), appended.data_ptr<int64_t>(),
+                                 nullptr, 0, stream()),
+           ck.op());
+  r.S1 = B > 0 ? appended.max().item<int64_t>() : 0;
+  r.src = at::full({B, r.S1}, -1, lopt);  // padding: zeros
+  if (r.S1 > 0)
+    check_rc(fastrnn_sab_row_slots(reset_p, offset_p, step0_p, step0, T, B, S0, k_att, nullptr, nullptr, nullptr,
+                                   nullptr, r.src.data_ptr<int64_t>(), r.S1, stream()),
+             ck.op());
+  return r;
+}
+
+// The tables as the sweeps read them (all NULL without per-row arguments).
+fastrnn_sab_rows rows_args(const std::optional<RowTables>& r, const OptTensor& reset) {
+  fastrnn_sab_rows a{};
+  if (!r.has_value()) return a;
+  a.reset = reset.has_value() ? reset->const_data_ptr<bool>() : nullptr;
+  a.lo = r->lo.const_data_ptr<int64_t>();
+  a.hi = r->hi.const_data_ptr<int64_t>();
+  a.wr = r->wr.const_data_ptr<int64_t>();
+  a.src = r->src.const_data_ptr<int64_t>();
+  a.S1 = r->S1;
+  a.zeros = r->zeros.const_data_ptr();
+  return a;
+}
+
+// Per row: the values of the slots each row appended, [B, S1, H], from the states (hhat or y) of the steps
+// that wrote them (the tables' src), zeros for a reset's fresh slot and for padding. A new tensor (gathered).
+Tensor row_written_slots(const Tensor& states, const Tensor& src) {
+  const int64_t B = states.size(1), S1 = src.size(1);
+  if (S1 == 0) return at::empty({B, 0, states.size(2)}, states.options());
+  const Tensor rows = at::arange(B, src.options()).unsqueeze(1).expand({B, S1});
+  const Tensor values = states.index({src.clamp_min(0), rows});  // [B, S1, H]
+  return at::where((src >= 0).unsqueeze(2), values, at::zeros({}, states.options()));
 }
 
 using SabForwardOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
@@ -241,15 +302,18 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
                                const OptTensor& reset, const OptTensor& slot_offset, const OptTensor& row_step0,
                                int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional) {
   ArgChecker ck = checker("fastrnn::sab_forward");
-  refuse_per_row(ck, reset, slot_offset, row_step0);
-  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
+  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale, /*row_schedule=*/true);
   ck.biases(b_ih, b_hh, d);
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
   check_k_top(ck, k_top, x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   ck.lengths(lengths, d);
   const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
-  const int64_t T = d.T, B = d.B, H = d.H, A = sd.A, S = grid.n_mem(T), S0 = grid.S0, K = k_top;
+  std::optional<RowTables> rows;  // per-row tables (docs/SPEC.md section 9), none without per-row arguments
+  if (ck.rows(reset, slot_offset, row_step0, memory, lengths, d, grid.S0))
+    rows = row_tables(ck, x, d.H, reset, slot_offset, row_step0, step0, grid.S0, k_att);
+  const int64_t T = d.T, B = d.B, H = d.H, A = sd.A, S0 = grid.S0, K = k_top;
+  const int64_t S = rows ? S0 + rows->S1 : grid.n_mem(T);
   const bool mlp = sd.mlp;
   const auto opt = x.options(), aopt = opt.dtype(acc_type(x.scalar_type())), lopt = opt.dtype(at::kLong);
   const Tensor xg = input_projection(x, w_ih, b_ih, b_hh);
@@ -257,7 +321,9 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
   Tensor hhat = at::empty({T, B, H}, opt), y = at::empty({T, B, H}, opt);
   Tensor idx = at::empty({T, B, K}, lopt), w = at::empty({T, B, K}, opt);
   Tensor thr = at::empty({T, B}, lopt), denom = at::empty({T, B}, opt);
+  // per row: a reset's fresh slot has key 0, and the entries past a row's table stay 0
   Tensor slot_keys = mlp ? at::empty({B, S, A}, opt) : at::empty({B, S}, opt);
+  if (rows) slot_keys.zero_();
   Tensor q = at::empty({mlp ? B : 0, A}, aopt), scores = at::empty({mlp ? B : 0, S}, aopt);
   Tensor keep_score = at::empty({mlp ? 0 : B, K + 1}, aopt), keep_slot = at::empty({mlp ? 0 : B, K + 1}, lopt);
   Tensor keep_n = at::zeros({mlp ? 0 : B}, opt.dtype(at::kInt));
@@ -273,6 +339,7 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
   a.step0 = step0;
   a.mlp = mlp;
   a.provisional = provisional;
+  a.rows = rows_args(rows, reset);
   a.xg = xg.const_data_ptr();
   a.w_hh = w_hh.const_data_ptr();
   a.att_wh = att_wh.const_data_ptr();
@@ -300,7 +367,8 @@ SabForwardOut sab_forward_cuda(const Tensor& x, const Tensor& w_ih, const Tensor
                             fastrnn_sab_forward_bf16(&a, stream())),
            ck.op());
   // Gathered before y is masked: the values the slots held (lengths and carried slots do not go together).
-  Tensor new_slots = written_slots(provisional ? hhat : y, grid, S - S0);
+  Tensor new_slots = rows ? row_written_slots(provisional ? hhat : y, rows->src)
+                          : written_slots(provisional ? hhat : y, grid, S - S0);
   if (!lengths.has_value())
     return {y, y[T - 1].clone(), c[T - 1].clone(), gates, c, hhat, idx, w, thr, denom, slot_keys, new_slots};
   auto [h_n, c_n] = stop_at_lengths(y, c, h0, c0, *lengths);
@@ -324,14 +392,17 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
                                  int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional,
                                  bool has_bias) {
   ArgChecker ck = checker("fastrnn::sab_backward");
-  refuse_per_row(ck, reset, slot_offset, row_step0);
-  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
+  const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale, /*row_schedule=*/true);
   const ScorerDims sd = ck.scorer(att_wh, att_wm, att_vb, k_top, k_att, scorer, d);
   check_k_top(ck, k_top, x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   ck.lengths(lengths, d);
   const SlotGrid grid(ck.stream(memory, step0, lengths, d), step0, k_att);
-  const int64_t T = d.T, B = d.B, H = d.H, A = sd.A, S = grid.n_mem(T), S0 = grid.S0, K = k_top, G = 4 * H;
+  std::optional<RowTables> rows;  // per-row tables (docs/SPEC.md section 9), none without per-row arguments
+  if (ck.rows(reset, slot_offset, row_step0, memory, lengths, d, grid.S0))
+    rows = row_tables(ck, x, d.H, reset, slot_offset, row_step0, step0, grid.S0, k_att);
+  const int64_t T = d.T, B = d.B, H = d.H, A = sd.A, S0 = grid.S0, K = k_top, G = 4 * H;
+  const int64_t S = rows ? S0 + rows->S1 : grid.n_mem(T);
   const bool mlp = sd.mlp;
   const auto dt = x.scalar_type(), acc = acc_type(dt);
   if (grad_new_slots.has_value()) {
@@ -378,6 +449,7 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
   a.step0 = step0;
   a.mlp = mlp;
   a.provisional = provisional;
+  a.rows = rows_args(rows, reset);
   a.grad_y = grad_y.const_data_ptr();
   a.grad_hn = grad_hn.const_data_ptr();
   a.grad_cn = grad_cn.const_data_ptr();
@@ -391,6 +463,8 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
   a.memory = memory.has_value() ? memory->const_data_ptr() : nullptr;
   a.scale = scale.const_data_ptr();
   a.cut = cut.const_data_ptr<bool>();
+  a.cut_rows = cut.dim() == 2;  // a schedule per row, [T, B] (ArgChecker::schedule)
+  a.scale_rows = scale.dim() == 2;
   a.y = y.const_data_ptr();
   a.gates = gates.const_data_ptr();
   a.c = c.const_data_ptr();
@@ -419,7 +493,7 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
   // or for a fresh call slot 0's, which is h0's (beside the recurrent path into it).
   Tensor d_carried = dM.narrow(1, 0, S0);
   if (mlp) d_carried = d_carried + at::matmul(dP.narrow(1, 0, S0), att_wm.to(acc));
-  Tensor dh0 = recurrent_into_h0(dG, w_hh, cut, scale);
+  Tensor dh0 = recurrent_into_h0(dG, w_hh, cut, scale, reset);
   Tensor dmemory = at::empty({0}, x.options());
   if (memory.has_value()) {
     dmemory = d_carried.to(dt).contiguous();
@@ -427,14 +501,15 @@ SabBackwardOut sab_backward_cuda(const Tensor& grad_y, const Tensor& grad_hn, co
     dh0 = d_carried.select(1, 0) + dh0;
   }
   if (len) add_zero_length_grads(*lengths, grad_hn, grad_cn, dh0, dc);
-  auto [dx, dw_ih, dw_hh, db] = weight_grads(dG, x, w_ih, h0, y);
+  auto [dx, dw_ih, dw_hh, db] = weight_grads(dG, x, w_ih, h0, y, reset);
   if (!has_bias) db = at::empty({0}, x.options());
   Tensor datt_wh, datt_wm, datt_s;
   if (mlp) {
     datt_wh = dQ.view({T * B, A}).t().mm(hhat.reshape({T * B, H}).to(acc));
     // the slot values [B, S, H]: the carried ones (memory, or h0), then the states of the steps that wrote one
     const Tensor carried = memory.has_value() ? *memory : h0.unsqueeze(1);
-    const Tensor M = at::cat({carried, written_slots(provisional ? hhat : y, grid, S - S0)}, 1);
+    const Tensor states = provisional ? hhat : y;
+    const Tensor M = at::cat({carried, rows ? row_written_slots(states, rows->src) : written_slots(states, grid, S - S0)}, 1);
     datt_wm = dP.view({B * S, A}).t().mm(M.reshape({B * S, H}).to(acc));
     datt_s = dv.sum(0);
   } else {

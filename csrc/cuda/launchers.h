@@ -79,14 +79,39 @@ int fastrnn_lstm_backward_bf16(const void* dy, const void* dh_n, const void* dc_
 // sweep goes step by step). dtype: 0 float32, 1 float64, 2 bfloat16; forward: 1 forward, 0 backward.
 int fastrnn_lstm_persistent_units(int64_t B, int64_t H, int dtype, int forward);
 
-// The SAB-LSTM layer's forward sweep (SPEC sections 1 and 8). T = storage type, acc = accumulation type.
+// The per-row slot tables of a SAB call with per-row arguments (docs/SPEC.md section 9, docs/CONTRACT.md
+// "Per-row resets"): fastrnn/row_slots.h's walk, one thread per row. reset [T, B] bool, slot_offset [B] and
+// row_step0 [B] int64 may each be NULL (no resets; offset 0; every row's counter starts at step0). The first
+// call (src NULL) fills lo, hi, wr [T, B] (the slots [lo, hi) step t scores, the slot written after it or
+// -1) and appended [B] (the slots each row appends); the caller takes S1 = max(appended), and a second call
+// with lo, hi, wr, appended NULL fills src [B, S1] (prefilled with -1 by the caller: padding): per appended
+// slot the step whose state it holds, -1 for a reset's fresh slot.
+int fastrnn_sab_row_slots(const bool* reset, const int64_t* slot_offset, const int64_t* row_step0, int64_t step0,
+                          int64_t T, int64_t B, int64_t S0, int64_t k_att, int64_t* lo, int64_t* hi, int64_t* wr,
+                          int64_t* appended, int64_t* src, int64_t S1, void* stream);
+
+// A SAB call's per-row slot tables and resets, read by both sweeps; every pointer NULL (S1 = 0) for a call
+// without per-row arguments: every row on the uniform slot grid (fastrnn/memory_slots.h). With them, idx and
+// thr index each row's own table (fastrnn/row_slots.h), a row reset at step t reads h_{t-1}, c_{t-1} as
+// zeros and no gradient crosses into step t - 1 along h and c.
+struct fastrnn_sab_rows {
+  const bool* reset;            // [T, B], or NULL (no resets)
+  const int64_t *lo, *hi, *wr;  // [T, B] (fastrnn_sab_row_slots), or NULL (no per-row tables)
+  const int64_t* src;           // [B, S1]
+  int64_t S1;
+  const void* zeros;            // T [H] zeros: the value of a reset's fresh slot
+};
+
+// The SAB-LSTM layer's forward sweep (SPEC sections 1, 8 and 9). T = storage type, acc = accumulation type.
 // The memory is cat(carried, new slots) (fastrnn/memory_slots.h): S0 carried slots, `memory` [B, S0, H] or,
-// when NULL, h0 (S0 = 1); a slot is written after step t when (step0 + t + 1) % k_att == 0. The new slots'
-// values stay in hhat / y (the binding gathers new_slots from there).
+// when NULL, h0 (S0 = 1); a slot is written after step t when (step0 + t + 1) % k_att == 0; with per-row
+// tables (`rows`) each row's own. The new slots' values stay in hhat / y (the binding gathers new_slots from
+// there).
 struct fastrnn_sab_forward_args {
   int64_t T, B, H, A, S, K, k_att;  // A = 0 for the linear scorer; S = S0 + S1 slots; K = k_top
   int64_t S0, step0;                // carried slots (1 without memory), global index of step 0
   int mlp, provisional;
+  struct fastrnn_sab_rows rows;     // per-row tables and resets, or all NULL
   const void* xg;                                              // acc [T, B, 4H]
   const void *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0;        // T
   const void* memory;                                          // T [B, S0, H], or NULL (fresh: h0)
@@ -113,18 +138,20 @@ int fastrnn_sab_max_k_top(int dtype);
 
 // The SAB-LSTM layer's reverse sweep (SPEC section 2), slots as in the forward. After it the caller forms
 // (docs in binding.cpp): the carried slots' gradient (mlp: dM[:, :S0] += dP[:, :S0] att_wm), which is
-// dmemory, or with no memory slot 0's, joining dh0 = dM[:, 0] + (cut[0] ? 0 : scale[0] dG_0 W_hh);
+// dmemory, or with no memory slot 0's, joining dh0 = dM[:, 0] + (cut[0] or a reset at 0 ? 0 : scale[0] dG_0 W_hh);
 // dc0 = dc, the weight gradients from dG, and the attention parameters' gradients (mlp: dQ^T hhat,
 // dP^T slots, dv summed over rows; linear: the row accumulators summed).
 struct fastrnn_sab_backward_args {
   int64_t T, B, H, A, S, K, k_att;
   int64_t S0, step0;
   int mlp, provisional;
+  struct fastrnn_sab_rows rows;                                  // as the forward's
   const void *grad_y, *grad_hn, *grad_cn;                        // T
   const int64_t* lengths;                                        // [B] or NULL
-  const void *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0, *scale;  // T
+  const void *w_hh, *att_wh, *att_wm, *att_vb, *h0, *c0, *scale;  // T; scale [T] or [T, B] (scale_rows)
   const void* memory;                                            // T [B, S0, H], or NULL (fresh: h0)
-  const bool* cut;                                               // [T]
+  const bool* cut;                                               // [T] or [T, B] (cut_rows)
+  int cut_rows, scale_rows;                                      // the schedule per row: [T, B], step-major
   const void *y, *gates, *c, *hhat, *w, *denom, *slot_keys;      // T (the forward's outputs)
   const int64_t *idx, *thr;
   void *dG, *dQ;            // acc out: [T, B, 4H], mlp [T, B, A]

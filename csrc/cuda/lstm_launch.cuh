@@ -56,7 +56,7 @@ int forward_steps(const acc_t<T>* xg, const T* w_hh, const T* h0, const T* c0, T
     const T* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
     lstm_fwd_step_kernel<T, UJ><<<grid, kStepThreads, smem, stream>>>(xg + t * B * G, w_hh, h_prev, c_prev,
                                                                      gates + t * B * G, cs + t * B * H,
-                                                                     y + t * B * H, B, H);
+                                                                     y + t * B * H, B, H, nullptr);
     const int err = last_error();
     if (err) return err;
   }

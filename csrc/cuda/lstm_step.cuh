@@ -52,11 +52,12 @@ __device__ void load_fwd_weights(const T* w_hh, int64_t j0, int64_t H, T* Ws) {
 
 // One pass: rows [rb0, rb0 + RB) x units [j0, j0 + UJ) of step t.
 // xg_t [B, 4H] (acc: input projection + biases), h_prev/c_prev [B, H], outputs gates_t [B, 4H] (activated),
-// c_t, h_t [B, H]. Must be called by all threads of the block (it synchronises).
+// c_t, h_t [B, H]. zero_rows [B] (or nullptr): rows whose h_prev, c_prev read as zeros (the SAB layer's rows
+// reset at step t, docs/SPEC.md section 9). Must be called by all threads of the block (it synchronises).
 template <class T, int UJ>
 __device__ void lstm_fwd_pass(int64_t rb0, int64_t j0, const acc_t<T>* xg_t, const T* w_hh, const T* h_prev,
                               const T* c_prev, T* gates_t, T* c_t, T* h_t, int64_t B, int64_t H, acc_t<T>* Xs,
-                              T* Ws, bool resident) {
+                              T* Ws, bool resident, const bool* zero_rows) {
   using Acc = acc_t<T>;
   constexpr int RB = Tile<UJ>::RB, W4 = 4 * UJ;
   const int u = threadIdx.x % UJ, r = threadIdx.x / UJ;
@@ -67,7 +68,8 @@ __device__ void lstm_fwd_pass(int64_t rb0, int64_t j0, const acc_t<T>* xg_t, con
     for (int e = threadIdx.x; e < RB * kChunk; e += kStepThreads) {
       const int rr = e / kChunk, kk = e % kChunk;
       const int64_t bb = rb0 + rr, k = k0 + kk;
-      Xs[rr * (kChunk + 1) + kk] = (bb < B && k < H) ? to_acc(load_cg(h_prev + bb * H + k)) : Acc(0);
+      const bool live = bb < B && k < H && !(zero_rows && zero_rows[bb]);
+      Xs[rr * (kChunk + 1) + kk] = live ? to_acc(load_cg(h_prev + bb * H + k)) : Acc(0);
     }
     if (!resident) {
       for (int e = threadIdx.x; e < W4 * kChunk; e += kStepThreads) {
@@ -94,8 +96,9 @@ __device__ void lstm_fwd_pass(int64_t rb0, int64_t j0, const acc_t<T>* xg_t, con
     const int64_t G = 4 * H;
     const Acc* x = xg_t + b * G;
     Acc i, f, g, o, c, h;
-    lstm_cell_forward<ScalarMath>(x[j] + a0, x[H + j] + a1, x[2 * H + j] + a2, x[3 * H + j] + a3,
-                                  to_acc(load_cg(c_prev + b * H + j)), i, f, g, o, c, h);
+    const Acc cp = zero_rows && zero_rows[b] ? Acc(0) : to_acc(load_cg(c_prev + b * H + j));
+    lstm_cell_forward<ScalarMath>(x[j] + a0, x[H + j] + a1, x[2 * H + j] + a2, x[3 * H + j] + a3, cp, i, f, g, o,
+                                  c, h);
     T* gr = gates_t + b * G;
     gr[j] = from_acc<T>(i);
     gr[H + j] = from_acc<T>(f);
@@ -106,16 +109,16 @@ __device__ void lstm_fwd_pass(int64_t rb0, int64_t j0, const acc_t<T>* xg_t, con
   }
 }
 
-// Launch per step: grid (ceil(H / UJ), ceil(B / RB)), one pass per block.
+// Launch per step: grid (ceil(H / UJ), ceil(B / RB)), one pass per block. zero_rows: as lstm_fwd_pass.
 template <class T, int UJ>
 __global__ void __launch_bounds__(kStepThreads)
     lstm_fwd_step_kernel(const acc_t<T>* xg_t, const T* w_hh, const T* h_prev, const T* c_prev, T* gates_t, T* c_t,
-                         T* h_t, int64_t B, int64_t H) {
+                         T* h_t, int64_t B, int64_t H, const bool* zero_rows) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t<T>* Xs = reinterpret_cast<acc_t<T>*>(smem_raw);
   T* Ws = reinterpret_cast<T*>(Xs + Tile<UJ>::RB * (kChunk + 1));
   lstm_fwd_pass<T, UJ>(int64_t(blockIdx.y) * Tile<UJ>::RB, int64_t(blockIdx.x) * UJ, xg_t, w_hh, h_prev, c_prev,
-                       gates_t, c_t, h_t, B, H, Xs, Ws, false);
+                       gates_t, c_t, h_t, B, H, Xs, Ws, false, zero_rows);
 }
 
 // Persistent: grid ceil(H / UJ) co-resident blocks, the whole sequence in one launch.
@@ -134,7 +137,7 @@ __global__ void __launch_bounds__(kStepThreads)
     const T* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
     for (int64_t rb0 = 0; rb0 < B; rb0 += Tile<UJ>::RB)
       lstm_fwd_pass<T, UJ>(rb0, j0, xg + t * B * G, w_hh, h_prev, c_prev, gates + t * B * G, cs + t * B * H,
-                           y + t * B * H, B, H, Xs, Ws, true);
+                           y + t * B * H, B, H, Xs, Ws, true, nullptr);
     grid.sync();  // h_t complete (and visible) before any block reads it
   }
 }
@@ -161,8 +164,10 @@ struct BwdStep {
   const T* dh_n;            // [B, H]
   const T* dc_n;            // [B, H]
   const int64_t* len;       // [B] or nullptr
-  const bool* cut;          // [T]
-  const T* scale;           // [T]
+  const bool* cut;          // [T], or [T, B] (cut_rows: the SAB op)
+  const T* scale;           // [T], or [T, B] (scale_rows: the SAB op)
+  bool cut_rows, scale_rows;
+  const bool* reset_t;      // [B]: rows reset at step t (the SAB op: c_{t-1} reads as zero, no dc crosses), or nullptr
   const T* gates_t;         // [B, 4H] activated
   const T* c_prev;          // [B, H] c_{t-1} (c0 at t = 0)
   const T* c_t;             // [B, H]
@@ -179,28 +184,32 @@ __device__ __forceinline__ acc_t<T> load_output_grad(const T* dy_t, const T* dh_
 }
 
 // The cell backward of element (b, j) given dL/dh_t (all paths): dc_n enters at the row's last step, the
-// carried dc leaves cut (exactly 0: a detach) or scaled by scale[t].
+// carried dc leaves cut (exactly 0: a detach) or scaled by row b's scale[t]. A row reset at step t read
+// c_{t-1} as zero and passes nothing into step t - 1 (exactly 0, as a cut).
 template <class T>
 __device__ __forceinline__ void cell_backward_element(const BwdStep<T>& s, int64_t b, int64_t j, acc_t<T> dh) {
   using Acc = acc_t<T>;
   const int64_t H = s.H, G = 4 * H, e = b * H + j;
+  const bool fresh = s.reset_t != nullptr && s.reset_t[b];
   Acc dc = s.dc[e];  // without lengths it started as dc_n (the caller's), with them dc_n enters here
   if (s.len && last_step(s.len, b, s.steps) == s.t) dc += to_acc(s.dc_n[e]);
   const T* gr = s.gates_t + b * G;
   Acc di, df, dg, d_o, dcp;
   lstm_cell_backward<ScalarMath>(dh, dc, to_acc(gr[j]), to_acc(gr[H + j]), to_acc(gr[2 * H + j]),
-                                 to_acc(gr[3 * H + j]), to_acc(s.c_prev[e]), to_acc(s.c_t[e]), di, df, dg, d_o,
-                                 dcp);
+                                 to_acc(gr[3 * H + j]), fresh ? Acc(0) : to_acc(s.c_prev[e]), to_acc(s.c_t[e]), di,
+                                 df, dg, d_o, dcp);
   Acc* dgr = s.dG_t + b * G;
   dgr[j] = di;
   dgr[H + j] = df;
   dgr[2 * H + j] = dg;
   dgr[3 * H + j] = d_o;
-  s.dc[e] = carried_dc(dcp, s.cut[s.t], to_acc(s.scale[s.t]));
+  s.dc[e] = carried_dc(dcp, fresh || s.cut[schedule_entry(s.t, b, s.B, s.cut_rows)],
+                       to_acc(s.scale[schedule_entry(s.t, b, s.B, s.scale_rows)]));
 }
 
 // One pass of the fused backward step: rec = dG_{t+1} W_hh (K = 4H) for rows [rb0, rb0 + RB) x units
-// [j0, j0 + UJ), dh = output grad + scale[t+1] rec (nothing when cut[t+1]), then the cell backward.
+// [j0, j0 + UJ), dh = output grad + scale[t+1] rec (nothing when cut[t+1]), then the cell backward. The LSTM
+// op's: a [T] schedule (cut[t+1] is the block's), no resets.
 template <class T, int UJ>
 __device__ void lstm_bwd_pass(const BwdStep<T>& s, int64_t rb0, int64_t j0, const T* w_hh, acc_t<T>* Xs, T* Ws,
                               bool resident) {
@@ -258,6 +267,9 @@ struct BwdSeq {
   const bool* cut;
   acc_t<T>* dG;  // [T, B, 4H]
   acc_t<T>* dc;  // [B, H]
+  // The SAB op's per-row schedule ([T, B]) and resets ([T, B]); the LSTM op's sweep has neither.
+  bool cut_rows = false, scale_rows = false;
+  const bool* reset = nullptr;
 };
 
 template <class T>
@@ -275,6 +287,9 @@ __host__ __device__ inline BwdStep<T> step_args(const BwdSeq<T>& q, int64_t t) {
   s.len = q.len;
   s.cut = q.cut;
   s.scale = q.scale;
+  s.cut_rows = q.cut_rows;
+  s.scale_rows = q.scale_rows;
+  s.reset_t = q.reset ? q.reset + t * B : nullptr;
   s.gates_t = q.gates + t * B * G;
   s.c_prev = t == 0 ? q.c0 : q.cs + (t - 1) * B * H;
   s.c_t = q.cs + t * B * H;

@@ -1,7 +1,7 @@
 // The SAB-LSTM layer's reverse sweep on the GPU (SPEC section 2), launch per step t = T-1 .. 0:
 //   1. carry = dG_{t+1} W_hh (gemm.cuh; the schedule's cut/scale of step t+1 is applied in 3.);
-//   2. mlp: dM_j += dP_j att_wm for the slot j written at step t (every step that reads it is done), and
-//      q_t = ĥ_t att_wh^T recomputed (gemm.cuh);
+//   2. mlp: dM_j += dP_j att_wm for the slot j written at step t (every step that reads it is done; with
+//      per-row tables in 3., each row's own slot), and q_t = ĥ_t att_wh^T recomputed (gemm.cuh);
 //   3. one block per batch row (sab_attention_bwd_kernel): dh_t = dy_t + scale[t+1] carry [+ dM_j, final
 //      slots], then the summary's and the scores' backward over the selected slots and the threshold
 //      slot only (fastrnn/sparse_attention.h's weights_backward and add_threshold_grad,
@@ -12,8 +12,12 @@
 //   4. mlp: dh_t += dq_t att_wh (gemm.cuh);
 //   5. the cell backward (lstm_step.cuh's cell_backward_element) [+ dM_j, provisional slots], with
 //      dc_n entering at each row's last step and the carried dc cut/scaled by the schedule of step t.
+// The schedule (cut, scale) is [T] or one per row, [T, B] (SabBwd::carry_scale, cell_backward_element).
 // Streaming (SPEC section 8): dM of the slots this call wrote starts from grad_new_slots (the caller's);
 // the carried slots are written by no step here, so their dM (+ dP att_wm) is left for the caller (dmemory).
+// Per-row resets (SPEC section 9): slots by each row's table as in the forward; at a row's reset step t its
+// c_{t-1} reads as zero and nothing flows into step t - 1 along h (3. at t - 1: carry_scale) and c (5.); the
+// binding zeroes the row's h_{t-1} in dW_hh and its dh0, dc0 at t = 0 (dc0 is zero from 5. already).
 #include "cuda/gemm.cuh"
 #include "cuda/lstm_step.cuh"
 #include "cuda/sab.cuh"
@@ -27,25 +31,33 @@ namespace {
 template <class T>
 __global__ void __launch_bounds__(kRowThreads) sab_attention_bwd_kernel(SabBwd<T> a, int64_t t) {
   using Acc = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ int s_count;
   __shared__ int s_thr_selected;
   __shared__ int64_t s_thr;
   __shared__ Acc s_dtau, s_sum_da;
-  const RowSmem<T> sm = RowSmem<T>::make(smem_raw, a.K);
+  const RowBlock<T> r(a, t);  // row b, record row, ĥ_t, shared memory
+  const RowSmem<T>& sm = r.sm;
   Acc* da = sm.rank_score;  // [K]: dL/da of the selected slots (the ranking is not needed here)
-  const int64_t b = blockIdx.x, B = a.B, H = a.H, A = a.A, S = a.S, K = a.K;
-  const int64_t row = t * B + b, jw = a.grid().written(t);
+  const int64_t b = r.b, row = r.row, B = a.B, H = a.H, A = a.A, S = a.S, K = a.K;
+  const int64_t jw = a.written(t, b);  // the slot row b wrote after step t, or -1
+  const T* hh = r.hh;
   Acc* dh = a.dhh + b * H;
-  const T* hh = a.hhat + row * H;
+  // With per-row tables the written slot differs between rows: its dM_j += dP_j att_wm (every step that reads
+  // it is done; without per-row tables one GEMM over all rows does it, sab_backward) here, per unit h.
+  const bool fold_key = a.mlp && a.per_row() && jw >= 0;
 
-  // dh_t: the output's gradient, the recurrent one from step t+1 under the schedule (nothing crosses a
-  // cut, not even NaN), and a final-state slot's own gradient.
-  Acc sc = Acc(0);
-  if (t + 1 < a.steps && !a.cut[t + 1]) sc = to_acc(a.scale[t + 1]);
+  // dh_t: the output's gradient, the recurrent one from step t+1 under row b's schedule (nothing crosses a
+  // cut or a reset at t+1, not even NaN), and a final-state slot's own gradient.
+  const Acc sc = t + 1 < a.steps ? a.carry_scale(t + 1, b) : Acc(0);
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
     Acc v = load_output_grad(a.gy + t * B * H, a.ghn, a.len, t, a.steps, b, b * H + h);
     if (sc != Acc(0)) v += sc * a.carry[b * H + h];
+    if (fold_key) {
+      const Acc* dP = a.dP + (b * S + jw) * A;
+      Acc s = Acc(0);
+      for (int64_t i = 0; i < A; ++i) s += dP[i] * to_acc(a.att_wm[i * H + h]);
+      a.dM[(b * S + jw) * H + h] += s;
+    }
     if (jw >= 0 && !a.provisional) v += a.dM[(b * S + jw) * H + h];
     dh[h] = v;
   }
@@ -119,14 +131,18 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_bwd_kernel(SabBwd<T
   }
 }
 
-// Step 5: the cell backward of every (row, unit), dL/dh_t = dhh [+ dM_j of a provisional slot written at t].
+// Step 5: the cell backward of every (row, unit), dL/dh_t = dhh [+ dM_j of a provisional slot row b wrote
+// at t]; a row reset at t reads c_{t-1} as zero and passes nothing into step t - 1 (cell_backward_element).
 template <class T>
-__global__ void __launch_bounds__(256) sab_cell_bwd_kernel(SabBwd<T> a, BwdStep<T> s, int64_t jw) {
+__global__ void __launch_bounds__(256) sab_cell_bwd_kernel(SabBwd<T> a, BwdStep<T> s) {
   const int64_t n = a.B * a.H;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = e / a.H, j = e % a.H;
     acc_t<T> dh = a.dhh[e];
-    if (jw >= 0 && a.provisional) dh += a.dM[(b * a.S + jw) * a.H + j];
+    if (a.provisional) {
+      const int64_t jw = a.written(s.t, b);
+      if (jw >= 0) dh += a.dM[(b * a.S + jw) * a.H + j];
+    }
     cell_backward_element(s, b, j, dh);
   }
 }
@@ -157,6 +173,9 @@ int sab_backward(const fastrnn_sab_backward_args& args, cudaStream_t stream) {
   q.cut = a.cut;
   q.dG = a.dG;
   q.dc = a.dc;
+  q.cut_rows = a.cut_rows;
+  q.scale_rows = a.scale_rows;
+  q.reset = a.reset;
   const SlotGrid grid = a.grid();
   int err = 0;
   for (int64_t t = a.steps - 1; t >= 0; --t) {
@@ -167,7 +186,7 @@ int sab_backward(const fastrnn_sab_backward_args& args, cudaStream_t stream) {
       if (err) return err;
     }
     if (a.mlp) {
-      if (jw >= 0) {  // dM_j += dP_j att_wm
+      if (jw >= 0 && !a.per_row()) {  // dM_j += dP_j att_wm (per row: in the attention kernel)
         err = launch_gemm<Acc, T, Acc>(B, H, A, Acc(1), a.dP + jw * A, S * A, 1, a.att_wm, H, 1, Acc(1),
                                        a.dM + jw * H, S * H, stream);
         if (err) return err;
@@ -183,7 +202,7 @@ int sab_backward(const fastrnn_sab_backward_args& args, cudaStream_t stream) {
                                      stream);
       if (err) return err;
     }
-    sab_cell_bwd_kernel<T><<<cell_blocks, 256, 0, stream>>>(a, step_args(q, t), jw);
+    sab_cell_bwd_kernel<T><<<cell_blocks, 256, 0, stream>>>(a, step_args(q, t));
     if ((err = last_error())) return err;
   }
   return 0;

@@ -1,16 +1,22 @@
-// The SAB-LSTM layer's forward sweep on the GPU (SPEC sections 1 and 8). First the keys of the carried
+// The SAB-LSTM layer's forward sweep on the GPU (SPEC sections 1, 8 and 9). First the keys of the carried
 // slots (the memory of earlier calls, or h0: mlp, one batched GEMM; linear, in the first step's row kernel),
 // then per step:
-//   1. the fused LSTM step (lstm_step.cuh) writes gates_t, c_t and ĥ_t;
+//   1. the fused LSTM step (lstm_step.cuh) writes gates_t, c_t and ĥ_t (rows reset at step t start from
+//      zeros);
 //   2. mlp: q_t = ĥ_t att_wh^T (gemm.cuh, all rows);
-//   3. one block per batch row (sab_attention_fwd_kernel): the scores of every slot (mlp: one warp per
-//      slot, a = att_v · tanh(q_t + P_j), fastrnn/attention_score.h's mlp_score_term; linear: the row's
-//      running top-(k_top+1) of att_wm · m_j plus the query term, linear_score, as the CPU keeps it), the
-//      ranking and the threshold with the tie rules of docs/CONTRACT.md (fastrnn/sparse_attention.h's
+//   3. one block per batch row (sab_attention_fwd_kernel): the scores of every slot the row scores (mlp: one
+//      warp per slot, a = att_v · tanh(q_t + P_j), fastrnn/attention_score.h's mlp_score_term; linear: the
+//      row's running top-(k_top+1) of att_wm · m_j plus the query term, linear_score, as the CPU keeps it),
+//      the ranking and the threshold with the tie rules of docs/CONTRACT.md (fastrnn/sparse_attention.h's
 //      TopList and select_and_weigh, the CPU's code), the sparse weights, the summary
-//      y_t = ĥ_t + Σ w_j m_j, and the linear scorer's slot write;
-//   4. mlp, on steps that write a slot: its projection P_j = m_j att_wm^T into the slot_keys (gemm.cuh).
-// Slots are numbered by fastrnn/memory_slots.h's SlotGrid, as on the CPU.
+//      y_t = ĥ_t + Σ w_j m_j, and the slot write of the linear scorer (and, with per-row tables, the mlp
+//      key of the row's slot);
+//   4. mlp, on steps that write a slot (without per-row tables): its projection P_j = m_j att_wm^T into the
+//      slot_keys (gemm.cuh).
+// Slots are numbered by fastrnn/memory_slots.h's SlotGrid, as on the CPU; with per-row arguments (resets,
+// docs/SPEC.md section 9) by each row's table (fastrnn/row_slots.h, built by sab_rows.cu): a row scores the
+// slots of its current piece, a reset's fresh slot is zeros with key 0 (the binding zeroes slot_keys), and
+// the linear ranking of a row restarts with it.
 #include "cuda/gemm.cuh"
 #include "cuda/lstm_step.cuh"
 #include "cuda/sab.cuh"
@@ -21,46 +27,73 @@ namespace fastrnn {
 namespace cuda {
 namespace {
 
-// The linear scorer's slot write for row b: slot_keys[b, j] = att_wm · m_j, and j joins the row's running
-// ranking (slots are pushed in ascending order, as TopList requires). All threads of the block call it.
+// Slot j, of key s, joins row b's running top-(k_top+1) of the linear scorer's slot keys (thread 0 only).
 template <class T>
-__device__ void linear_write_slot(const SabFwd<T>& a, int64_t b, int64_t j, const T* m, acc_t<T>* red) {
+__device__ void linear_rank_slot(const SabFwd<T>& a, int64_t b, int64_t j, acc_t<T> s) {
+  const int64_t cap = a.K + 1;
+  sparse::TopList<acc_t<T>> list{a.keep_score + b * cap, a.keep_slot + b * cap, a.keep_n[b], int(cap)};
+  list.push(s, j);
+  a.keep_n[b] = list.n;
+}
+
+// The linear scorer's slot write for row b: slot_keys[b, j] = att_wm · m_j, and with `rank` j joins the row's
+// running ranking (slots are pushed in ascending order, as TopList requires). All threads of the block call it.
+template <class T>
+__device__ void linear_write_slot(const SabFwd<T>& a, int64_t b, int64_t j, const T* m, acc_t<T>* red,
+                                  bool rank = true) {
   using Acc = acc_t<T>;
   const Acc s = block_dot<Acc>(a.att_wm, m, a.H, red);
   if (threadIdx.x == 0) {
-    const int64_t cap = a.K + 1;
     a.slot_keys[b * a.S + j] = from_acc<T>(s);
-    sparse::TopList<Acc> list{a.keep_score + b * cap, a.keep_slot + b * cap, a.keep_n[b], int(cap)};
-    list.push(s, j);
-    a.keep_n[b] = list.n;
+    if (rank) linear_rank_slot(a, b, j, s);
+  }
+}
+
+// The mlp key of the slot j row b writes, P_j = att_wm m_j (one warp per attention unit), with per-row tables
+// (without them one GEMM over all rows writes it: sab_forward). All threads of the block call it.
+template <class T>
+__device__ void mlp_write_key(const SabFwd<T>& a, int64_t b, int64_t j, const T* m) {
+  using Acc = acc_t<T>;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  for (int64_t i = warp; i < a.A; i += nwarps) {
+    const T* wm = a.att_wm + i * a.H;
+    Acc s = Acc(0);
+    for (int64_t h = lane; h < a.H; h += 32) s += to_acc(wm[h]) * to_acc(m[h]);
+    s = warp_sum(s);
+    if (lane == 0) a.slot_keys[(b * a.S + j) * a.A + i] = from_acc<T>(s);
   }
 }
 
 template <class T>
 __global__ void __launch_bounds__(kRowThreads) sab_attention_fwd_kernel(SabFwd<T> a, int64_t t) {
   using Acc = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ int s_count;
-  const RowSmem<T> sm = RowSmem<T>::make(smem_raw, a.K);
-  const int64_t b = blockIdx.x, B = a.B, H = a.H, A = a.A, S = a.S, K = a.K, cap = K + 1;
-  const SlotGrid grid = a.grid();
-  const int64_t n_mem = grid.n_mem(t);  // the carried slots and those written before step t
-  const int64_t row = t * B + b;
-  const T* hh = a.hhat + row * H;
+  const RowBlock<T> r(a, t);  // row b, record row, ĥ_t, the slots it scores [first, n_mem), shared memory
+  const RowSmem<T>& sm = r.sm;
+  const int64_t b = r.b, row = r.row, first = r.first, n_mem = r.n_mem, H = a.H, A = a.A, S = a.S, K = a.K;
+  const int64_t cap = K + 1;
   if (!a.mlp) {
-    if (t == 0)  // the carried slots, in ascending order
-      for (int64_t j = 0; j < a.S0; ++j) linear_write_slot(a, b, j, a.slot(j, b), sm.red);
-    const Acc query = block_dot<Acc>(a.att_wh, hh, H, sm.red);  // synchronises: thread 0 pushed, reads below
+    if (t == 0) {  // the carried slots' keys, in ascending order, into the ranking from the row's offset (none
+                   // when the row restarts at step 0: its memory is its fresh slot)
+      const int64_t ranked_from = a.reset_at(0, b) ? a.S0 : first;
+      for (int64_t j = 0; j < a.S0; ++j) linear_write_slot(a, b, j, a.slot(j, b), sm.red, j >= ranked_from);
+    }
+    if (threadIdx.x == 0 && a.reset_at(t, b)) {  // the row's memory restarts at its fresh slot (key 0)
+      a.keep_n[b] = 0;
+      linear_rank_slot(a, b, first, to_acc(a.slot_keys[b * S + first]));
+    }
+    const Acc query = block_dot<Acc>(a.att_wh, r.hh, H, sm.red);  // synchronises: thread 0 pushed, reads below
     if (threadIdx.x == 0) {
       // The ranking by the slot part is the ranking by the full score (the query term is shared).
       const int n = a.keep_n[b];
       const Acc att_b = to_acc(a.att_vb[0]);
-      for (int r = 0; r < n; ++r) {
-        sm.rank_score[r] = linear_score(a.keep_score[b * cap + r], query, att_b);
-        sm.rank_slot[r] = a.keep_slot[b * cap + r];
+      for (int i = 0; i < n; ++i) {
+        sm.rank_score[i] = linear_score(a.keep_score[b * cap + i], query, att_b);
+        sm.rank_slot[i] = a.keep_slot[b * cap + i];
       }
       const sparse::TopList<Acc> ranked{sm.rank_score, sm.rank_slot, n, int(cap)};
-      const sparse::Selection<Acc> sel = sparse::select_and_weigh(ranked, n_mem, int(K), sm.sel_idx, sm.sel_w);
+      const sparse::Selection<Acc> sel =
+          sparse::select_and_weigh(ranked, n_mem - first, int(K), sm.sel_idx, sm.sel_w);
       s_count = sel.count;
       a.thr[row] = sel.thr_slot;
       a.denom[row] = from_acc<T>(sel.denom);
@@ -68,7 +101,7 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_fwd_kernel(SabFwd<T
   } else {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const Acc* qb = a.q + b * A;
-    for (int64_t j = warp; j < n_mem; j += nwarps) {
+    for (int64_t j = first + warp; j < n_mem; j += nwarps) {
       const T* P = a.slot_keys + (b * S + j) * A;
       Acc s = Acc(0);
       for (int64_t i = lane; i < A; i += 32)
@@ -79,8 +112,8 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_fwd_kernel(SabFwd<T
     __syncthreads();  // the scores (global, this block's) are visible to thread 0
     if (threadIdx.x == 0) {
       sparse::TopList<Acc> list{sm.rank_score, sm.rank_slot, 0, int(cap)};
-      for (int64_t j = 0; j < n_mem; ++j) list.push(a.scores[b * S + j], j);  // ascending slot order
-      const sparse::Selection<Acc> sel = sparse::select_and_weigh(list, n_mem, int(K), sm.sel_idx, sm.sel_w);
+      for (int64_t j = first; j < n_mem; ++j) list.push(a.scores[b * S + j], j);  // ascending slot order
+      const sparse::Selection<Acc> sel = sparse::select_and_weigh(list, n_mem - first, int(K), sm.sel_idx, sm.sel_w);
       s_count = sel.count;
       a.thr[row] = sel.thr_slot;
       a.denom[row] = from_acc<T>(sel.denom);
@@ -97,12 +130,17 @@ __global__ void __launch_bounds__(kRowThreads) sab_attention_fwd_kernel(SabFwd<T
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
     Acc s = Acc(0);
     for (int p = 0; p < count; ++p) s += sm.sel_w[p] * to_acc(a.slot(sm.sel_idx[p], b)[h]);
-    yt[h] = from_acc<T>(s + to_acc(hh[h]));
+    yt[h] = from_acc<T>(s + to_acc(r.hh[h]));
   }
-  const int64_t j = grid.written(t);
-  if (!a.mlp && j >= 0) {
+  const int64_t j = a.written(t, b);  // uniform over the block (one row)
+  if (j >= 0 && (!a.mlp || a.per_row())) {
     __syncthreads();  // y_t of this row is complete (a final-state slot reads it)
-    linear_write_slot(a, b, j, a.provisional ? hh : yt, sm.red);
+    const T* m = a.provisional ? r.hh : yt;
+    if (a.mlp) {
+      mlp_write_key(a, b, j, m);
+    } else {
+      linear_write_slot(a, b, j, m, sm.red);
+    }
   }
 }
 
@@ -131,7 +169,8 @@ int sab_forward(const fastrnn_sab_forward_args& args, cudaStream_t stream) {
     const T* c_prev = t == 0 ? a.c0 : a.c + (t - 1) * B * H;
     T* hhat_t = a.hhat + t * B * H;
     lstm_fwd_step_kernel<T, UJ><<<step_grid, kStepThreads, step_smem, stream>>>(
-        a.xg + t * B * G, a.w_hh, h_prev, c_prev, a.gates + t * B * G, a.c + t * B * H, hhat_t, B, H);
+        a.xg + t * B * G, a.w_hh, h_prev, c_prev, a.gates + t * B * G, a.c + t * B * H, hhat_t, B, H,
+        a.reset ? a.reset + t * B : nullptr);  // rows reset at step t start from zeros
     if ((err = last_error())) return err;
     if (a.mlp) {
       err = launch_gemm<T, T, Acc>(B, A, H, Acc(1), hhat_t, H, 1, a.att_wh, 1, H, Acc(0), a.q, A, stream);
@@ -140,7 +179,7 @@ int sab_forward(const fastrnn_sab_forward_args& args, cudaStream_t stream) {
     sab_attention_fwd_kernel<T><<<unsigned(B), kRowThreads, rsmem, stream>>>(a, t);
     if ((err = last_error())) return err;
     const int64_t j = grid.written(t);
-    if (a.mlp && j >= 0) {
+    if (a.mlp && !a.per_row() && j >= 0) {  // per row: each row's key in the attention kernel
       const T* m = (a.provisional ? a.hhat : a.y) + t * B * H;
       err = launch_gemm<T, T, T>(B, A, H, Acc(1), m, H, 1, a.att_wm, 1, H, Acc(0), a.slot_keys + j * A, S * A, stream);
       if (err) return err;

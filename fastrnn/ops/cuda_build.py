@@ -138,11 +138,13 @@ def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
 
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
-              lengths=None, memory=None, step0: int = 0, return_slots: bool = False):
+              lengths=None, memory=None, step0: int = 0, return_slots: bool = False, reset=None,
+              slot_offset=None, row_step0=None):
     """One SAB-LSTM layer on the CUDA ops (docs/CONTRACT.md), streaming included (docs/SPEC.md section 8):
     `memory` [B, S0, H] replaces [h0] as the initial memory, `step0` is the global index of x's first step,
-    and with `return_slots` a fifth result holds the slots this call wrote, new_slots [B, S1, H]
-    (fastrnn.reference.sab_layer is the oracle)."""
+    and with `return_slots` a fifth result holds the slots this call wrote, new_slots [B, S1, H]; per-row
+    resets (section 9: reset [T, B] bool, slot_offset / row_step0 [B] int64) as the cpu ops take them; `cut`
+    and `scale` [T], or [T, B] (one schedule per row). fastrnn.reference.sab_layer is the oracle."""
     step0 = check_stream(memory, step0, lengths, return_slots, h0)
     if not load():
         raise RuntimeError(f"fastrnn cuda backend unavailable: {_error}")
@@ -152,7 +154,11 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     lengths, memory = _contiguous(lengths, memory)
     return sab.sab_layer(*args, k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional,
                          need_attention=need_attention, lengths=lengths, memory=memory, step0=step0,
-                         return_slots=return_slots)
+                         return_slots=return_slots, reset=reset, slot_offset=slot_offset, row_step0=row_step0)
+
+
+# The CUDA op implements the per-row arguments (docs/SPEC.md section 9): the module may pass resets.
+sab_layer.supports_reset = True
 
 
 if __name__ == "__main__":

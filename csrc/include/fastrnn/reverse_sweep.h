@@ -24,6 +24,12 @@ FASTRNN_HD inline V output_grad(V dy, V dh_n, int64_t t, int64_t last) {
   return t == last ? dy + dh_n : dy;
 }
 
+// The entry of a truncation schedule (cut or scale) that applies to row b at step t: the schedule is [T], every
+// row's (`rows` false), or [T, B], one per row, step-major (docs/CONTRACT.md; the SAB ops on CUDA).
+FASTRNN_HD inline int64_t schedule_entry(int64_t t, int64_t b, int64_t B, bool rows) {
+  return rows ? t * B + b : t;
+}
+
 // dL/dc_{t-1} as it leaves step t's cell along the recurrent path: exactly 0 where cut[t] (a cut is a
 // detach: not even a NaN crosses it), else dc_prev * scale[t].
 template <class V>
