@@ -10,10 +10,30 @@
   exact: never a silent zero. The first-order gradient it returns is the reference's, equal to the
   kernels' within the float tolerances of the tests.
 """
+import functools
+import inspect
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+
+def register_fake(op: str, fake: Callable) -> None:
+    """Register `fake` as the fake (and meta) kernel of fastrnn::`op`, checking first that every tensor
+    argument lies on x's device. Why: one meta tensor among CPU ones makes the dispatcher pick the Meta
+    kernel, which would hand back the fake kernel's uninitialised CPU outputs as the op's result; the C++
+    checks that name the argument never run then. The message is theirs (csrc/checks.h)."""
+    names = list(inspect.signature(fake).parameters)
+
+    @functools.wraps(fake)
+    def checked(*args, **kwargs):
+        bound = dict(zip(names, args), **kwargs)
+        device = bound["x"].device
+        for name, value in bound.items():
+            if isinstance(value, Tensor) and value.device != device:
+                raise RuntimeError(f"fastrnn::{op}: {name} must be on {device} (the device of x), got {value.device}")
+        return fake(*args, **kwargs)
+    torch.library.register_fake(f"fastrnn::{op}")(checked)
 
 
 def grad_or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:

@@ -102,8 +102,8 @@ def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
 
 def _register() -> None:
     for forward, backward in (("lstm_forward", "lstm_backward"), ("lstm_mixed_forward", "lstm_mixed_backward")):
-        torch.library.register_fake(f"fastrnn::{forward}")(_fake_forward)
-        torch.library.register_fake(f"fastrnn::{backward}")(_fake_backward)
+        glue.register_fake(forward, _fake_forward)
+        glue.register_fake(backward, _fake_backward)
         torch.library.register_autograd(f"fastrnn::{forward}", _backward, setup_context=_setup_context)
 
 

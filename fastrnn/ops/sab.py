@@ -155,8 +155,8 @@ def _differentiable_backward(ctx, output_grads):
 
 
 def _register() -> None:
-    torch.library.register_fake("fastrnn::sab_forward")(_forward_fake)
-    torch.library.register_fake("fastrnn::sab_backward")(_backward_fake)
+    glue.register_fake("sab_forward", _forward_fake)
+    glue.register_fake("sab_backward", _backward_fake)
     torch.library.register_autograd("fastrnn::sab_forward", _backward, setup_context=_setup_context)
 
 
