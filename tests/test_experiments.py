@@ -485,3 +485,59 @@ def test_report_of_a_missing_directory_says_so(tmp_path, capsys):
     assert not out.exists()
     out.mkdir()
     assert cli(["report", "--out", str(out)]) == 0 and "no runs found" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["cycleworld", "--steps", "-3"], "--steps"), (["cycleworld", "--steps", "0"], "--steps"),
+    (["influence", "--steps", "x"], "--steps"), (["aux", "--seeds", "0"], "--seeds"),
+    (["cycleworld", "--workers", "0"], "--workers"),
+    (["cycleworld", "--T", "0"], "--T"), (["cycleworld", "--T", "-1"], "--T"), (["cycleworld", "--T", "2", "2"], "--T"),
+    (["cycleworld", "--M", "0"], "--M"), (["cycleworld", "--buffer", "0"], "--buffer"),
+    (["cycleworld", "--buffer", "-5"], "--buffer"), (["cycleworld", "--buffer", "4", "--T", "2", "6"], "--buffer"),
+    (["cycleworld", "--buffer", "10"], "--buffer"),  # StochasticWorld's T = 15
+    *[(["cycleworld", flag, v], flag) for flag in ("--lr", "--lam") for v in ("-1", "nan", "0", "inf")],
+    (["cycleworld", "--state-lr", "nan"], "--state-lr"), (["cycleworld", "--state-lr", "-1"], "--state-lr"),
+    (["cycleworld", "--state-lr", "0"], "--state-lr"),
+    (["cycleworld", "--worlds"], "--worlds"), (["cycleworld", "--worlds", "cycle6", "cycle6"], "--worlds"),
+    (["cycleworld", "--methods", "fpp", "fpp"], "--methods"),
+    (["cycleworld", "--methods", "tbptt", "--lam", "0.5"], "--lam"),
+    (["cycleworld", "--methods", "tbptt", "--buffer=5"], "--buffer"),
+    (["cycleworld", "--methods", "tbptt", "--state-lr", "1"], "--state-lr"),
+    (["cycleworld", "--merge", "a.json", "--T", "4", "--methods", "tbptt", "--lr", "5"], "--merge"),
+    (["influence", "--merge", "a.json"], "--merge"), (["influence", "--T", "4"], "--T"),
+    (["aux", "--steps", "9"], "--steps"),
+])
+def test_method_suites_refuse_bad_options(argv, flag, tmp_path, monkeypatch, capsys):
+    from fastrnn.experiments import methods
+
+    calls = _record_suite_calls(monkeypatch, tmp_path)
+    monkeypatch.setattr(methods, "cycleworld_report", lambda *a, **k: calls.append(a))
+    with pytest.raises(SystemExit) as e:
+        cli(["suite", *argv, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"error: argument {flag}: " in err and "Traceback" not in err and not calls
+
+
+def test_merge_refuses_bad_files_naming_them(tmp_path, capsys):
+    run = {"world": "cycle6", "method": "fpp", "T": 2, "seed": 0, "steps": 50, "acc": 0.9, "ce": 0.3, "wall_s": 1.0,
+           "curve": {"t": [1], "acc": [0.9], "ce": [0.3]}, "lr": 0.03, "state_lr": 1.0, "lam": 1.0, "M": 4,
+           "buffer_size": 1000}
+    files = {"good.json": [run], "same.json": [run], "seed1_4000.json": [{**run, "seed": 1, "steps": 4000}],
+             "seed1_lam.json": [{**run, "seed": 1, "lam": 0.5}], "empty.json": [], "dict.json": {},
+             "fields.json": [{"acc": 0.9}], "bad.json": "{not json"}
+    for name, data in files.items():
+        (tmp_path / name).write_text(data if isinstance(data, str) else json.dumps(data))
+    cases = [(["missing.json"], "missing.json: cannot read it"), (["bad.json"], "bad.json: not JSON"),
+             (["empty.json"], "empty.json: holds no runs"), (["dict.json"], "dict.json: holds no runs"),
+             (["fields.json"], "fields.json: run 0 lacks world, method"),
+             (["good.json", "good.json"], "good.json: given twice"),
+             (["good.json", "same.json"], "the same run twice (in"),
+             (["good.json", "seed1_4000.json"], "different steps (50 in"),
+             (["good.json", "seed1_lam.json"], "different lam (1.0 in")]
+    for names, message in cases:
+        with pytest.raises(SystemExit) as e:
+            cli(["suite", "cycleworld", "--merge", *(str(tmp_path / n) for n in names), "--out", str(tmp_path / "m")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "error: argument --merge: " in err and message in err, (names, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "m").exists()

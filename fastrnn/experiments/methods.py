@@ -30,6 +30,7 @@ Each suite writes ``OUT/suite_NAME.md`` (table, settings, wall times), ``OUT/cur
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import multiprocessing
@@ -311,6 +312,57 @@ def cycleworld_report(out: Path, runs: list, wall: float | None = None, workers:
     return path
 
 
+RUN_FIELDS = ("world", "method", "T", "seed", "steps", "acc", "ce", "wall_s", "curve")
+# the settings every run of one cell (world, method, T) must share to be averaged
+RUN_SETTINGS = ("steps", "lr", "state_lr", "lam", "M", "buffer_size")
+
+
+def load_runs(paths) -> list:
+    """The runs of `world_run` in these ``suite_cycleworld.json`` files, for `cycleworld_report`. ValueError,
+    naming the file, for one that is missing, not JSON, not a non-empty list of runs, or given twice; for a
+    run in two files (same cell and seed); and for runs of one cell whose settings (`RUN_SETTINGS`) differ."""
+    runs, seen = [], {}
+    for path in map(Path, paths):
+        if path.resolve() in seen:
+            raise ValueError(f"{path}: given twice (also as {seen[path.resolve()]})")
+        seen[path.resolve()] = path
+        try:
+            data = json.loads(path.read_text())
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read it ({e.strerror or e})") from None
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{path}: not JSON ({e})") from None
+        if not isinstance(data, list) or not data:
+            raise ValueError(f"{path}: holds no runs (expected a non-empty list of runs, as in suite_cycleworld.json)")
+        for k, r in enumerate(data):
+            if not isinstance(r, dict):
+                raise ValueError(f"{path}: run {k} is not an object (expected the runs of suite_cycleworld.json)")
+            missing = [f for f in RUN_FIELDS if f not in r]
+            missing += [f"curve.{f}" for f in ("t", "acc", "ce") if "curve" in r and f not in (r["curve"] or {})]
+            if missing:
+                raise ValueError(f"{path}: run {k} lacks {', '.join(missing)} (not a run of suite_cycleworld.json)")
+            if r["world"] not in WORLDS or r["method"] not in METHODS:
+                raise ValueError(f"{path}: run {k}: unknown world {r['world']!r} or method {r['method']!r} "
+                                 f"(expected one of {', '.join(WORLDS)} and {', '.join(METHODS)})")
+            runs.append((r, path))
+    cells = {}
+    for r, path in runs:
+        cells.setdefault((r["world"], r["method"], r["T"]), []).append((r, path))
+    for (world, method, T), cell in cells.items():
+        first, first_path = cell[0]
+        seeds = {}
+        for r, path in cell:
+            name = f"{world} {method} T={T}"
+            for key in RUN_SETTINGS:
+                if r.get(key) != first.get(key):
+                    raise ValueError(f"{name}: runs with different {key} ({first.get(key)} in {first_path}, "
+                                     f"{r.get(key)} in {path}): merge only runs of the same settings")
+            if r["seed"] in seeds:
+                raise ValueError(f"{name} seed {r['seed']}: the same run twice (in {seeds[r['seed']]} and {path})")
+            seeds[r["seed"]] = path
+    return [r for r, _ in runs]
+
+
 # ---- auxiliary losses on a long classification task -------------------------------------------------
 
 AUX_RUNS = ("tbptt", "r-lstm", "r-lstm-long")
@@ -453,6 +505,36 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+CYCLEWORLD = ("cycleworld",)
+# the suites that read each option; the others refuse it (nothing given is silently ignored)
+OPTION_SUITES = {"steps": ("influence", "cycleworld"), "worlds": CYCLEWORLD, "M": CYCLEWORLD, "T": CYCLEWORLD,
+                 "methods": CYCLEWORLD, "lr": CYCLEWORLD, "state_lr": CYCLEWORLD, "lam": CYCLEWORLD,
+                 "buffer": CYCLEWORLD, "merge": CYCLEWORLD, "budget": ("aux",), "side": ("aux",)}
+FPP_OPTIONS = ("M", "state_lr", "lam", "buffer")
+
+
 def build_parser():
     """The parser of `python -m fastrnn.experiments suite influence|cycleworld|aux ...`."""
     suites = "\n".join(f"  {name:11s} {title}" for name, title in SUITES.items())
@@ -463,48 +545,77 @@ def build_parser():
                         epilog="suites:\n" + suites + "\n\nSeeds: --seed S --seeds N runs seeds S, S+1, ..., "
                         "S+N-1.\nexample: python -m fastrnn.experiments suite influence --seed 3 --seeds 2")
     parser.add_argument("name", choices=list(SUITES), help="the suite")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="stream steps per run (default: influence 100000, cycleworld 4000; "
                              "StochasticWorld runs twice as many; not used by aux)")
     parser.add_argument("--seed", type=int, default=0,
                         help="the first seed: runs seeds SEED .. SEED+SEEDS-1 (TBPTT on influence is "
                              "deterministic and runs once)")
-    parser.add_argument("--seeds", type=int, default=None,
+    parser.add_argument("--seeds", type=positive_int, default=None,
                         help="how many seeds, from --seed on (default: influence 5, cycleworld 1, aux 1)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="runs at once, one thread each (default: aux 3, so its runs share the machine "
                              "equally; the others 1)")
-    parser.add_argument("--worlds", nargs="*", default=list(WORLDS), choices=list(WORLDS),
+    parser.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=list(WORLDS),
                         help="cycleworld: the worlds to run")
-    parser.add_argument("--M", type=int, default=4, help="cycleworld: FPP windows per step (T-BPTT: 1)")
-    parser.add_argument("--T", type=int, nargs="+", default=None,
+    parser.add_argument("--M", type=positive_int, default=4, help="cycleworld: FPP windows per step (T-BPTT: 1)")
+    parser.add_argument("--T", type=positive_int, nargs="+", default=None,
                         help="cycleworld: only these window lengths T (default: each world's, e.g. 2 4 6 on cycle6)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                         help="cycleworld: the methods to run")
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--lr", type=positive_float, default=None,
                         help="cycleworld: RMSprop learning rate of every run (default: the world's, 0.03 on "
                              "CycleWorld, 0.003 on StochasticWorld)")
-    parser.add_argument("--state-lr", type=float, default=None,
+    parser.add_argument("--state-lr", type=positive_float, default=None,
                         help=f"cycleworld: step size of FPP's state variables (default: {STATE_LR:g}: with "
                              "λ = 1 an update moves s_i onto ŝ_i)")
-    parser.add_argument("--lam", type=float, default=1.0, help="cycleworld: FPP's λ of eq. (3.6)")
-    parser.add_argument("--buffer", type=int, default=1000, help="cycleworld: FPP's buffer size (transitions)")
+    parser.add_argument("--lam", type=positive_float, default=1.0, help="cycleworld: FPP's λ of eq. (3.6)")
+    parser.add_argument("--buffer", type=positive_int, default=1000,
+                        help="cycleworld: FPP's buffer size (transitions, at least the longest T)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="cycleworld: run nothing; write OUT's table and curves from the runs in these "
-                             "suite_cycleworld.json files (e.g. seeds run separately)")
+                             "suite_cycleworld.json files (e.g. seeds run separately; the runs of one cell "
+                             "must share their settings); takes no run options")
     parser.add_argument("--out", default="results", help="results directory")
     parser.add_argument("--budget", type=float, default=600.0, help="aux: training seconds per run")
     parser.add_argument("--side", type=int, default=14, choices=(14, 28), help="aux: image side (28: 784 steps)")
     return parser
 
 
+def _check(parser, args, argv) -> None:
+    """Refuses what the types cannot see: options the suite would ignore, repeats, a buffer below T."""
+    flags = {flag: action.dest for action in parser._actions for flag in action.option_strings}
+    given = {flags[w.split("=")[0]]: w.split("=")[0] for w in argv if w.split("=")[0] in flags}
+    for dest, flag in given.items():
+        if args.name not in OPTION_SUITES.get(dest, SUITES):
+            parser.error(f"argument {flag}: not an option of suite {args.name} "
+                         f"(only of {', '.join(OPTION_SUITES[dest])})")
+    if args.merge:
+        run = [flag for dest, flag in given.items() if dest not in ("merge", "out")]
+        if run:
+            parser.error(f"argument --merge: takes no run options (it runs nothing), got {', '.join(run)}")
+        return
+    if args.name != "cycleworld":
+        return
+    for dest in ("worlds", "T", "methods"):
+        values = getattr(args, dest) or []
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:
+            parser.error(f"argument --{dest}: given more than once: {', '.join(map(str, repeated))}")
+    if set(args.methods) == {"tbptt"}:
+        fpp_only = [flag for dest, flag in given.items() if dest in FPP_OPTIONS]
+        if fpp_only:
+            parser.error(f"argument {fpp_only[0]}: an FPP option, but --methods runs T-BPTT only")
+        return
+    longest = max(args.T or [T for w in args.worlds for T in WORLDS[w][3]])
+    if args.buffer < longest:
+        parser.error(f"argument --buffer: must be >= the longest window T = {longest}, got {args.buffer}")
+
+
 def main(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.seeds is not None and args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.workers is not None and args.workers < 1:
-        parser.error(f"--workers must be >= 1, got {args.workers}")
+    _check(parser, args, argv)
     out = Path(args.out)
     if args.workers is None:
         args.workers = len(AUX_RUNS) if args.name == "aux" else 1
@@ -513,7 +624,10 @@ def main(argv) -> int:
     elif args.name == "influence":
         path = influence_suite(out, args.steps or 100_000, args.seeds or 5, args.workers, seed=args.seed)
     elif args.merge:
-        runs = [r for f in args.merge for r in json.loads(Path(f).read_text())]
+        try:
+            runs = load_runs(args.merge)
+        except ValueError as e:
+            parser.error(f"argument --merge: {e}")
         path = cycleworld_report(out, runs)
     else:
         path = cycleworld_suite(out, args.steps or 4000, args.seeds or 1, args.workers, tuple(args.worlds), args.M,
