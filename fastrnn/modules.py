@@ -64,8 +64,9 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 def _reads_values(t: Tensor) -> bool:
     """Whether the call may look at `t`'s values for its checks: not while torch.compile traces (data-dependent
-    checks would break the graph), nor on the meta device (shape inference: tensors without values)."""
-    return not torch.compiler.is_compiling() and t.device.type != "meta"
+    checks would break the graph), nor inside a torch.func transform (vmap's batched tensors cannot be read
+    as one bool), nor on the meta device (shape inference: tensors without values)."""
+    return not torch.compiler.is_compiling() and t.device.type != "meta" and not _in_functorch_transform()
 
 
 def _in_functorch_transform() -> bool:

@@ -76,7 +76,7 @@ def stop_at_lengths(ys, cs, h0, c0, lengths):
 def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None, matmul=torch.matmul):
     """A plain LSTM layer (torch.nn.LSTM's math) under a [T] truncation schedule; rows stop at `lengths`.
     `matmul`: as lstm_cell's."""
-    check_schedule(cut, scale, x.shape[0], x.shape[1], per_row=False)
+    check_schedule(cut, scale, x.shape[0], x.shape[1], per_row=False, dtype=x.dtype)
     cut, scale = cut.tolist(), scale.tolist()
     h, c = h0, c0
     ys, cs = [], []
@@ -146,7 +146,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     Per-row resets (section 9; `reset` [T, B] bool, `slot_offset` / `row_step0` [B] int64): see _sab_layer_rows.
     `cut` / `scale` [T, B]: row b is truncated by column b (section 3 per row)."""
     T = x.shape[0]
-    check_schedule(cut, scale, T, x.shape[1], per_row=True)
+    check_schedule(cut, scale, T, x.shape[1], per_row=True, dtype=x.dtype)
     check_stream(memory, step0, lengths, return_slots, h0)
     if per_row(reset, slot_offset, row_step0):
         check_rows(x, memory, step0, lengths, reset, slot_offset, row_step0)

@@ -24,10 +24,14 @@ def _r(t):
 
 
 class _Bf16Matmul(torch.autograd.Function):
+    # forward and setup_context apart: the form torch.func transforms (grad, jvp of the first order) accept
     @staticmethod
-    def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
+    def forward(a, b):
         return _r(a) @ _r(b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, grad):

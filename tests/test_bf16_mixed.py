@@ -307,11 +307,41 @@ def test_module_under_autocast(kernel, monkeypatch):
 
 
 @only("cpu")
-def test_module_forced_kernel_error(monkeypatch):
-    monkeypatch.setenv("FASTRNN_BF16_GEMM", "fastest")
+@pytest.mark.parametrize("value", ["fastest", "AUTO", " auto"])
+def test_module_forced_kernel_error(monkeypatch, value):
+    monkeypatch.setenv("FASTRNN_BF16_GEMM", value)
     model, x, hx = _module_case(1)
-    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="gemm must be"):
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="FASTRNN_BF16_GEMM="):
         model(x, hx)
+
+
+@only("cpu")
+def test_empty_kernel_variable_is_auto(monkeypatch):
+    model, x, hx = _module_case(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        monkeypatch.setenv("FASTRNN_BF16_GEMM", "")
+        y_empty = model(x, hx)[0]
+        monkeypatch.setenv("FASTRNN_BF16_GEMM", "auto")
+        y_auto = model(x, hx)[0]
+    assert torch.equal(y_empty, y_auto)
+
+
+@only("cpu")
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+def test_torch_func_grad_under_autocast(backend):
+    """Inside a torch.func transform the mixed path runs its oracle (docs/CONTRACT.md): the same gradient
+    as plain autograd through the module."""
+    torch.manual_seed(0)
+    model = fastrnn.LSTM(4, 5, backend=backend)
+    x = torch.randn(6, 3, 4)
+
+    def loss(inp):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(inp)[0].float().sum()
+    grad = torch.func.grad(loss)(x)
+    x_ = x.clone().requires_grad_()
+    loss(x_).backward()
+    assert max_rel_error([grad], [x_.grad]) <= SEQUENCE_TOL
 
 
 @only("cpu")

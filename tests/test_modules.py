@@ -190,6 +190,21 @@ def test_torch_func_transforms_use_the_reference_under_auto_and_refuse_fast_back
         grad(lambda p: functional_call(model, p, (x,))[0].sum())(params)
 
 
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.SABLSTM])
+def test_vmap_over_a_batch_of_inputs_under_auto(cls):
+    """vmap (and vmap of grad) as README promises: the input checks do not read batched values."""
+    from torch.func import grad, vmap
+    torch.manual_seed(0)
+    model = cls(3, 4, dtype=f64)
+    xs = torch.randn(5, 6, 2, 3, dtype=f64)
+    torch.testing.assert_close(vmap(lambda x: model(x)[0])(xs), torch.stack([model(x)[0] for x in xs]),
+                               rtol=1e-12, atol=1e-14)
+    expected = torch.stack([torch.autograd.grad(model(x)[0].square().sum(), x)[0]
+                            for x in xs.clone().requires_grad_().unbind()])
+    torch.testing.assert_close(vmap(grad(lambda x: model(x)[0].square().sum()))(xs), expected,
+                               rtol=1e-12, atol=1e-14)
+
+
 def test_integer_input_and_boolean_lengths_are_type_errors():
     m = fastrnn.LSTM(3, 4, backend="reference")
     with pytest.raises(TypeError, match="floating-point"):
@@ -299,3 +314,25 @@ def test_meta_device_refuses_what_needs_values():
         fastrnn.LSTM(3, 4, backend="reference", device="meta")(x)
     with pytest.raises(ValueError, match="reset on the meta device"):
         fastrnn.SABLSTM(3, 4, device="meta")(x, reset=torch.zeros(5, 2, dtype=torch.bool, device="meta"))
+
+
+@pytest.mark.parametrize("op", ["lstm", "sab"])
+@pytest.mark.parametrize("arg", ["cut", "scale", "h0", "w_hh"])
+def test_op_argument_on_meta_beside_cpu_input_is_refused(op, arg):
+    """One meta tensor among CPU ones makes the dispatcher pick the fake kernel: its outputs would be
+    uninitialised memory. The op refuses, naming the argument."""
+    if "cpu" not in fastrnn.available_backends():
+        pytest.skip("the native library is not built")
+    from fastrnn.ops.lstm import lstm_layer
+    from fastrnn.ops.sab import sab_layer
+    T, B, I, H = 5, 3, 2, 4
+    args = dict(x=torch.randn(T, B, I), w_ih=torch.randn(4 * H, I), w_hh=torch.randn(4 * H, H),
+                b_ih=torch.randn(4 * H), b_hh=torch.randn(4 * H), h0=torch.zeros(B, H), c0=torch.zeros(B, H),
+                cut=torch.zeros(T, dtype=torch.bool), scale=torch.ones(T))
+    args[arg] = args[arg].to("meta")
+    with pytest.raises(RuntimeError, match=f"{arg} must be on cpu \\(the device of x\\), got meta"):
+        if op == "lstm":
+            lstm_layer(**args)
+        else:
+            sab_layer(**args, att_wh=torch.randn(H, H), att_wm=torch.randn(H, H), att_vb=torch.randn(H), k_top=2,
+                      k_att=2, scorer="mlp", provisional=True)

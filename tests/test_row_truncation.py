@@ -135,7 +135,7 @@ SCHEDULE_ERRORS = [
     (dict(cut=lambda c: c.t().contiguous(), scale=lambda s: s.t().contiguous()), r"cut must have shape \[5, 2\]",
      r"cut must have shape \[T\] = \[5\] \(or \[T, B\] = \[5, 2\]"),
     (dict(cut=lambda c: c.to(torch.int64)), "cut must have dtype Bool", "cut must be a torch.bool tensor"),
-    (dict(scale=lambda s: s.float()), "scale must have dtype Double", None),
+    (dict(scale=lambda s: s.float()), "scale must have dtype Double", r"scale must be a torch.float64 tensor"),
     (dict(cut=lambda c: c.t().contiguous().t()), "cut must be contiguous", None),
     (dict(cut=lambda c: c.unsqueeze(2), scale=lambda s: s.unsqueeze(2)), r"cut must be \[T\] or \[T, B\]",
      r"cut must have shape \[T\] = \[5\]"),

@@ -42,9 +42,20 @@ def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None, b
 def mixed_lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
     """lstm_layer in bfloat16 mixed precision with the kernel named by the environment variable
     FASTRNN_BF16_GEMM (default "auto"): what fastrnn.LSTM runs on the cpu backend under
-    torch.autocast("cpu", dtype=torch.bfloat16)."""
-    return lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths=lengths,
-                      bf16_gemm=os.environ.get("FASTRNN_BF16_GEMM", "auto"))
+    torch.autocast("cpu", dtype=torch.bfloat16). ValueError naming the variable for a value that is no kernel
+    (empty counts as unset)."""
+    return lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths=lengths, bf16_gemm=_env_kernel())
+
+
+BF16_KERNELS = ("auto", "emulated", "mkl", "avx512bf16")
+
+
+def _env_kernel() -> str:
+    kernel = os.environ.get("FASTRNN_BF16_GEMM") or "auto"
+    if kernel not in BF16_KERNELS:
+        raise ValueError(f"FASTRNN_BF16_GEMM={kernel!r} names no bfloat16 GEMM kernel: set it to one of "
+                         f"{', '.join(BF16_KERNELS)}, or unset it (auto)")
+    return kernel
 
 
 def bf16_capabilities() -> dict:

@@ -50,14 +50,17 @@ def check_stream(memory, step0, lengths, return_slots, h0) -> int:
     return step0
 
 
-def check_schedule(cut, scale, T, B, *, per_row: bool) -> None:
-    """A layer's truncation schedule (docs/SPEC.md section 3): `cut` bool and `scale` floating, both [T], or
-    with `per_row` (the SAB layers) both [T, B], one schedule per batch row. TypeError for a dtype,
-    ValueError for a shape, each naming the argument."""
+def check_schedule(cut, scale, T, B, *, per_row: bool, dtype: torch.dtype) -> None:
+    """A layer's truncation schedule (docs/SPEC.md section 3): `cut` bool and `scale` in x's `dtype` (as the
+    cpu and CUDA ops require), both [T], or with `per_row` (the SAB layers) both [T, B], one schedule per
+    batch row. TypeError for a dtype, ValueError for a shape, each naming the argument."""
     if not isinstance(cut, torch.Tensor) or cut.dtype != torch.bool:
         raise TypeError(f"cut must be a torch.bool tensor, got {getattr(cut, 'dtype', type(cut).__name__)}")
-    if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
-        raise TypeError(f"scale must be a floating tensor, got {getattr(scale, 'dtype', type(scale).__name__)}")
+    # (a non-floating x is refused by the x check, in the words that name x)
+    if not isinstance(scale, torch.Tensor) or not scale.is_floating_point() or (
+            dtype.is_floating_point and scale.dtype != dtype):
+        raise TypeError(f"scale must be a {dtype} tensor (the dtype of x), got "
+                        f"{getattr(scale, 'dtype', type(scale).__name__)}")
     if not (tuple(cut.shape) == (T,) or (per_row and tuple(cut.shape) == (T, B))):
         rows = f" (or [T, B] = {[T, B]}, one schedule per row)" if per_row else ""
         raise ValueError(f"cut must have shape [T] = {[T]}{rows}, got {list(cut.shape)}")

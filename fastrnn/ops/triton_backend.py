@@ -135,7 +135,7 @@ def _check_tensors(named: dict, cut, scale, lengths=None, *, row_schedule: bool 
     for name, t in (("h0", named["h0"]), ("c0", named["c0"])):
         if tuple(t.shape) != (B, H):
             raise ValueError(f"{name} must have shape [B, H] = {[B, H]}, got {list(t.shape)}")
-    check_schedule(cut, scale, T, B, per_row=row_schedule)
+    check_schedule(cut, scale, T, B, per_row=row_schedule, dtype=x.dtype)
     for name, t in (("cut", cut), ("scale", scale), ("lengths", lengths)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
