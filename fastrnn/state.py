@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .ops.streaming import check_step
+from .ops.streaming import MAX_STEP, check_step
 
 __all__ = ["SABLayerState", "SABState"]
 
@@ -101,8 +101,8 @@ class SABState:
                                  f"row), got {row_steps!r}")
             if row_steps.device != first.h.device:
                 raise ValueError(f"row_steps must be on the state's device {first.h.device}, got {row_steps.device}")
-            if row_steps.numel() and bool((row_steps < 0).any()):
-                raise ValueError(f"row_steps must be >= 0, got {row_steps.tolist()}")
+            if row_steps.numel() and bool(((row_steps < 0) | (row_steps >= MAX_STEP)).any()):
+                raise ValueError(f"row_steps must be >= 0 and < 2**62, got {row_steps.tolist()}")
         elif any(layer.slot_steps.dim() == 2 for layer in checked):
             raise ValueError("per-row slot_steps [B, S] need row_steps (the per-row step counters)")
         self.layers: Tuple[SABLayerState, ...] = tuple(checked)

@@ -693,3 +693,18 @@ def test_readme_reset_example_runs():
     namespace = {}
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["y"].shape == (64, 8, 32) and namespace["y_next"].shape == (16, 8, 32)
+
+
+@pytest.mark.parametrize("backend", ["reference", *backend_params([b for b in _backends.available_backends() if b == "cpu"])])
+def test_row_step_counters_stay_below_2_62(backend):
+    """A per-row state's counters obey step0's bound on every backend (the cpu op once ran a counter of
+    2**62 and overflowed int64 near 2**63): a state beyond it is refused, a call that would cross it too."""
+    model = fastrnn.SABLSTM(3, 4, k_top=2, backend=backend, dtype=torch.float64)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    _, _, state = model(x, reset=torch.zeros(5, 3, dtype=torch.bool), return_state=True)
+    for value in (2 ** 62, 2 ** 63 - 3):
+        with pytest.raises(ValueError, match=r"row_steps must be >= 0 and < 2\*\*62"):
+            fastrnn.SABState(state.layers, step=state.step, row_steps=torch.tensor([value, 7, 5]))
+    near = fastrnn.SABState(state.layers, step=state.step, row_steps=torch.tensor([2 ** 62 - 3, 7, 5]))
+    with pytest.raises(ValueError, match=r"row_step0 must be >= 0 and < 2\*\*62 - T"):
+        model(x, state=near)

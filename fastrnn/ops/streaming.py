@@ -108,8 +108,9 @@ def check_rows(x, memory, step0, lengths, reset, slot_offset, row_step0) -> None
         if B > 0 and not bool(((slot_offset >= 0) & (slot_offset < S0)).all()):
             raise ValueError(f"slot_offset must lie in [0, S0) = [0, {S0}) (each row keeps at least one slot), "
                              f"got {slot_offset.tolist()}")
-    if row_step0 is not None and B > 0 and not bool((row_step0 >= 0).all()):
-        raise ValueError(f"row_step0 must be >= 0, got {row_step0.tolist()}")
+    if row_step0 is not None and B > 0 and not bool(((row_step0 >= 0) & (row_step0 < MAX_STEP - T)).all()):
+        raise ValueError(f"row_step0 must be >= 0 and < 2**62 - T (T = {T}: the counters after the call stay "
+                         f"below 2**62, as step0), got {row_step0.tolist()}")
 
 
 class ResetPlan(NamedTuple):
