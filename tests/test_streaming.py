@@ -185,7 +185,7 @@ def test_bfloat16_chunked(backend):
     sched = truncation.full(8)
     kw = dict(k_top=2, k_att=2, scorer="mlp", provisional=True)
     ours = chunked(layer_fn(backend, "sab_layer"), a16, sched.cut, sched.scale.to(torch.bfloat16), chunks, **kw)
-    ref = chunked(reference.sab_layer, a_ref, sched.cut, sched.scale, chunks, **kw)
+    ref = chunked(reference.sab_layer, a_ref, sched.cut, sched.scale.float(), chunks, **kw)
     for name, a, b in zip(("y", "h_n", "c_n", "memory"), ours[:3] + ours[4:], ref[:3] + ref[4:]):
         assert a.dtype == torch.bfloat16, name
         assert (a.float() - b).abs().max() <= BF16_TOL["output"] * b.abs().max(), name
