@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import backends, profiling
 from .ops.attention import SABAttention, slot_steps
-from .ops.streaming import PAD_STEP, reset_plan, supports_reset
+from .ops.streaming import PAD_STEP, reset_plan
 from .state import SABLayerState, SABState
 from .truncation import Schedule, fixed
 
@@ -561,7 +561,7 @@ class SABLSTM(_LSTMBase):
         and slot_steps is [B, S] int64 (-2 padding); the state it returns is per row (SABState.row_steps,
         slot_steps [B, S], memory left-padded with zeros), and later calls continue it with or without reset.
         TypeError for a non-bool reset, ValueError for its shape or device, or with lengths / a
-        PackedSequence; NotImplementedError on a backend that does not implement resets (it names it).
+        PackedSequence.
         Under torch.autocast a state is cast as hx is (a float32 state from a call outside autocast is
         taken); in bfloat16 chunks equal one shot only to bfloat16 rounding (the carried state is rounded).
       Streaming errors: TypeError if state is not a SABState or return_state not a bool; ValueError for
@@ -657,13 +657,6 @@ class SABLSTM(_LSTMBase):
                 call = call._replace(cut=(g > 0) & (g % self.k_trunc == 0))
         _, sab_layer = self._layer_functions(call)
         rows = reset is not None or (state is not None and state.per_row)     # per-row slot tables (SPEC 9)
-        if rows and not supports_reset(sab_layer, call.x.device.type):
-            name = getattr(sab_layer, "__module__", "")
-            name = {"fastrnn.reference": "reference", "fastrnn.ops.triton_backend": "triton"}.get(
-                name, "cuda" if call.x.device.type == "cuda" else "cpu")
-            raise NotImplementedError(
-                f"SABLSTM: backend {name!r} does not implement per-row resets yet (reset=, or a state of a stream "
-                f"that had resets); use backend='reference'")
         step0 = 0 if state is None else state.step
         # The layers see the phase of the step counter only: their computation depends on step0 % k_att
         # alone (where slots are written), so torch.compile specialises on at most k_att values rather than

@@ -263,9 +263,6 @@ def _sab_layer_rows(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, c
     return y, h_n, c_n, attention
 
 
-# The per-row arguments (reset, slot_offset, row_step0) are implemented (SPEC section 9).
-sab_layer.supports_reset = True
-
 
 def available() -> bool:
     return True

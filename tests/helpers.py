@@ -30,6 +30,13 @@ BACKENDS = [b for b in fastrnn.available_backends() if b != "reference"]
 BF16_BACKENDS = [b for b in BACKENDS if b == "triton"]
 
 
+def sab_model(input_size, hidden_size, backend, seed=0, **kw):
+    """A float64 SABLSTM (k_top=2, k_att=2 unless `kw` says otherwise) initialised from `seed`."""
+    torch.manual_seed(seed)
+    return fastrnn.SABLSTM(input_size, hidden_size, **{"k_top": 2, "k_att": 2, "dtype": torch.float64,
+                                                       "backend": backend, **kw})
+
+
 def backend_params(names=None):
     """pytest.param per backend, marked with the backend's name (`pytest -m "not triton"` deselects it)."""
     return [pytest.param(b, id=b, marks=getattr(pytest.mark, b)) for b in (BACKENDS if names is None else names)]

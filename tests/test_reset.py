@@ -12,8 +12,9 @@ import torch
 import fastrnn
 from fastrnn import backends as _backends
 from fastrnn import reference
-from fastrnn.ops.streaming import PAD_STEP, reset_plan, supports_reset
-from helpers import TOL, assert_bf16_close, backend_params, compare, layer_args, leaves, only, run_with_grads
+from fastrnn.ops.streaming import PAD_STEP, reset_plan
+from helpers import (TOL, assert_bf16_close, backend_params, compare, layer_args, leaves, only, run_with_grads,
+                     sab_model)
 
 f64 = torch.float64
 
@@ -28,7 +29,7 @@ def _cpu_sab_layer(backend):
 
 
 FAST_RESET_BACKENDS = [b for b in fastrnn.available_backends() if b != "reference"
-                       and _cpu_sab_layer(b) is not None and supports_reset(_cpu_sab_layer(b), "cpu")]
+                       and _cpu_sab_layer(b) is not None]
 RESET_BACKENDS = ["reference", *backend_params(FAST_RESET_BACKENDS)]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -226,10 +227,7 @@ I, H = 3, 4
 
 
 def _model(backend, seed=0, **kw):
-    torch.manual_seed(seed)
-    options = dict(k_top=2, k_att=2, dtype=f64, backend=backend)
-    options.update(kw)
-    return fastrnn.SABLSTM(I, H, **options)
+    return sab_model(I, H, backend, seed, **kw)
 
 
 def _pieces_module(sab, x, reset, hx):
@@ -416,25 +414,6 @@ def test_reset_argument_errors():
     with pytest.raises(ValueError, match=r"\[T\] \(unbatched"):
         sab(x[0], reset=torch.zeros(2, 5, dtype=torch.bool))
 
-
-def test_backends_without_resets_refuse_them(monkeypatch):
-    """A backend whose layer does not implement resets (today none: every backend is marked, cuda too, and the
-    cpu op module serves CUDA tensors with the CUDA op's) makes the module raise NotImplementedError naming it,
-    for reset= and for a per-row state; exercised on the cpu backend with its mark taken away, so it runs
-    without a GPU."""
-    from fastrnn.ops import cuda_build, sab as sab_ops
-    from fastrnn.ops.streaming import supports_reset
-    assert supports_reset(cuda_build.sab_layer, "cuda") and supports_reset(sab_ops.sab_layer, "cuda")
-    if "cpu" not in fastrnn.available_backends():
-        pytest.skip("cpu backend unavailable")
-    monkeypatch.setattr(sab_ops.sab_layer, "supports_reset", False)
-    sab = _model("cpu")
-    x = torch.randn(5, 2, I, dtype=f64)
-    with pytest.raises(NotImplementedError, match="backend 'cpu' does not implement per-row resets"):
-        sab(x, reset=torch.zeros(5, 2, dtype=torch.bool))
-    _, _, st = _model("reference")(x, reset=torch.zeros(5, 2, dtype=torch.bool), return_state=True)
-    with pytest.raises(NotImplementedError, match="backend 'cpu'"):
-        sab(x, state=st)
 
 # ---- cpu: the ops ---------------------------------------------------------------------------------
 

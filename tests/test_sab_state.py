@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
 from fastrnn import SABLayerState, SABState, truncation
-from helpers import TOL, backend_params, only
+from helpers import TOL, backend_params, only, sab_model
 
 f64 = torch.float64
 BACKENDS = ["reference", *backend_params()]
@@ -28,10 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(backend, seed=0, **kw):
-    torch.manual_seed(seed)
-    options = dict(k_top=2, k_att=2, dtype=f64, backend=backend)
-    options.update(kw)
-    return fastrnn.SABLSTM(I, H, **options)
+    return sab_model(I, H, backend, seed, **kw)
 
 
 def _time(x, a, b, batch_first):

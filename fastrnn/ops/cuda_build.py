@@ -157,9 +157,6 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
                          return_slots=return_slots, reset=reset, slot_offset=slot_offset, row_step0=row_step0)
 
 
-# The CUDA op implements the per-row arguments (docs/SPEC.md section 9): the module may pass resets.
-sab_layer.supports_reset = True
-
 
 if __name__ == "__main__":
     ok = load(verbose=True)

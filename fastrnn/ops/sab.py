@@ -160,9 +160,5 @@ def _register() -> None:
     torch.library.register_autograd("fastrnn::sab_forward", _backward, setup_context=_setup_context)
 
 
-# The per-row arguments (reset, slot_offset, row_step0) are implemented (SPEC section 9) by the op on every device
-# it is registered for: the cpu ops (csrc/cpu) and the CUDA ones (csrc/cuda, backend "cuda").
-sab_layer.supports_reset = True
-
 if available():
     _register()

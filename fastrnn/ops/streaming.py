@@ -76,13 +76,6 @@ def check_schedule(cut, scale, T, B, *, per_row: bool, dtype: torch.dtype) -> No
 PAD_STEP = -2
 
 
-def supports_reset(sab_layer, device_type: str) -> bool:
-    """Whether a backend's sab_layer implements the per-row arguments for tensors of `device_type`: its
-    `supports_reset` attribute is True (every device) or a tuple of device types."""
-    marked = getattr(sab_layer, "supports_reset", False)
-    return marked is True or (isinstance(marked, tuple) and device_type in marked)
-
-
 def per_row(reset, slot_offset, row_step0) -> bool:
     """Whether a SAB layer call runs with per-row slot tables (any of the three per-row arguments given)."""
     return reset is not None or slot_offset is not None or row_step0 is not None

@@ -556,7 +556,3 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
         return y, h_n, c_n, attention, new_slots
     return y, h_n, c_n, attention
 
-
-# The per-row arguments (reset, slot_offset, row_step0; docs/SPEC.md section 9) are implemented, on every device
-# the kernels run on.
-sab_layer.supports_reset = True
