@@ -388,6 +388,30 @@ def test_seed_of_the_method_suites_is_the_first_seed_not_the_number_of_seeds(tmp
     assert e.value.code == 2 and len(calls) == 3
 
 
+def test_aux_suite_passes_the_clock_on(tmp_path, monkeypatch):
+    calls = _record_suite_calls(monkeypatch, tmp_path)
+    assert cli(["suite", "aux", "--budget", "2", "--clock", "cpu"]) == 0
+    assert cli(["suite", "aux", "--budget", "2"]) == 0
+    assert [kw["clock"] for _, _, kw in calls] == ["cpu", "wall"]
+
+
+def test_aux_run_on_the_cpu_clock_counts_process_time(monkeypatch):
+    """With clock="cpu" the budget is the run's CPU seconds: a process clock that advances 1 s per
+    training step stops a 3-second run after 3 steps, however little wall time they take."""
+    from fastrnn.experiments import methods
+
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(600, 196, generator=g), torch.randint(0, 10, (600,), generator=g))
+    monkeypatch.setattr(methods, "mnist_pixels", lambda split, side: images)
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(methods.time, "process_time", lambda: float(next(ticks)))
+    run = methods.aux_run("tbptt", 3.0, side=14, hidden=8, batch=4, eval_n=500, clock="cpu")
+    assert run["iterations"] == 3 and run["train_s"] == 3.0 and run["clock"] == "cpu"
+    assert 0 < run["wall_s"] < 60
+    with pytest.raises(ValueError, match="clock"):
+        methods.aux_run("tbptt", 3.0, clock="gpu")
+
+
 def test_influence_suite_runs_the_seeds_from_seed_on(tmp_path):
     from fastrnn.experiments import methods
 
@@ -506,6 +530,8 @@ def test_report_of_a_missing_directory_says_so(tmp_path, capsys):
     (["cycleworld", "--merge", "a.json", "--T", "4", "--methods", "tbptt", "--lr", "5"], "--merge"),
     (["influence", "--merge", "a.json"], "--merge"), (["influence", "--T", "4"], "--T"),
     (["aux", "--steps", "9"], "--steps"),
+    *[(["aux", "--budget", v], "--budget") for v in ("0", "-5", "nan")],
+    (["aux", "--clock", "gpu"], "--clock"), (["cycleworld", "--clock", "cpu"], "--clock"),
 ])
 def test_method_suites_refuse_bad_options(argv, flag, tmp_path, monkeypatch, capsys):
     from fastrnn.experiments import methods

@@ -21,7 +21,8 @@ aux          seed 001 (`fastrnn.training.auxiliary`): r-LSTM against truncated B
              classification truncation, at equal wall-clock (``--budget`` s each, run side by side), on
              pixel MNIST pooled to 14 x 14 (196 steps; ``--side 28``: the 784-step original; `mnist_pixels`).
 
-    python -m fastrnn.experiments suite aux [--budget 600] [--side 14] [--seeds 1] [--seed 0] [--out results]
+    python -m fastrnn.experiments suite aux [--budget 600] [--clock wall|cpu] [--side 14] [--seeds 1] [--seed 0]
+                                            [--out results]
 
 Seeds: ``--seed S --seeds N`` runs seeds S, S+1, ..., S+N-1 (default S = 0).
 
@@ -366,6 +367,7 @@ def load_runs(paths) -> list:
 # ---- auxiliary losses on a long classification task -------------------------------------------------
 
 AUX_RUNS = ("tbptt", "r-lstm", "r-lstm-long")
+CLOCKS = ("wall", "cpu")  # what an aux run's budget counts (aux_run)
 
 
 def aux_options(name: str, side: int) -> tuple:
@@ -400,8 +402,16 @@ def mnist_pixels(split: str, side: int = 14):
 
 
 def aux_run(name: str, budget: float, *, seed: int = 0, side: int = 14, hidden: int = 64, batch: int = 64,
-            lr: float = 1e-3, pretrain_fraction: float = 0.2, eval_every: float = 30.0, eval_n: int = 2000) -> dict:
-    """One run of the auxiliary-loss comparison for ``budget`` seconds of training (evaluation excluded)."""
+            lr: float = 1e-3, pretrain_fraction: float = 0.2, eval_every: float = 30.0, eval_n: int = 2000,
+            clock: str = "wall") -> dict:
+    """One run of the auxiliary-loss comparison for ``budget`` seconds of training (evaluation excluded).
+
+    ``clock``: what the budget (and the curve's time, the evaluation interval, the pre-training share)
+    counts: "wall" seconds, or "cpu" seconds of this process (one thread), which a machine shared with
+    other work does not shorten, so runs on a loaded machine still get equal compute."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock: expected one of {CLOCKS}, got {clock!r}")
+    now = time.process_time if clock == "cpu" else time.perf_counter
     from fastrnn.training.auxiliary import AuxiliaryLSTM
 
     torch.set_num_threads(1)
@@ -422,13 +432,13 @@ def aux_run(name: str, budget: float, *, seed: int = 0, side: int = 14, hidden: 
         for key, v in (("time", elapsed), ("iter", it), ("acc", acc), ("loss", loss)):
             curve[key].append(v)
 
-    elapsed, it, next_eval, recent = 0.0, 0, 0.0, []
+    elapsed, wall, it, next_eval, recent = 0.0, 0.0, 0, 0.0, []
     while elapsed < budget:
         if elapsed >= next_eval:
             evaluate(elapsed, it, sum(recent) / len(recent) if recent else float("nan"))
             next_eval += eval_every
             recent = []
-        start = time.perf_counter()
+        start, wall_start = now(), time.perf_counter()
         idx = torch.randint(0, len(ys), (batch,), generator=g)
         x, y = xs[idx].t().unsqueeze(-1).contiguous(), ys[idx]
         phase = phases if phases == "supervised" else (
@@ -438,23 +448,25 @@ def aux_run(name: str, budget: float, *, seed: int = 0, side: int = 14, hidden: 
         out.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        elapsed += time.perf_counter() - start
+        elapsed += now() - start
+        wall += time.perf_counter() - wall_start
         it += 1
         recent.append(out.total.item())
     evaluate(elapsed, it, sum(recent) / len(recent) if recent else float("nan"))
     return {"name": f"{name}-s{seed}", "method": name, "seed": seed, "iterations": it, "train_s": elapsed,
-            "acc": curve["acc"][-1], "best_acc": max(curve["acc"]), "curve": curve, "options": options,
+            "wall_s": wall, "clock": clock, "acc": curve["acc"][-1], "best_acc": max(curve["acc"]), "curve": curve, "options": options,
             "phases": phases, "side": side}
 
 
 def _aux_job(args):
-    name, budget, seed, side = args
-    return aux_run(name, budget, seed=seed, side=side)
+    name, budget, seed, side, clock = args
+    return aux_run(name, budget, seed=seed, side=side, clock=clock)
 
 
-def aux_suite(out: Path, budget: float, seeds: int, workers: int, side: int = 14, seed: int = 0) -> Path:
-    """Seeds ``seed`` .. ``seed + seeds - 1`` of every run."""
-    jobs = [(name, budget, s, side) for s in range(seed, seed + seeds) for name in AUX_RUNS]
+def aux_suite(out: Path, budget: float, seeds: int, workers: int, side: int = 14, seed: int = 0,
+              clock: str = "wall") -> Path:
+    """Seeds ``seed`` .. ``seed + seeds - 1`` of every run; ``clock``: see `aux_run`."""
+    jobs = [(name, budget, s, side, clock) for s in range(seed, seed + seeds) for name in AUX_RUNS]
     start = time.perf_counter()
     runs = _map(workers, _aux_job, jobs)
     wall = time.perf_counter() - start
@@ -465,12 +477,13 @@ def aux_suite(out: Path, budget: float, seeds: int, workers: int, side: int = 14
              f"steps (one image row, blank in 89 % of the 14x14 images, 98.5 % at 28x28) in all runs; r-lstm: 8 anchors per batch, each "
              f"reconstructing the l = 20 pixels before it, decoder gradient 20 steps into the main LSTM; "
              f"r-lstm-long: 1 anchor, l = {long_l}, {long_depth} steps; both unsupervised pre-training for the "
-             f"first 20 % of the budget, then joint. {budget:.0f} s of training per run (held-out evaluation "
+             f"first 20 % of the budget, then joint. {budget:.0f} {clock} s of training per run (held-out evaluation "
              f"excluded), runs {workers} at a time. Accuracy on 2,000 held-out (validation) images.\n",
-             "| run | iterations | train s | held-out acc (end) | best |", "|---|---|---|---|---|"]
+             f"| run | iterations | train {clock} s | train wall s | held-out acc (end) | best |",
+             "|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['name']} | {r['iterations']:,} | {r['train_s']:.0f} | {r['acc']:.3f} | "
-                     f"{r['best_acc']:.3f} |")
+        lines.append(f"| {r['name']} | {r['iterations']:,} | {r['train_s']:.0f} | {r['wall_s']:.0f} | "
+                     f"{r['acc']:.3f} | {r['best_acc']:.3f} |")
     lines.append(f"\n{len(runs)} runs, {wall / 60:.1f} min of wall time. Chance: 0.10.\n")
     out.mkdir(parents=True, exist_ok=True)
     tag = "aux" if side == 14 else f"aux{side}"
@@ -481,7 +494,7 @@ def aux_suite(out: Path, budget: float, seeds: int, workers: int, side: int = 14
     for r in runs:
         ax.plot(r["curve"]["time"], r["curve"]["acc"], label=r["name"])
     ax.axhline(0.1, color="gray", ls="--", lw=1, label="chance")
-    ax.set(xlabel="training wall time (s)", ylabel="held-out accuracy",
+    ax.set(xlabel=f"training time ({clock} s)", ylabel="held-out accuracy",
            title=f"MNIST {side}x{side}: r-LSTM vs TBPTT (main truncation {side})")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -531,7 +544,8 @@ CYCLEWORLD = ("cycleworld",)
 # the suites that read each option; the others refuse it (nothing given is silently ignored)
 OPTION_SUITES = {"steps": ("influence", "cycleworld"), "worlds": CYCLEWORLD, "M": CYCLEWORLD, "T": CYCLEWORLD,
                  "methods": CYCLEWORLD, "lr": CYCLEWORLD, "state_lr": CYCLEWORLD, "lam": CYCLEWORLD,
-                 "buffer": CYCLEWORLD, "merge": CYCLEWORLD, "budget": ("aux",), "side": ("aux",)}
+                 "buffer": CYCLEWORLD, "merge": CYCLEWORLD, "budget": ("aux",), "side": ("aux",),
+                 "clock": ("aux",)}
 FPP_OPTIONS = ("M", "state_lr", "lam", "buffer")
 
 
@@ -577,7 +591,10 @@ def build_parser():
                              "suite_cycleworld.json files (e.g. seeds run separately; the runs of one cell "
                              "must share their settings); takes no run options")
     parser.add_argument("--out", default="results", help="results directory")
-    parser.add_argument("--budget", type=float, default=600.0, help="aux: training seconds per run")
+    parser.add_argument("--budget", type=positive_float, default=600.0, help="aux: training seconds per run")
+    parser.add_argument("--clock", default="wall", choices=CLOCKS,
+                        help="aux: what --budget counts: wall seconds, or each run's own CPU seconds (one "
+                             "thread; equal compute on a machine shared with other work)")
     parser.add_argument("--side", type=int, default=14, choices=(14, 28), help="aux: image side (28: 784 steps)")
     return parser
 
@@ -620,7 +637,8 @@ def main(argv) -> int:
     if args.workers is None:
         args.workers = len(AUX_RUNS) if args.name == "aux" else 1
     if args.name == "aux":
-        path = aux_suite(out, args.budget, args.seeds or 1, args.workers, args.side, seed=args.seed)
+        path = aux_suite(out, args.budget, args.seeds or 1, args.workers, args.side, seed=args.seed,
+                         clock=args.clock)
     elif args.name == "influence":
         path = influence_suite(out, args.steps or 100_000, args.seeds or 5, args.workers, seed=args.seed)
     elif args.merge:
