@@ -111,6 +111,26 @@ def test_config_checks():
         train.Config(task="imagenet")
     with pytest.raises(ValueError, match="budget"):
         train.Config(budget=0, max_iters=0)
+    with pytest.raises(ValueError, match="precision"):
+        train.Config(precision="float16")
+
+
+@pytest.mark.parametrize("method", ["sab", "bptt"])
+def test_bf16_precision_trains_under_autocast_with_float32_master_weights(tmp_path, method):
+    """--precision bf16: the model's forward runs under autocast bfloat16 (the cpu backend's mixed
+    precision), the parameters and their gradients stay float32, and the held-out evaluation is float32."""
+    seen = []
+    for precision in ("float32", "bf16"):
+        run = train.Run(tiny_config(method=method, precision=precision, backend="auto"), tmp_path / precision)
+        run.model.rnn.register_forward_pre_hook(
+            lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+        loss, _ = run.step()
+        assert np.isfinite(loss)
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in run.model.parameters())
+        evaluation = run.record(resumed=False)["eval"]
+        assert np.isfinite(evaluation["loss"])
+    # float32: the step and 2 evaluation batches without autocast; bf16: the step under it, evaluation without
+    assert [on for on, _ in seen] == [False, False, False, True, False, False] and seen[3][1] == torch.bfloat16
 
 
 def test_records_table_rounds_and_orders():

@@ -12,7 +12,7 @@ import fastrnn.backends
 from fastrnn import training
 from fastrnn.experiments import cli, ddp, main_job, plots, records, suites
 from fastrnn.experiments.progress import DEFAULT_INTERVAL
-from fastrnn.experiments.train import METHODS, Config, run
+from fastrnn.experiments.train import METHODS, PRECISIONS, Config, run
 
 
 HELP = {
@@ -37,13 +37,16 @@ HELP = {
     "seed": "seed of the model's initialisation, the data and the truncation draws",
     "backend": "LSTM backend (auto: the fastest available on the device)",
     "threads": "torch threads of this run",
+    "precision": "bf16: train under torch.autocast('cpu', bfloat16), the cpu backend's bfloat16 mixed precision "
+                 "(bf16 GEMMs, float32 state, master weights and gradients; docs/SPEC.md section 10); "
+                 "evaluation in float32",
     "eval_batches": "held-out batches for the final evaluation",
     "log_every": "iterations averaged into one history point",
     "checkpoint_every": "seconds between checkpoints",
     "attn_at": "sab: iterations at which to snapshot the attention (Figure 3)",
 }
 CHOICES = {"encoding": ("scalar", "onehot"), "slot_state": ("final", "provisional"),
-           "attention": ("mlp", "linear"), "backend": fastrnn.backends.BACKENDS}
+           "attention": ("mlp", "linear"), "backend": fastrnn.backends.BACKENDS, "precision": PRECISIONS}
 COMMANDS = {"main": "README command 1: SAB vs TBPTT vs BPTT on copy T=100 (`main --help`)",
             "suite": "a named suite of runs (`suite --help` lists them; `suite NAME --help`)",
             "report": "rewrite OUT/results.md and the plots from the runs under OUT/runs"}

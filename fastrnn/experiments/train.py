@@ -37,6 +37,7 @@ from fastrnn.experiments import records
 from fastrnn.experiments.progress import DEFAULT_INTERVAL, Progress
 
 METHODS = ("sab", "tbptt", "bptt", "artbp")
+PRECISIONS = ("float32", "bf16")
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Config:
     seed: int = 0
     backend: str = "auto"
     threads: int = 1
+    precision: str = "float32"  # "bf16": the training step under torch.autocast("cpu", bfloat16) (Run.step)
     eval_batches: int = 10
     log_every: int = 10
     checkpoint_every: float = 60.0
@@ -77,6 +79,8 @@ class Config:
             raise ValueError(f"task: expected one of {training.TASKS}, got {self.task!r}")
         if self.attn_size < 0 or (self.attn_size and self.attention != "mlp"):
             raise ValueError(f"attn_size: expected 0, or a positive size with attention='mlp'; got {self.attn_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if self.budget <= 0 and self.max_iters <= 0:
             raise ValueError("budget: give a positive budget or max_iters")
 
@@ -183,12 +187,16 @@ class Run:
         self.snapshots[f"iter_{self.iteration}"] = attention_matrix(attention, self.task.length).astype(np.float32)
 
     def step(self, on_phase_end=None) -> training.StepResult:
-        """One training iteration of this run (``on_phase_end``: see `fastrnn.training.train_step`)."""
+        """One training iteration of this run (``on_phase_end``: see `fastrnn.training.train_step`). With
+        precision "bf16" it runs under ``torch.autocast("cpu", dtype=torch.bfloat16)``: the cpu backend's
+        bfloat16 mixed precision (docs/SPEC.md section 10; float32 master weights, state and gradients); the
+        held-out evaluation stays float32."""
         c = self.cfg
         model, task = self._parallel or (self.model, self.task)
-        return training.train_step(model, task, self.opt, self.gen, batch_size=c.batch_size,
-                                   truncation=functools.partial(schedule_for, c), clip=c.clip,
-                                   on_phase_end=on_phase_end)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.precision == "bf16"):
+            return training.train_step(model, task, self.opt, self.gen, batch_size=c.batch_size,
+                                       truncation=functools.partial(schedule_for, c), clip=c.clip,
+                                       on_phase_end=on_phase_end)
 
     def _done(self) -> bool:
         c = self.cfg
