@@ -13,14 +13,32 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "bf16_fold.h"
 #include "bf16_gemm.h"
+#include "checks.h"
 #include "lstm_step.h"
 
 namespace fastrnn {
 namespace cpu {
+
+// The argument checks of a layer op `op`: its mixed form (gemm, the kernel name, given) takes float32
+// tensors only, the float form float32 and float64.
+inline ArgChecker layer_checker(const char* op, const std::string* gemm) {
+  return gemm ? ArgChecker(op, at::kCPU, {at::kFloat}) : ArgChecker(op, at::kCPU);
+}
+
+// The kernel name of an op implemented once for both its schemas, the float one (no Gemm) and the mixed
+// one (Gemm = std::string, the name last): nullptr, or the name.
+template <class... Gemm>
+inline const std::string* kernel_name(const Gemm&... gemm) {
+  static_assert(sizeof...(Gemm) <= 1, "one kernel name at most");
+  const std::string* name = nullptr;
+  ((name = &gemm), ...);
+  return name;
+}
 
 // One thread's forward step of the LSTM part. The input projection goes step by step inside each block's
 // time loop, on the same kernel as the recurrent product: one multi-threaded float32 GEMM up front (the

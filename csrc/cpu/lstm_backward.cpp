@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cs, const at::Tensor& cut,
     const at::Tensor& scale, const std::optional<at::Tensor>& lengths, const std::string* gemm) {
-  ArgChecker ck = gemm ? ArgChecker(op, at::kCPU, {at::kFloat}) : ArgChecker(op, at::kCPU);
+  ArgChecker ck = layer_checker(op, gemm);
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H;
   ck.tensor(dy, "dy", {T, B, H});

@@ -30,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
     const at::Tensor& c0, const at::Tensor& cut, const at::Tensor& scale, const std::optional<at::Tensor>& lengths,
     const std::string* gemm) {
-  ArgChecker ck = gemm ? ArgChecker(op, at::kCPU, {at::kFloat}) : ArgChecker(op, at::kCPU);
+  ArgChecker ck = layer_checker(op, gemm);
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   ck.biases(b_ih, b_hh, d);
   ck.lengths(lengths, d);

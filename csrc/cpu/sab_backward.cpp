@@ -257,11 +257,9 @@ SabBackwardOut backward_op(const at::Tensor& grad_y, const at::Tensor& grad_hn,
                         const at::Tensor& thr, const at::Tensor& denom, const at::Tensor& slot_keys, int64_t k_top,
                         int64_t k_att, c10::string_view scorer, bool provisional, bool has_bias,
                         const Gemm&... gemm_name) {
-  static_assert(sizeof...(Gemm) <= 1, "one kernel name at most");
-  const std::string* gemm = nullptr;
-  ((gemm = &gemm_name), ...);
+  const std::string* gemm = kernel_name(gemm_name...);
   const char* op = gemm ? "fastrnn::sab_mixed_backward" : "fastrnn::sab_backward";
-  ArgChecker ck = gemm ? ArgChecker(op, at::kCPU, {at::kFloat}) : ArgChecker(op, at::kCPU);
+  ArgChecker ck = layer_checker(op, gemm);
   const SabCall call = check_sab_call(ck, x, w_ih, w_hh, h0, c0, cut, scale, att_wh, att_wm, att_vb, lengths, memory,
                                       step0, reset, slot_offset, row_step0, k_top, k_att, scorer);
   const auto& [d, sd, grid, rows, S] = call;

@@ -223,11 +223,9 @@ SabForwardOut forward_op(const at::Tensor& x, const at::Tensor& w_ih, const at::
                       const std::optional<at::Tensor>& slot_offset, const std::optional<at::Tensor>& row_step0,
                       int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional,
                       const Gemm&... gemm_name) {
-  static_assert(sizeof...(Gemm) <= 1, "one kernel name at most");
-  const std::string* gemm = nullptr;
-  ((gemm = &gemm_name), ...);
+  const std::string* gemm = kernel_name(gemm_name...);
   const char* op = gemm ? "fastrnn::sab_mixed_forward" : "fastrnn::sab_forward";
-  ArgChecker ck = gemm ? ArgChecker(op, at::kCPU, {at::kFloat}) : ArgChecker(op, at::kCPU);
+  ArgChecker ck = layer_checker(op, gemm);
   const SabCall call = check_sab_call(ck, x, w_ih, w_hh, h0, c0, cut, scale, att_wh, att_wm, att_vb, lengths, memory,
                                       step0, reset, slot_offset, row_step0, k_top, k_att, scorer);
   const auto& [d, sd, grid, rows, S] = call;
