@@ -7,12 +7,16 @@
    (FASTRNN_BF16_GEMM).
 2. One training iteration of the main job's shape (bench/train_step.py: copy T=100, batch 64, hidden 128,
    Adam, one thread; the runner's Run.step), float32 against the same step under autocast.
+3. (--parts sab) fastrnn.SABLSTM fwd+bwd (B=32, I=64, H=128, k_top=5, k_att=2; T from --T; 1 thread), the
+   linear and the mlp scorer, float32 against autocast with each kernel (the ops sab_mixed_*).
+4. (--parts sab-train) part 2 with the main job's SAB model (the runner's defaults: linear scorer, k_top=5,
+   k_att=2, k_trunc=20, provisional slots; clip 1).
 
 Variants alternate within each round and the round of least process CPU time is kept (the machine is
 shared); wall and CPU milliseconds are both printed, the ratios of both. The machine and its bfloat16 capabilities come first.
 
     PYTHONPATH=. .venv/bin/python bench/bf16_mixed.py [--rounds 5] [--reps 3] [--iters 20] [--T 300 1000]
-        [--parts accuracy ops lstm train]
+        [--parts accuracy ops lstm train sab sab-train]
 """
 import argparse
 import contextlib
@@ -134,12 +138,27 @@ def op_fwd_bwd(T, ks, rounds, reps):
                                         for n in ["float32"] + ks))
 
 
-def training_iteration(ks, rounds, iters):
+def sab_fwd_bwd(T, ks, rounds, reps):
+    """fastrnn.SABLSTM fwd+bwd, one thread, float32 against autocast (sab_mixed_*) with each kernel."""
+    torch.set_num_threads(1)
+    for scorer in ("linear", "mlp"):
+        torch.manual_seed(0)
+        model = fastrnn.SABLSTM(I, H, k_top=5, k_att=2, attention=scorer, backend="cpu")
+        variants = {"fastrnn float32": (fwd_bwd_step(model, T), None),
+                    **{f"fastrnn mixed ({k})": (fwd_bwd_step(model, T), k) for k in ks}}
+        report(f"SABLSTM ({scorer}) fwd+bwd B={B} I={I} H={H} T={T} k_top=5 k_att=2, 1 thread",
+               best_times(variants, rounds, reps), "fastrnn float32")
+
+
+def training_iteration(ks, rounds, iters, method="bptt"):
+    """Run.step of the copy task (T=100: 120 steps), B=64, H=128, Adam, clip 1, one thread; method "bptt"
+    (fastrnn.LSTM) or "sab" (fastrnn.SABLSTM with the runner's defaults: linear, k_top=5, k_att=2,
+    k_trunc=20)."""
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)  # as the runner does
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = train.Config(task="copy", T=100, batch_size=64, hidden=128, max_iters=1, method="bptt")
-        run = train.Run(cfg, f"{tmp}/bptt")
+        cfg = train.Config(task="copy", T=100, batch_size=64, hidden=128, max_iters=1, method=method)
+        run = train.Run(cfg, f"{tmp}/{method}")
 
         def steps():
             for _ in range(iters):
@@ -147,8 +166,9 @@ def training_iteration(ks, rounds, iters):
         variants = {"float32": (steps, None), **{f"mixed ({k})": (steps, k) for k in ks}}
         best = best_times(variants, rounds, 1)
     best = {name: (wall / iters, cpu / iters) for name, (wall, cpu) in best.items()}
-    report(f"training iteration, copy T=100 (120 steps) B=64 H=128 Adam, bptt, 1 thread, per iteration", best,
-           "float32")
+    model = "bptt" if method == "bptt" else "sab (linear, k_top=5, k_att=2, k_trunc=20)"
+    report(f"training iteration, copy T=100 (120 steps) B=64 H=128 Adam, {model}, 1 thread, per iteration",
+           best, "float32")
 
 
 def results(model, x, target, kernel):
@@ -181,7 +201,8 @@ def accuracy(T):
         print(f"  {label:8s} " + "  ".join(cells))
 
 
-PARTS = ["accuracy", "ops", "lstm", "train"]
+PARTS = ["accuracy", "ops", "lstm", "train", "sab", "sab-train"]
+DEFAULT_PARTS = ["accuracy", "ops", "lstm", "train"]
 
 
 def main():
@@ -193,7 +214,7 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1],
                         help="of part 1; on a loaded machine 2 threads also time the wait for a core (OpenMP "
                              "spins), 1 thread the kernels alone")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=DEFAULT_PARTS)
     args = parser.parse_args()
     ks = kernels()
     for T in args.T if "accuracy" in args.parts else []:
@@ -205,6 +226,10 @@ def main():
             lstm_fwd_bwd(T, ks, args.rounds, args.reps, threads)
     if "train" in args.parts:
         training_iteration(ks, args.rounds, args.iters)
+    for T in args.T if "sab" in args.parts else []:
+        sab_fwd_bwd(T, ks, args.rounds, args.reps)
+    if "sab-train" in args.parts:
+        training_iteration(ks, args.rounds, args.iters, method="sab")
 
 
 if __name__ == "__main__":

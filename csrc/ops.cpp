@@ -73,4 +73,24 @@ TORCH_LIBRARY(fastrnn, m) {
       "Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, Tensor slot_keys, int k_top, "
       "int k_att, str scorer, bool provisional, bool has_bias) -> (Tensor dx, Tensor dw_ih, Tensor dw_hh, "
       "Tensor db, Tensor datt_wh, Tensor datt_wm, Tensor datt_vb, Tensor dh0, Tensor dc0, Tensor dmemory)");
+  // The same layer in bfloat16 mixed precision (docs/SPEC.md section 10, CPU only): float32 tensors; the
+  // LSTM part's GEMMs (x W_ih^T, h_{t-1} W_hh^T and their gradients) from operands rounded to bfloat16,
+  // summed in float32, as lstm_mixed_*; the attention part (scores, top-k, weights, summary, their
+  // gradients) float32. gemm picks the kernel as lstm_mixed_forward's. Outputs and saved tensors as above.
+  m.def(
+      "sab_mixed_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor att_wh, "
+      "Tensor att_wm, Tensor att_vb, Tensor h0, Tensor c0, Tensor cut, Tensor scale, Tensor? lengths, "
+      "Tensor? memory, int step0, Tensor? reset, Tensor? slot_offset, Tensor? row_step0, int k_top, int k_att, "
+      "str scorer, bool provisional, str gemm) -> (Tensor y, "
+      "Tensor h_n, Tensor c_n, Tensor gates, Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, "
+      "Tensor denom, Tensor slot_keys, Tensor new_slots)");
+  m.def(
+      "sab_mixed_backward(Tensor grad_y, Tensor grad_hn, Tensor grad_cn, Tensor? grad_new_slots, Tensor x, "
+      "Tensor w_ih, Tensor w_hh, Tensor att_wh, Tensor att_wm, Tensor att_vb, Tensor h0, Tensor c0, "
+      "Tensor cut, Tensor scale, Tensor? lengths, Tensor? memory, int step0, Tensor? reset, Tensor? slot_offset, "
+      "Tensor? row_step0, Tensor y, Tensor gates, "
+      "Tensor c, Tensor hhat, Tensor idx, Tensor w, Tensor thr, Tensor denom, Tensor slot_keys, int k_top, "
+      "int k_att, str scorer, bool provisional, bool has_bias, str gemm) -> (Tensor dx, Tensor dw_ih, "
+      "Tensor dw_hh, Tensor db, Tensor datt_wh, Tensor datt_wm, Tensor datt_vb, Tensor dh0, Tensor dc0, "
+      "Tensor dmemory)");
 }

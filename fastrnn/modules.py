@@ -79,8 +79,9 @@ class _Precision(NamedTuple):
     """How one call computes: `dtype` the tensors the layers see, `emulate` where the backend has no kernels
     for the autocast dtype (it then computes in float32 from operands rounded to it), `autocast` whether
     torch.autocast is in effect (the layers then run with autocast off: the casts are made here), `mixed`
-    the cpu backend's bfloat16 mixed precision (fastrnn.LSTM only: the layers take the float32 tensors
-    unrounded and round each GEMM's operands themselves; docs/SPEC.md "bfloat16 mixed precision")."""
+    the cpu backend's bfloat16 mixed precision (fastrnn.LSTM and fastrnn.SABLSTM: the layers take the float32
+    tensors unrounded and round each LSTM GEMM's operands themselves; docs/SPEC.md "bfloat16 mixed
+    precision")."""
     dtype: torch.dtype
     emulate: Optional[torch.dtype]
     autocast: bool
@@ -105,8 +106,8 @@ class _Call(NamedTuple):
 class _LSTMBase(nn.Module):
     """Parameters, checks and the layer loop shared by LSTM and SABLSTM."""
 
-    # Whether the class runs the cpu backend's bfloat16 mixed precision under autocast (_Precision.mixed);
-    # SABLSTM emulates (float32 math on rounded operands).
+    # Whether the class runs the cpu backend's bfloat16 mixed precision under autocast (_Precision.mixed):
+    # both LSTM and SABLSTM do; a subclass without mixed ops would emulate (float32 math on rounded operands).
     _MIXED_BF16 = False
 
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, backend,
@@ -253,7 +254,8 @@ class _LSTMBase(nn.Module):
         cast to the autocast dtype unless float64, the layers compute in it and the outputs have it; a float64
         model is left alone. fastrnn does the same on every backend; one without kernels for that dtype
         (cpu; triton for float16) computes in float32 from the rounded operands and rounds its outputs,
-        except fastrnn.LSTM on cpu in bfloat16, which runs the mixed precision (_Precision.mixed).
+        except fastrnn.LSTM and fastrnn.SABLSTM on cpu in bfloat16, which run the mixed precision
+        (_Precision.mixed).
         """
         device_type = device.type
         if (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
@@ -294,9 +296,11 @@ class _LSTMBase(nn.Module):
             # the cpu backend's bfloat16 mixed precision; inside a torch.func transform its plain-autograd
             # oracle, as the reference stands in for the fused ops below
             from . import reference_bf16
+            if _in_functorch_transform():
+                return reference_bf16.lstm_layer, reference_bf16.sab_layer
             from .ops import lstm as lstm_ops
-            lstm_layer = reference_bf16.lstm_layer if _in_functorch_transform() else lstm_ops.mixed_lstm_layer
-            return lstm_layer, None
+            from .ops import sab as sab_ops
+            return lstm_ops.mixed_lstm_layer, sab_ops.mixed_sab_layer
         if _in_functorch_transform():
             # The fused ops' autograd formulas are opaque to torch.func (grad, vmap, jvp, ...); plain
             # autograd through the reference is not. "auto" takes it; an explicit fast backend refuses.
@@ -454,10 +458,12 @@ _CALL_DOC = """
       dtype, the layers compute in it and output, h_n and c_n have it (gradients reach the float32 parameters
       as float32). A backend without kernels for that dtype ("cpu"; "triton" for float16) computes in float32
       from the operands rounded to it and rounds its outputs, as oneDNN's bfloat16 LSTM does inside
-      torch.nn.LSTM; except LSTM on "cpu" in bfloat16, which runs the bfloat16 mixed precision (docs/SPEC.md:
-      bfloat16 GEMMs with float32 sums, float32 state and cell math, float32 gradients; the GEMM kernel is
-      picked at run time, FASTRNN_BF16_GEMM=auto|emulated|mkl|avx512bf16 forces one). (torch.nn.LSTM returns float32 for a PackedSequence under autocast; fastrnn treats a
-      PackedSequence as padded input and returns the autocast dtype.)
+      torch.nn.LSTM; except on "cpu" in bfloat16, where LSTM and SABLSTM run the bfloat16 mixed precision
+      (docs/SPEC.md section 10: the LSTM GEMMs in bfloat16 with float32 sums; float32 state, cell math,
+      SABLSTM's attention and gradients; the GEMM kernel is picked at run time,
+      FASTRNN_BF16_GEMM=auto|emulated|mkl|avx512bf16 forces one). (torch.nn.LSTM returns float32 for a
+      PackedSequence under autocast; fastrnn treats a PackedSequence as padded input and returns the autocast
+      dtype.)
     Errors: TypeError for an input, hx, lengths or schedule of the wrong type or dtype (and an unsupported
       dtype for the backend); ValueError for a wrong shape, device or length (lengths outside [0, T], lengths
       with unbatched or packed input), and for NaN or inf in the input (within the lengths) or in hx.
@@ -569,7 +575,15 @@ class SABLSTM(_LSTMBase):
         ended would carry slots written on padding), for a state whose num_layers, hidden_size, batch size
         (or batched-ness), dtype or device differ from this model and input (the message names which), and
         for NaN or inf in the state.
+      Under torch.autocast("cpu", dtype=torch.bfloat16) on the cpu backend (docs/SPEC.md section 10): the
+        layers run fastrnn::sab_mixed_forward / sab_mixed_backward, the LSTM part's GEMMs from operands rounded
+        to bfloat16 with float32 sums, the attention (scores, top-k, weights, summary), the state and every
+        gradient float32, on float32 master weights; inside a torch.func transform their oracle
+        fastrnn.reference_bf16.sab_layer. Output, h_n, c_n, the attention weights and a returned state are
+        bfloat16, as every autocast output.
     """
+
+    _MIXED_BF16 = True
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,

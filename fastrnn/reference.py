@@ -137,14 +137,16 @@ def selected(w: Tensor, k_top: int):
 def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *,
               k_top: int, k_att: int, scorer: str, provisional: bool, need_attention: bool = False,
               lengths=None, memory=None, step0: int = 0, return_slots: bool = False, reset=None,
-              slot_offset=None, row_step0=None):
+              slot_offset=None, row_step0=None, matmul=torch.matmul):
     """One SAB-LSTM layer, SPEC section 1 step by step; the backward pass is autograd's (section 2).
     Rows stop at `lengths` (stop_at_lengths; the attention record is -1 / 0 past a row's length).
     Streaming (section 8): `memory` [B, S0, H] (S0 >= 1) is the memory of earlier calls, used instead of
     [h0]; `step0` >= 0 is the global index of this call's first step. With `return_slots`, a fifth result
     `new_slots` [B, S1, H] holds the slots written by this call, with their graph.
     Per-row resets (section 9; `reset` [T, B] bool, `slot_offset` / `row_step0` [B] int64): see _sab_layer_rows.
-    `cut` / `scale` [T, B]: row b is truncated by column b (section 3 per row)."""
+    `cut` / `scale` [T, B]: row b is truncated by column b (section 3 per row).
+    `matmul`: the product of the LSTM cell's two GEMMs, as lstm_cell's (reference_bf16.py passes the bfloat16
+    mixed one); the attention's products are torch's."""
     T = x.shape[0]
     check_schedule(cut, scale, T, x.shape[1], per_row=True, dtype=x.dtype)
     check_stream(memory, step0, lengths, return_slots, h0)
@@ -153,7 +155,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
         return _sab_layer_rows(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, k_top=k_top,
                                k_att=k_att, scorer=scorer, provisional=provisional, need_attention=need_attention,
                                memory=memory, step0=step0, return_slots=return_slots, reset=reset,
-                               slot_offset=slot_offset, row_step0=row_step0)
+                               slot_offset=slot_offset, row_step0=row_step0, matmul=matmul)
     cut, scale = cut.tolist(), scale.tolist()
     h, c = h0, c0
     memory = [h0] if memory is None else list(memory.unbind(1))   # M; slots are never cut
@@ -162,7 +164,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     for t in range(T):
         h_in = recurrent_input(h, cut[t], scale[t])        # step 1 (section 3 generalises k_trunc)
         c_in = recurrent_input(c, cut[t], scale[t])
-        c, h_hat = lstm_cell(x[t], h_in, c_in, w_ih, w_hh, b_ih, b_hh)   # steps 2-3
+        c, h_hat = lstm_cell(x[t], h_in, c_in, w_ih, w_hh, b_ih, b_hh, matmul)   # steps 2-3
         m = torch.stack(memory, dim=1)                     # [B, |M|, H], slots of earlier steps only
         a = scores(scorer, h_hat, m, att_wh, att_wm, att_vb)              # step 4
         w = sparse_weights(a, k_top)                       # steps 5-6
@@ -195,7 +197,7 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
 
 def _sab_layer_rows(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *, k_top, k_att,
                     scorer, provisional, need_attention, memory, step0, return_slots, reset, slot_offset,
-                    row_step0):
+                    row_step0, matmul):
     """A SAB layer with per-row slot tables and resets (SPEC section 9; docs/CONTRACT.md "Per-row resets"),
     literally: each row is split at its resets and every piece runs alone through sab_layer above. The first
     piece of row b starts from h0[b], c0[b], its carried slots memory[b, slot_offset[b]:] (or [h0[b]]) and
@@ -233,7 +235,7 @@ def _sab_layer_rows(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, c
             y, h_last, c_last, att, new = sab_layer(
                 x[a:e, b:b + 1], w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, hb, cb, row_cut[a:e], row_scale[a:e],
                 k_top=k_top, k_att=k_att, scorer=scorer, provisional=provisional, need_attention=need_attention,
-                memory=mem, step0=counter, return_slots=True)
+                memory=mem, step0=counter, return_slots=True, matmul=matmul)
             y_parts.append(y)
             appended.extend(new[0].unbind(0))
             table += new.shape[1]

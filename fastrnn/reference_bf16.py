@@ -10,13 +10,19 @@ gradient of its rounded copy).
 
     lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None) -> (y, h_n, c_n)
 
-takes float32 tensors and returns float32, with reference.lstm_layer's signature and schedule semantics.
+    sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, *, k_top, k_att,
+              scorer, provisional, ...) -> (y, h_n, c_n, attention[, new_slots])
+
+take float32 tensors and return float32, with reference.lstm_layer's / reference.sab_layer's signatures and
+semantics. In the SAB layer only the LSTM cell's GEMMs (x W_ih^T, h_{t-1} W_hh^T, h_{t-1} the state fed
+back, y_{t-1}) are mixed; the attention (scores, top-k, weights, summary) stays float32 (docs/SPEC.md
+section 10 says why).
 """
 import torch
 
 from . import reference
 
-__all__ = ["bf16_matmul", "lstm_layer"]
+__all__ = ["bf16_matmul", "lstm_layer", "sab_layer"]
 
 
 def _r(t):
@@ -52,3 +58,11 @@ def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):
     """reference.lstm_layer with every GEMM in bfloat16 mixed precision (bf16_matmul)."""
     return reference.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths=lengths,
                                 matmul=bf16_matmul)
+
+
+def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, **options):
+    """reference.sab_layer with the LSTM cell's GEMMs in bfloat16 mixed precision (bf16_matmul), the attention
+    float32; `options` are reference.sab_layer's keyword arguments (k_top, k_att, scorer, provisional, lengths,
+    memory, step0, return_slots, reset, slot_offset, row_step0, need_attention)."""
+    return reference.sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale,
+                               matmul=bf16_matmul, **options)

@@ -405,20 +405,36 @@ def test_sab_state_step_and_slot_steps_and_return_state_checks():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float32_state_continues_under_autocast(backend):
     """Under torch.autocast a float32 state (a float32 model's call outside autocast) is taken as a float32
-    hx is: cast to the autocast dtype, exactly as the same state rounded to bfloat16 by hand; the state
-    returned is bfloat16. A float64 state is still refused. (bfloat16 chunks equal one shot only to
-    bfloat16 rounding: the carried state is rounded at each boundary, docs/SPEC.md section 8.)"""
+    hx is: cast to the autocast dtype, exactly as the same state rounded to bfloat16 by hand (the cpu
+    backend's mixed precision takes it in float32, unrounded, as hx: bfloat16-close, and exactly as the
+    rounded values given in float32); the state returned is bfloat16. A float64 state is still refused.
+    (bfloat16 chunks equal one shot only to bfloat16 rounding: the carried state is rounded at each boundary,
+    docs/SPEC.md section 8.)"""
     sab = _model(backend, num_layers=2, dtype=torch.float32)
     x = torch.randn(T, B, I)
     _, _, state = sab(x[:5], return_state=True)
     assert state.dtype == torch.float32
-    rounded = SABState([SABLayerState(*(t.to(torch.bfloat16) if t.is_floating_point() else t for t in layer))
-                        for layer in state.layers], state.step)
+    def cast(s, convert):
+        return SABState([SABLayerState(*(convert(t) if t.is_floating_point() else t for t in layer))
+                         for layer in s.layers], s.step)
+    rounded = cast(state, lambda t: t.to(torch.bfloat16))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, (h_n, c_n), after = sab(x[5:], state=state, return_state=True)
         y_r, (h_r, c_r), after_r = sab(x[5:], state=rounded, return_state=True)
+        # the cpu backend runs the bfloat16 mixed precision (docs/SPEC.md section 10): its layers take float32
+        # tensors, a float32 state unrounded (as a float32 hx); then a bfloat16 state is its float32 values
+        mixed = backend == "cpu"
+        if mixed:
+            y_f, (h_f, c_f), after_f = sab(x[5:], state=cast(state, lambda t: t.bfloat16().float()),
+                                           return_state=True)
     assert y.dtype == torch.bfloat16 and after.dtype == torch.bfloat16
-    for a, b in ((y, y_r), (h_n, h_r), (c_n, c_r), (after.layers[1].memory, after_r.layers[1].memory)):
+    pairs = ((y, y_r), (h_n, h_r), (c_n, c_r), (after.layers[1].memory, after_r.layers[1].memory))
+    if mixed:
+        for (a, b), f in zip(pairs, (y_f, h_f, c_f, after_f.layers[1].memory)):
+            torch.testing.assert_close(f, b, rtol=0, atol=0)
+            torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2e-2)   # a few bfloat16 ulps
+        pairs = ()
+    for a, b in pairs:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert torch.equal(after.slot_steps, after_r.slot_steps) and after.step == T
     f64_state = SABState([SABLayerState(*(t.double() if t.is_floating_point() else t for t in layer))

@@ -17,9 +17,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "backward_chunks.h"
-#include "bf16_fold.h"
-#include "bf16_gemm.h"
+#include "bf16_lstm.h"
 #include "checks.h"
 #include "huge_pages.h"
 #include "lengths.h"
@@ -30,16 +31,17 @@ namespace cpu {
 namespace {
 
 // One block's reverse sweep, rows [b0, b0 + nb): the chunk dgc (step-major [C * nb, 4H]) holds its gate
-// gradients; fold(t0, n) folds the complete chunk of steps [t0, t0 + n) into the block's weight gradients.
-template <typename Tv, class Product, class Fold>
+// gradients; each complete chunk of steps [t0, t0 + n) is folded (thread.fold: LstmBackwardThread, or
+// bf16_lstm.h's MixedLstmBackwardThread) into the block's weight gradients dw_ih, dw_hh, db and its dx rows.
+template <typename Tv, class Thread>
 void sweep_block(const LstmLayer<Tv>& L, const LstmSweep<Tv>& S, int64_t C, int64_t b0, int64_t nb, Tv* dgc,
-                 Product& recurrent, const Fold& fold) {
+                 Thread& thread, Tv* dx, Tv* dw_ih, Tv* dw_hh, Tv* db) {
   const int64_t T = L.steps, G = 4 * L.H;
   start_reverse_sweep(L, S, b0, nb);
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t t0 = t / C * C;  // first step of t's chunk
-    lstm_step_backward(L, S, t, b0, nb, dgc + (t - t0) * nb * G, recurrent);
-    if (t == t0) fold(t0, std::min(T, t0 + C) - t0);
+    lstm_step_backward(L, S, t, b0, nb, dgc + (t - t0) * nb * G, thread.recurrent);
+    if (t == t0) thread.fold(L, dgc, t0, std::min(T, t0 + C) - t0, b0, nb, dx, dw_ih, dw_hh, db);
   }
 }
 
@@ -51,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cs, const at::Tensor& cut,
     const at::Tensor& scale, const std::optional<at::Tensor>& lengths, const std::string* gemm) {
-  ArgChecker ck = gemm ? ArgChecker(op, at::kCPU, {at::kFloat}) : ArgChecker(op, at::kCPU);
+  ArgChecker ck = layer_checker(op, gemm);
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H;
   ck.tensor(dy, "dy", {T, B, H});
@@ -69,60 +71,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // Block k sweeps rows [k R, min(B, (k + 1) R)): one block per thread.
   const auto opts = x.options();
   const int64_t R = rows_per_thread(B), nblocks = (B + R - 1) / R;
-  const int64_t C = chunk_steps(T, R * G * x.element_size() * (kernel ? 2 : 1));
+  const int64_t C =
+      chunk_steps(T, R * (G * x.element_size() + (kernel ? MixedLstmBackward::extra_chunk_bytes(G) : 0)));
   auto dg_chunk = at::empty({nblocks, C * R, G}, opts);
   auto acc_ih = at::zeros({nblocks, G, I}, opts);
   auto acc_hh = at::zeros({nblocks, G, H}, opts);
   auto acc_b = at::zeros({nblocks, G}, opts);
   auto dx = empty_huge({T, B, I}, opts);
   auto dh = at::empty({B, H}, opts), dc = at::empty({B, H}, opts), dh0 = at::empty({B, H}, opts);
+  // Block k's sweep with the LstmLayer L and its thread's recurrent product and fold.
+  const auto sweep = [&](const auto& L, const auto& S, int64_t k, int64_t b0, int64_t nb, auto& thread) {
+    using Tv = std::remove_const_t<std::remove_pointer_t<decltype(L.x)>>;
+    sweep_block(L, S, C, b0, nb, dg_chunk.data_ptr<Tv>() + k * C * R * G, thread, dx.data_ptr<Tv>(),
+                acc_ih.data_ptr<Tv>() + k * G * I, acc_hh.data_ptr<Tv>() + k * G * H, acc_b.data_ptr<Tv>() + k * G);
+  };
 
   if (kernel) {
-    // avx512bf16 and mkl fold whole chunks on their bfloat16 GEMM (bf16_fold.h), rounding as they convert;
-    // emulated folds with the float32 BLAS on operands rounded here: x, h_{t-1} (y and h0), W_ih, and dG
-    // per chunk.
-    const bool packed = *kernel != Bf16Kernel::Emulated;
-    const auto round = [&](const at::Tensor& t) { return packed ? t : rounded(t); };
-    const at::Tensor xr = round(x), yr = round(y), h0r = round(h0), w_ih_r = round(w_ih);
-    const Bf16Weights w(*kernel, w_hh.t().contiguous());   // dh = dG W_hh
-    std::optional<Bf16Weights> w_ih_t;                      // dx = dG W_ih
-    if (packed) w_ih_t.emplace(*kernel, w_ih.t().contiguous());
-    auto dg_round = packed ? at::Tensor() : at::empty_like(dg_chunk);
+    // bf16_lstm.h: the GEMM operands rounded as the kernel needs (x, h_{t-1} = y and h0, W_ih; dG per chunk)
+    const MixedLstmBackward mixed(*kernel, w_ih, w_hh, nblocks, C * R);
+    const at::Tensor xr = mixed.operand(x), yr = mixed.operand(y), h0r = mixed.operand(h0);
+    const at::Tensor w_ih_r = mixed.operand(w_ih);
     const auto L = lstm_layer<float>(xr, w_ih_r, w_hh, h0r, c0, /*h=*/yr, gates, cs, /*h_cell=*/yr);
     const auto S = lstm_sweep<float>(gy, dh_n, dc_n, len, cut, scale, dh, dc, dh0);
     for_each_row_block(B, [&](int64_t k, int64_t b0, int64_t nb) {
-      float* dgc = dg_chunk.data_ptr<float>() + k * C * R * G;
-      float* dxp = dx.data_ptr<float>();
-      float* dw_ih = acc_ih.data_ptr<float>() + k * G * I;
-      float* dw_hh = acc_hh.data_ptr<float>() + k * G * H;
-      float* db = acc_b.data_ptr<float>() + k * G;
-      Bf16Product recurrent(w);
-      if (packed) {
-        Bf16Product dx_product(*w_ih_t);
-        std::vector<uint16_t> scratch;
-        sweep_block(L, S, C, b0, nb, dgc, recurrent, [&](int64_t t0, int64_t n) {
-          fold_lstm_chunk_bf16(*kernel, L, dgc, t0, n, b0, nb, dxp, dw_ih, dw_hh, db, dx_product, scratch);
-        });
-      } else {
-        float* dgr = dg_round.data_ptr<float>() + k * C * R * G;
-        sweep_block(L, S, C, b0, nb, dgc, recurrent, [&](int64_t t0, int64_t n) {
-          round_to_bf16_float(dgc, dgr, n * nb * G);
-          fold_lstm_chunk(L, dgr, t0, n, b0, nb, dxp, dw_ih, dw_hh, db, /*dG_sum=*/dgc);
-        });
-      }
+      MixedLstmBackwardThread thread = mixed.thread(k);
+      sweep(L, S, k, b0, nb, thread);
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::lstm_backward", [&] {
-      using Tv = scalar_t;
-      const auto L = lstm_layer<Tv>(x, w_ih, w_hh, h0, c0, /*h=*/y, gates, cs, /*h_cell=*/y);
-      const auto S = lstm_sweep<Tv>(gy, dh_n, dc_n, len, cut, scale, dh, dc, dh0);
+      const auto L = lstm_layer<scalar_t>(x, w_ih, w_hh, h0, c0, /*h=*/y, gates, cs, /*h_cell=*/y);
+      const auto S = lstm_sweep<scalar_t>(gy, dh_n, dc_n, len, cut, scale, dh, dc, dh0);
       for_each_row_block(B, [&](int64_t k, int64_t b0, int64_t nb) {
-        Tv* dgc = dg_chunk.data_ptr<Tv>() + k * C * R * G;
-        RecurrentBackward<Tv> recurrent{L.w_hh, H};
-        sweep_block(L, S, C, b0, nb, dgc, recurrent, [&](int64_t t0, int64_t n) {
-          fold_lstm_chunk(L, dgc, t0, n, b0, nb, dx.data_ptr<Tv>(), acc_ih.data_ptr<Tv>() + k * G * I,
-                          acc_hh.data_ptr<Tv>() + k * G * H, acc_b.data_ptr<Tv>() + k * G);
-        });
+        LstmBackwardThread<scalar_t> thread{{L.w_hh, H}};
+        sweep(L, S, k, b0, nb, thread);
       });
     });
   }

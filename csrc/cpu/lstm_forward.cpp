@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "bf16_gemm.h"
+#include "bf16_lstm.h"
 #include "checks.h"
 #include "huge_pages.h"
 #include "lengths.h"
@@ -29,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
     const at::Tensor& c0, const at::Tensor& cut, const at::Tensor& scale, const std::optional<at::Tensor>& lengths,
     const std::string* gemm) {
-  ArgChecker ck = gemm ? ArgChecker(op, at::kCPU, {at::kFloat}) : ArgChecker(op, at::kCPU);
+  ArgChecker ck = layer_checker(op, gemm);
   const LayerDims d = ck.layer(x, w_ih, w_hh, h0, c0, cut, scale);
   ck.biases(b_ih, b_hh, d);
   ck.lengths(lengths, d);
@@ -42,21 +43,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   auto y = empty_huge({T, B, H}, opts);
   auto cs = empty_huge({T, B, H}, opts);
   if (kernel) {
-    // The input projection goes step by step inside each block's time loop, on the same kernel as the
-    // recurrent product: one multi-threaded float32 GEMM up front would need x rounded in a copy first.
+    // the input projection per step, inside the time loop (bf16_lstm.h's MixedLstmCell says why)
     const Bf16Weights w(*kernel, w_hh), w_x(*kernel, w_ih);
-    const std::optional<at::Tensor> bias = b_ih ? std::optional(*b_ih + *b_hh) : std::nullopt;
+    const std::optional<at::Tensor> bias = summed_bias(b_ih, b_hh);
     const auto L = lstm_layer<float>(x, w_ih, w_hh, h0, c0, /*h=*/y, gates, cs, /*h_cell=*/y);
     for_each_row_block(B, [&](int64_t, int64_t b0, int64_t nb) {
-      Bf16Product recurrent(w), projection(w_x);
-      const int64_t I = d.I, G = 4 * H;
-      for (int64_t t = 0; t < T; ++t) {
-        float* g = gates.data_ptr<float>() + L.row(t, b0, G);
-        if (bias)
-          for (int64_t b = 0; b < nb; ++b) std::copy_n(bias->const_data_ptr<float>(), G, g + b * G);
-        projection(x.const_data_ptr<float>() + L.row(t, b0, I), nb, I, 1.0f, bias ? 1.0f : 0.0f, g, G);
-        lstm_step_forward(L, t, b0, nb, recurrent);
-      }
+      MixedLstmCell cell(L, w_x, w, bias ? bias->const_data_ptr<float>() : nullptr);
+      for (int64_t t = 0; t < T; ++t) cell(t, b0, nb);
     });
   } else {
     input_projection(x, w_ih, b_ih, b_hh, gates);

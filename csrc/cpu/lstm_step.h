@@ -123,6 +123,14 @@ inline void lstm_step_forward(const LstmLayer<T>& L, int64_t t, int64_t b0, int6
   lstm_step_forward(L, t, b0, nb, recurrent);
 }
 
+// The forward step of the LSTM part as the SAB forward calls it, cell(t, b0, nb): here float32/float64 with
+// the input projection already in L.gates (input_projection); bf16_lstm.h's MixedLstmCell is the mixed one.
+template <typename T>
+struct LstmCell {
+  const LstmLayer<T>& L;
+  void operator()(int64_t t, int64_t b0, int64_t nb) const { lstm_step_forward(L, t, b0, nb); }
+};
+
 // The truncation schedule (docs/CONTRACT.md): the gradient from step t into step t-1 along the recurrent
 // path (h and c; t = 0: into h0, c0) is zero where cut[t], otherwise multiplied by scale[t]. Memory slots
 // are never cut or scaled. Read by lstm_step_backward only. Per row (the SAB op, docs/CONTRACT.md
@@ -287,6 +295,17 @@ inline void fold_lstm_chunk(const LstmLayer<T>& L, const T* dG, int64_t t0, int6
   for (int64_t r = 0; r < n * R; ++r)
     for (int64_t g = 0; g < G; ++g) db[g] += sum[r * G + g];
 }
+
+// One thread's LSTM part of a backward sweep, float32/float64: the recurrent product for lstm_step_backward
+// and the chunk fold. bf16_lstm.h's MixedLstmBackwardThread is the mixed one, with the same interface.
+template <typename T>
+struct LstmBackwardThread {
+  RecurrentBackward<T> recurrent;
+  void fold(const LstmLayer<T>& L, const T* dG, int64_t t0, int64_t n, int64_t b0, int64_t R, T* dx, T* dw_ih,
+            T* dw_hh, T* db) const {
+    fold_lstm_chunk(L, dG, t0, n, b0, R, dx, dw_ih, dw_hh, db);
+  }
+};
 
 }  // namespace cpu
 }  // namespace fastrnn

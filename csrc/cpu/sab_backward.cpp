@@ -20,6 +20,9 @@
 // their dM (with dP @ att_wm) is dmemory, or for a fresh call (slot 0 = h0) joins dh0.
 // Per-row resets (docs/SPEC.md section 9; sab_rows.h RowSlots): slots per row as in the forward, and at a
 // row's reset step nothing flows into step t-1 along h and c (cell_step_backward_reset).
+// fastrnn::sab_mixed_backward: the gradient of sab_mixed_forward, its LSTM part in bfloat16 mixed precision
+// (docs/SPEC.md section 10): the recurrent product dG W_hh and the chunk folds (dW_ih, dW_hh, dx) are
+// bf16_lstm.h's MixedLstmBackwardThread; the attention part is this file's float32 code, unchanged.
 //
 // Weight gradients, in chunks of C steps: dx = dG W_ih, dW_ih = dG^T x, dW_hh = Σ_t dG_t^T h_{t-1},
 // db = column sums of dG, and (mlp) d att_wh = dQ^T ĥ. Keeping dG [T, B, 4H] and dQ [T, B, A] for the whole
@@ -34,7 +37,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "backward_chunks.h"
+#include "bf16_lstm.h"
 #include "fastrnn/sparse_attention.h"
 #include "huge_pages.h"
 #include "lengths.h"
@@ -118,11 +124,11 @@ void attention_backward_row(const BackwardArgs<T>& a, int64_t t, int64_t b, int6
 }
 
 // The chunk of steps [t0, t0 + n) of rows [b0, b0 + R) is complete: the LSTM weight gradients and dx rows
-// as in the LSTM backward, and for the mlp scorer d att_wh += dQ_t^T ĥ_t.
-template <typename T>
+// as in the LSTM backward (thread.fold), and for the mlp scorer d att_wh += dQ_t^T ĥ_t.
+template <typename T, class Thread>
 void flush_chunk(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t t0, int64_t n, int64_t b0,
-                 int64_t R) {
-  fold_lstm_chunk(a.L, k.dG, t0, n, b0, R, a.dx, k.dw_ih, k.dw_hh, k.db);
+                 int64_t R, Thread& thread) {
+  thread.fold(a.L, k.dG, t0, n, b0, R, a.dx, k.dw_ih, k.dw_hh, k.db);
   if (!a.mlp) return;
   for (int64_t i = 0; i < n; ++i) {
     const T* hhat = a.hhat + ((t0 + i) * a.B + b0) * a.H;
@@ -134,12 +140,12 @@ void flush_chunk(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t t0,
 // their c_{t-1} reads as zero (put aside around the step; c here is the backward's own copy), and nothing
 // flows into step t-1 (or h0, c0) along h and c: dL/dh_{t-1} is its output gradient alone, dL/dc_{t-1} zero.
 // h_{t-1} is zero in the weight gradient through the op's zeroed copy of y (the LstmLayer's h).
-template <typename T>
+template <typename T, class Product>
 void cell_step_backward_reset(const BackwardArgs<T>& a, int64_t t, int64_t b0, int64_t R, T* dG,
-                              ResetRows<T>& put_aside) {
+                              ResetRows<T>& put_aside, Product& recurrent) {
   const int64_t B = a.B, H = a.H;
   if (t > 0) put_aside.zero(*a.rows, t, b0, R, nullptr, a.L.c + (t - 1) * B * H, H);
-  lstm_step_backward(a.L, a.sweep, t, b0, R, dG);
+  lstm_step_backward(a.L, a.sweep, t, b0, R, dG, recurrent);
   if (t > 0) put_aside.restore(nullptr, a.L.c + (t - 1) * B * H, H);
   for (int64_t b = b0; b < b0 + R; ++b) {
     if (!a.rows->reset[t * B + b]) continue;
@@ -153,9 +159,10 @@ void cell_step_backward_reset(const BackwardArgs<T>& a, int64_t t, int64_t b0, i
 }
 
 // The reverse sweep for rows [b0, b0 + R): rows never interact before the weight gradients, so each
-// thread sweeps its own block without synchronisation.
-template <typename T>
-void sweep(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t b0, int64_t R) {
+// thread sweeps its own block without synchronisation. thread: the LSTM part's recurrent product and chunk
+// fold (lstm_step.h's LstmBackwardThread, or bf16_lstm.h's MixedLstmBackwardThread).
+template <typename T, class Thread>
+void sweep(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t b0, int64_t R, Thread& thread) {
   const int64_t B = a.B, H = a.H, A = a.A, S = a.S, G = 4 * H;
   ResetRows<T> put_aside(a.rows ? R : 0, H);
   start_reverse_sweep(a.L, a.sweep, b0, R);
@@ -187,11 +194,11 @@ void sweep(const BackwardArgs<T>& a, const BlockBuffers<T>& k, int64_t b0, int64
         if (j >= 0) add(a.sweep.dh + b * H, a.sweep.dh + b * H, a.d_slots + (b * S + j) * H, H);
       }
     if (a.rows && a.rows->any_reset(t, b0, R)) {
-      cell_step_backward_reset(a, t, b0, R, dG, put_aside);
+      cell_step_backward_reset(a, t, b0, R, dG, put_aside, thread.recurrent);
     } else {
-      lstm_step_backward(a.L, a.sweep, t, b0, R, dG);  // dh is dL/dĥ_t now
+      lstm_step_backward(a.L, a.sweep, t, b0, R, dG, thread.recurrent);  // dh is dL/dĥ_t now
     }
-    if (t == t0) flush_chunk(a, k, t0, std::min(a.steps, t0 + a.C) - t0, b0, R);
+    if (t == t0) flush_chunk(a, k, t0, std::min(a.steps, t0 + a.C) - t0, b0, R, thread);
   }
 }
 
@@ -207,25 +214,52 @@ at::Tensor carried_slot_grads(const at::Tensor& d_slots, const at::Tensor& d_slo
   return at::empty({0}, d_slots.options());
 }
 
+// After the sweep, the scorer's weight gradients: datt_wh (mlp: the blocks' dQ^T ĥ sums; linear: the rows'
+// sums) and datt_wm (mlp: Σ_j dP_j^T m_j; linear: the rows' sums). Float32 in the mixed ops too.
+template <typename T>
+void attention_weight_grads(const BackwardArgs<T>& a, const at::Tensor& acc_att_wh, const at::Tensor& row_datt_wm,
+                            const at::Tensor& row_datt_wh, at::Tensor& datt_wh, at::Tensor& datt_wm) {
+  const int64_t B = a.B, H = a.H, A = a.A, S = a.S;
+  if (a.mlp) {
+    datt_wh = sum_blocks(acc_att_wh);
+    // d att_wm = Σ_j dP_j^T m_j as one GEMM over all (row, slot) pairs: the slot values are gathered
+    // into M [B, S, H], the layout of dP [B, S, A]. One GEMM per slot (K = B) was S small GEMMs, each
+    // starting BLAS's thread team; on a loaded machine that cost seconds at T = 1000.
+    at::Tensor M = at::empty({B, S, H}, datt_wm.options());
+    T* m_all = M.data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < S; ++j) std::copy_n(a.slot(j, b), H, m_all + (b * S + j) * H);
+    gemm<T>(true, false, A, H, B * S, T(1), a.d_slot_keys, A, m_all, H, T(0), datt_wm.data_ptr<T>(), H);
+  } else {
+    datt_wm = row_datt_wm.sum(0);
+    datt_wh = row_datt_wh.sum(0);
+  }
+}
+
 // dx, dw_ih, dw_hh, db (the gradient of b_ih and of b_hh; [0] without bias), datt_wh, datt_wm, datt_vb,
 // dh0, dc0, dmemory ([0] without memory).
 using SabBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn,
-                                const std::optional<at::Tensor>& grad_new_slots, const at::Tensor& x,
-                                const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& att_wh,
-                                const at::Tensor& att_wm, const at::Tensor& att_vb, const at::Tensor& h0,
-                                const at::Tensor& c0, const at::Tensor& cut, const at::Tensor& scale,
-                                const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& memory,
-                                int64_t step0, const std::optional<at::Tensor>& reset,
-                                const std::optional<at::Tensor>& slot_offset,
-                                const std::optional<at::Tensor>& row_step0, const at::Tensor& y, const at::Tensor& gates, const at::Tensor& c,
-                                const at::Tensor& hhat, const at::Tensor& idx, const at::Tensor& w,
-                                const at::Tensor& thr, const at::Tensor& denom, const at::Tensor& slot_keys,
-                                int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional,
-                                bool has_bias) {
-  ArgChecker ck("fastrnn::sab_backward", at::kCPU);
+// Both ops, one parameter list for both schemas: sab_backward (no Gemm) and sab_mixed_backward (Gemm = std::string,
+// gemm_name last). gemm (nullptr: float32/float64 throughout) names the bfloat16 kernel of the mixed op (float32
+// tensors only): its LSTM part's GEMMs take their operands rounded (bf16_lstm.h).
+template <class... Gemm>
+SabBackwardOut backward_op(const at::Tensor& grad_y, const at::Tensor& grad_hn,
+                        const at::Tensor& grad_cn, const std::optional<at::Tensor>& grad_new_slots,
+                        const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& att_wh,
+                        const at::Tensor& att_wm, const at::Tensor& att_vb, const at::Tensor& h0, const at::Tensor& c0,
+                        const at::Tensor& cut, const at::Tensor& scale, const std::optional<at::Tensor>& lengths,
+                        const std::optional<at::Tensor>& memory, int64_t step0,
+                        const std::optional<at::Tensor>& reset, const std::optional<at::Tensor>& slot_offset,
+                        const std::optional<at::Tensor>& row_step0, const at::Tensor& y, const at::Tensor& gates,
+                        const at::Tensor& c, const at::Tensor& hhat, const at::Tensor& idx, const at::Tensor& w,
+                        const at::Tensor& thr, const at::Tensor& denom, const at::Tensor& slot_keys, int64_t k_top,
+                        int64_t k_att, c10::string_view scorer, bool provisional, bool has_bias,
+                        const Gemm&... gemm_name) {
+  const std::string* gemm = kernel_name(gemm_name...);
+  const char* op = gemm ? "fastrnn::sab_mixed_backward" : "fastrnn::sab_backward";
+  ArgChecker ck = layer_checker(op, gemm);
   const SabCall call = check_sab_call(ck, x, w_ih, w_hh, h0, c0, cut, scale, att_wh, att_wm, att_vb, lengths, memory,
                                       step0, reset, slot_offset, row_step0, k_top, k_att, scorer);
   const auto& [d, sd, grid, rows, S] = call;
@@ -255,11 +289,13 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
     ck.tensor(slot_keys, "slot_keys", {B, S});
   }
   const int64_t* len = lengths_data(lengths);
+  const std::optional<Bf16Kernel> kernel = gemm ? std::optional(bf16_kernel(*gemm, op)) : std::nullopt;
 
   const auto opt = x.options();
   // Block k sweeps rows [k R, min(B, (k + 1) R)): one block per thread (for_each_row_block).
   const int64_t R = rows_per_thread(B), nblocks = (B + R - 1) / R;
-  const int64_t C = chunk_steps(steps, R * (G + A) * x.element_size());
+  const int64_t C = chunk_steps(
+      steps, R * ((G + A) * x.element_size() + (kernel ? MixedLstmBackward::extra_chunk_bytes(G) : 0)));
   at::Tensor dG = at::empty({nblocks, C * R, G}, opt), dQ = at::empty({nblocks, C * R, A}, opt);
   at::Tensor acc_ih = at::zeros({nblocks, G, I}, opt), acc_hh = at::zeros({nblocks, G, H}, opt);
   at::Tensor acc_b = at::zeros({nblocks, G}, opt), acc_att_wh = at::zeros({nblocks, A, H}, opt);
@@ -292,38 +328,49 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
     }
   }
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_backward", [&] {
-    using T = scalar_t;
-    const BackwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
-                                          denom, mlp, provisional, rows ? &*rows : nullptr, &zeros)},
-                            lstm_layer<T>(x, w_ih, w_hh, h0_cell, c0_cell, /*h=*/y_cell, gates, c_cell,
-                                          /*h_cell=*/hhat),
-                            lstm_sweep<T>(gy, grad_hn, grad_cn, len, cut, scale, dh, dc0, dh0), C,
-                            query.data_ptr<T>(), d_slots.data_ptr<T>(), mlp ? d_slot_keys.data_ptr<T>() : nullptr,
-                            row_datt_vb.data_ptr<T>(), mlp ? nullptr : row_datt_wm.data_ptr<T>(),
-                            mlp ? nullptr : row_datt_wh.data_ptr<T>(), dw_da.data_ptr<T>(), dx.data_ptr<T>()};
-    for_each_row_block(B, [&](int64_t k, int64_t b0, int64_t nb) {
-      const BlockBuffers<T> buf{dG.data_ptr<T>() + k * C * R * G, dQ.data_ptr<T>() + k * C * R * A,
-                                acc_ih.data_ptr<T>() + k * G * I, acc_hh.data_ptr<T>() + k * G * H,
-                                acc_b.data_ptr<T>() + k * G, acc_att_wh.data_ptr<T>() + k * A * H};
-      sweep(a, buf, b0, nb);
-    });
+  // The arguments of the sweep, with the LstmLayer reading x, W_ih, h0 and h_{t-1} from the given tensors
+  // (the emulated mixed kernel's fold reads rounded copies; the slots always read y itself).
+  const auto args = [&](auto zero, const at::Tensor& x_l, const at::Tensor& w_ih_l, const at::Tensor& h0_l,
+                        const at::Tensor& y_l) {
+    using T = decltype(zero);
+    return BackwardArgs<T>{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
+                                         denom, mlp, provisional, rows ? &*rows : nullptr, &zeros)},
+                           lstm_layer<T>(x_l, w_ih_l, w_hh, h0_l, c0_cell, /*h=*/y_l, gates, c_cell, /*h_cell=*/hhat),
+                           lstm_sweep<T>(gy, grad_hn, grad_cn, len, cut, scale, dh, dc0, dh0), C,
+                           query.data_ptr<T>(), d_slots.data_ptr<T>(), mlp ? d_slot_keys.data_ptr<T>() : nullptr,
+                           row_datt_vb.data_ptr<T>(), mlp ? nullptr : row_datt_wm.data_ptr<T>(),
+                           mlp ? nullptr : row_datt_wh.data_ptr<T>(), dw_da.data_ptr<T>(), dx.data_ptr<T>()};
+  };
+  // Block k's sweep with its thread's LSTM part.
+  const auto sweep_block = [&](const auto& a, int64_t k, int64_t b0, int64_t nb, auto& thread) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(a.L.x)>>;
+    const BlockBuffers<T> buf{dG.data_ptr<T>() + k * C * R * G, dQ.data_ptr<T>() + k * C * R * A,
+                              acc_ih.data_ptr<T>() + k * G * I, acc_hh.data_ptr<T>() + k * G * H,
+                              acc_b.data_ptr<T>() + k * G, acc_att_wh.data_ptr<T>() + k * A * H};
+    sweep(a, buf, b0, nb, thread);
+  };
 
-    if (mlp) {
-      datt_wh = sum_blocks(acc_att_wh);
-      // d att_wm = Σ_j dP_j^T m_j as one GEMM over all (row, slot) pairs: the slot values are gathered
-      // into M [B, S, H], the layout of dP [B, S, A]. One GEMM per slot (K = B) was S small GEMMs, each
-      // starting BLAS's thread team; on a loaded machine that cost seconds at T = 1000.
-      at::Tensor M = at::empty({B, S, H}, opt);
-      T* m_all = M.data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < S; ++j) std::copy_n(a.slot(j, b), H, m_all + (b * S + j) * H);
-      gemm<T>(true, false, A, H, B * S, T(1), a.d_slot_keys, A, m_all, H, T(0), datt_wm.data_ptr<T>(), H);
-    } else {
-      datt_wm = row_datt_wm.sum(0);
-      datt_wh = row_datt_wh.sum(0);
-    }
-  });
+  if (kernel) {
+    const MixedLstmBackward mixed(*kernel, w_ih, w_hh, nblocks, C * R);
+    // named: the LstmLayer keeps their pointers
+    const at::Tensor x_l = mixed.operand(x), w_ih_l = mixed.operand(w_ih), h0_l = mixed.operand(h0_cell),
+                     y_l = mixed.operand(y_cell);
+    const BackwardArgs<float> a = args(0.0f, x_l, w_ih_l, h0_l, y_l);
+    for_each_row_block(B, [&](int64_t k, int64_t b0, int64_t nb) {
+      MixedLstmBackwardThread thread = mixed.thread(k);
+      sweep_block(a, k, b0, nb, thread);
+    });
+    attention_weight_grads(a, acc_att_wh, row_datt_wm, row_datt_wh, datt_wh, datt_wm);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_backward", [&] {
+      const BackwardArgs<scalar_t> a = args(scalar_t(0), x, w_ih, h0_cell, y_cell);
+      for_each_row_block(B, [&](int64_t k, int64_t b0, int64_t nb) {
+        LstmBackwardThread<scalar_t> thread{{a.L.w_hh, H}};
+        sweep_block(a, k, b0, nb, thread);
+      });
+      attention_weight_grads(a, acc_att_wh, row_datt_wm, row_datt_wh, datt_wh, datt_wm);
+    });
+  }
   const at::Tensor dmemory = carried_slot_grads(d_slots, d_slot_keys, att_wm, mlp, S0, memory.has_value(), dh0);
   const at::Tensor datt_vb = row_datt_vb.sum(0);
   if (len) add_zero_length_grads(len, grad_hn, grad_cn, dh0, dc0);
@@ -335,4 +382,7 @@ SabBackwardOut sab_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad
 }  // namespace cpu
 }  // namespace fastrnn
 
-TORCH_LIBRARY_IMPL(fastrnn, CPU, m) { m.impl("sab_backward", &fastrnn::cpu::sab_backward_cpu); }
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("sab_backward", &fastrnn::cpu::backward_op<>);
+  m.impl("sab_mixed_backward", &fastrnn::cpu::backward_op<std::string>);
+}

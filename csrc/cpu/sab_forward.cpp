@@ -16,6 +16,9 @@
 // Per-row resets (docs/SPEC.md section 9; sab_rows.h RowSlots): each row scores its own window of its own
 // slot table, writes on its own counter, and a row reset at step t reads h_{t-1}, c_{t-1} as zeros
 // (cell_step). Without reset / slot_offset / row_step0 the tables are absent and nothing else changes.
+// fastrnn::sab_mixed_forward: the same layer with its LSTM part in bfloat16 mixed precision (docs/SPEC.md
+// section 10; bf16_lstm.h's MixedLstmCell runs the input projection per step and the recurrent product on
+// the bfloat16 kernel); the attention part is this file's float32 code, unchanged.
 // Nothing is allocated inside the loop; what the backward needs is O(T·B·H) plus
 // O(T·B·k_top) indices and weights; never O(T·|M|) scores.
 #include <ATen/ATen.h>
@@ -24,6 +27,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "bf16_lstm.h"
 #include "fastrnn/sparse_attention.h"
 #include "huge_pages.h"
 #include "lengths.h"
@@ -80,16 +84,17 @@ struct Rankings {
 
 // Step t of rows [b0, b0 + nb), the LSTM part; with resets, h_{t-1} and c_{t-1} of the rows reset at t read
 // as zeros (step 0: the op passes h0, c0 with those rows zeroed), and each such row gets its fresh slot (zeros,
-// key 0) and its window restarts there (RowSlots).
-template <typename T>
-void cell_step(const ForwardArgs<T>& a, int64_t t, int64_t b0, int64_t nb, ResetRows<T>* put_aside) {
+// key 0) and its window restarts there (RowSlots). cell(t, b0, nb): the LSTM step (lstm_step.h's LstmCell,
+// or bf16_lstm.h's MixedLstmCell).
+template <typename T, class Cell>
+void cell_step(const ForwardArgs<T>& a, int64_t t, int64_t b0, int64_t nb, ResetRows<T>* put_aside, Cell& cell) {
   if (!a.rows || !a.rows->any_reset(t, b0, nb)) {
-    lstm_step_forward(a.L, t, b0, nb);
+    cell(t, b0, nb);
     return;
   }
   const int64_t H = a.H, K = a.mlp ? a.A : 1;
   if (t > 0) put_aside->zero(*a.rows, t, b0, nb, a.y + (t - 1) * a.B * H, a.L.c + (t - 1) * a.B * H, H);
-  lstm_step_forward(a.L, t, b0, nb);
+  cell(t, b0, nb);
   if (t > 0) put_aside->restore(a.y + (t - 1) * a.B * H, a.L.c + (t - 1) * a.B * H, H);
   for (int64_t b = b0; b < b0 + nb; ++b) {
     if (!a.rows->reset[t * a.B + b]) continue;
@@ -98,14 +103,14 @@ void cell_step(const ForwardArgs<T>& a, int64_t t, int64_t b0, int64_t nb, Reset
   }
 }
 
-template <typename T>
-void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& rank) {
+template <typename T, class Cell>
+void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& rank, Cell& cell) {
   const int64_t B = a.B, H = a.H, A = a.A, S = a.S;
   T* keys = a.slot_keys + b0 * S * A;  // the block's [nb, S, A]; the carried slots' keys are there
   ResetRows<T> put_aside(a.rows ? nb : 0, H);
   std::vector<T> new_keys(a.rows ? nb * A : 0);
   for (int64_t t = 0; t < a.steps; ++t) {
-    cell_step(a, t, b0, nb, &put_aside);
+    cell_step(a, t, b0, nb, &put_aside, cell);
     gemm<T>(false, true, nb, A, H, T(1), a.hhat + (t * B + b0) * H, H, a.att_wh, H, T(0), a.query + b0 * A, A);
     const int64_t n_grid = a.grid.n_mem(t);  // every row's, without per-row tables
     for (int64_t b = b0; b < b0 + nb; ++b) {
@@ -140,8 +145,9 @@ void forward_mlp(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& r
   }
 }
 
-template <typename T>
-void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& keep, Rankings<T>& step) {
+template <typename T, class Cell>
+void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>& keep, Rankings<T>& step,
+                    Cell& cell) {
   const int64_t B = a.B, H = a.H, S = a.S;
   // Per row: `keep`, the running top-(k_top+1) of the slot keys att_wm · m_j, and `step`, the same
   // ranking with the full scores a_j = att_wm · m_j + att_wh · ĥ_t + att_b of the current step.
@@ -160,7 +166,7 @@ void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>
     for (int64_t j = a.rows ? a.rows->offset[b] : 0; j < a.grid.S0; ++j) rank_slot(b, j);
   ResetRows<T> put_aside(a.rows ? nb : 0, H);
   for (int64_t t = 0; t < a.steps; ++t) {
-    cell_step(a, t, b0, nb, &put_aside);
+    cell_step(a, t, b0, nb, &put_aside, cell);
     const int64_t n_grid = a.grid.n_mem(t), j_grid = a.grid.written(t);  // every row's, without per-row tables
     for (int64_t b = b0; b < b0 + nb; ++b) {
       const int64_t first = a.rows ? a.first_slot(t, b) : 0;
@@ -184,26 +190,47 @@ void forward_linear(const ForwardArgs<T>& a, int64_t b0, int64_t nb, Rankings<T>
   }
 }
 
+// Every block of rows through the time loop; make_cell() gives each thread its LSTM step.
+template <typename T, class MakeCell>
+void run_blocks(const ForwardArgs<T>& a, int64_t k_top, const MakeCell& make_cell) {
+  Rankings<T> rank(a.B, k_top), step(a.B, k_top);
+  for_each_row_block(a.B, [&](int64_t, int64_t b0, int64_t nb) {
+    auto cell = make_cell();
+    if (a.mlp) {
+      forward_mlp(a, b0, nb, rank, cell);
+    } else {
+      forward_linear(a, b0, nb, rank, step, cell);
+    }
+  });
+}
+
 // y, h_n, c_n, then what the backward needs: gates (activated) [T,B,4H], c [T,B,H], hhat [T,B,H],
 // idx [T,B,k_top] int64, w [T,B,k_top], thr [T,B] int64 (slot receiving dL/dtau), denom [T,B],
 // slot_keys (mlp [B,S,A], linear [B,S]); last new_slots [B,S1,H], the slots this call wrote.
 using SabForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                  at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                              const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-                              const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_vb,
-                              const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut,
-                              const at::Tensor& scale, const std::optional<at::Tensor>& lengths,
-                              const std::optional<at::Tensor>& memory, int64_t step0,
-                              const std::optional<at::Tensor>& reset, const std::optional<at::Tensor>& slot_offset,
-                              const std::optional<at::Tensor>& row_step0, int64_t k_top, int64_t k_att,
-                              c10::string_view scorer, bool provisional) {
-  ArgChecker ck("fastrnn::sab_forward", at::kCPU);
+// Both ops, one parameter list for both schemas: sab_forward (no Gemm) and sab_mixed_forward (Gemm = std::string,
+// gemm_name last). gemm (nullptr: float32/float64 throughout) names the bfloat16 kernel of the mixed op (float32
+// tensors only), whose LSTM part rounds the operands of its GEMMs (x, h_{t-1} = y_{t-1}, the weights).
+template <class... Gemm>
+SabForwardOut forward_op(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                      const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+                      const at::Tensor& att_wh, const at::Tensor& att_wm, const at::Tensor& att_vb,
+                      const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& cut, const at::Tensor& scale,
+                      const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& memory,
+                      int64_t step0, const std::optional<at::Tensor>& reset,
+                      const std::optional<at::Tensor>& slot_offset, const std::optional<at::Tensor>& row_step0,
+                      int64_t k_top, int64_t k_att, c10::string_view scorer, bool provisional,
+                      const Gemm&... gemm_name) {
+  const std::string* gemm = kernel_name(gemm_name...);
+  const char* op = gemm ? "fastrnn::sab_mixed_forward" : "fastrnn::sab_forward";
+  ArgChecker ck = layer_checker(op, gemm);
   const SabCall call = check_sab_call(ck, x, w_ih, w_hh, h0, c0, cut, scale, att_wh, att_wm, att_vb, lengths, memory,
                                       step0, reset, slot_offset, row_step0, k_top, k_att, scorer);
   const auto& [d, sd, grid, rows, S] = call;
   ck.biases(b_ih, b_hh, d);
+  const std::optional<Bf16Kernel> kernel = gemm ? std::optional(bf16_kernel(*gemm, op)) : std::nullopt;
   const at::Tensor& carried = memory.has_value() ? *memory : h0;
   const int64_t* len = lengths_data(lengths);
   const int64_t steps = d.T, B = d.B, H = d.H, A = sd.A;
@@ -227,24 +254,28 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
   const at::Tensor zeros = at::zeros({rows ? H : 0}, opt);
   // with resets, the rows reset at step 0 start from zeros
   const at::Tensor h0_cell = zero_reset_rows(h0, reset), c0_cell = zero_reset_rows(c0, reset);
-  input_projection(x, w_ih, b_ih, b_hh, gates);
   carried_keys(carried, grid.S0, att_wm, mlp, slot_keys);
+  const auto args = [&](auto zero) {
+    using T = decltype(zero);
+    return ForwardArgs<T>{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
+                                        denom, mlp, provisional, rows ? &*rows : nullptr, &zeros)},
+                          lstm_layer<T>(x, w_ih, w_hh, h0_cell, c0_cell, /*h=*/y, gates, c, /*h_cell=*/hhat),
+                          mlp ? query.data_ptr<T>() : nullptr, new_slots.data_ptr<T>()};
+  };
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_forward", [&] {
-    using T = scalar_t;
-    const ForwardArgs<T> a{{sab_layer<T>(att_wh, att_wm, att_vb, carried, grid, y, hhat, slot_keys, idx, w, thr,
-                                         denom, mlp, provisional, rows ? &*rows : nullptr, &zeros)},
-                           lstm_layer<T>(x, w_ih, w_hh, h0_cell, c0_cell, /*h=*/y, gates, c, /*h_cell=*/hhat),
-                           mlp ? query.data_ptr<T>() : nullptr, new_slots.data_ptr<T>()};
-    Rankings<T> rank(B, k_top), step(B, k_top);
-    for_each_row_block(B, [&](int64_t, int64_t b0, int64_t nb) {
-      if (mlp) {
-        forward_mlp(a, b0, nb, rank);
-      } else {
-        forward_linear(a, b0, nb, rank, step);
-      }
+  if (kernel) {
+    const Bf16Weights w_x(*kernel, w_ih), w_rec(*kernel, w_hh);
+    const std::optional<at::Tensor> bias = summed_bias(b_ih, b_hh);
+    const ForwardArgs<float> a = args(0.0f);
+    const float* b = bias ? bias->const_data_ptr<float>() : nullptr;
+    run_blocks(a, k_top, [&] { return MixedLstmCell(a.L, w_x, w_rec, b); });
+  } else {
+    input_projection(x, w_ih, b_ih, b_hh, gates);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::sab_forward", [&] {
+      const ForwardArgs<scalar_t> a = args(scalar_t(0));
+      run_blocks(a, k_top, [&] { return LstmCell<scalar_t>{a.L}; });
     });
-  });
+  }
   // Every step of every row was computed; now the outputs stop at each row's length (cpu/lengths.h). The
   // backward reads the masked record: past a row's length nothing is selected and no gradient arrives.
   auto [h_n, c_n] = stop_at_lengths(len, y, c, h0, c0);
@@ -256,4 +287,7 @@ SabForwardOut sab_forward_cpu(const at::Tensor& x, const at::Tensor& w_ih, const
 }  // namespace cpu
 }  // namespace fastrnn
 
-TORCH_LIBRARY_IMPL(fastrnn, CPU, m) { m.impl("sab_forward", &fastrnn::cpu::sab_forward_cpu); }
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("sab_forward", &fastrnn::cpu::forward_op<>);
+  m.impl("sab_mixed_forward", &fastrnn::cpu::forward_op<std::string>);
+}
