@@ -7,9 +7,10 @@ Two kernels per step. `sab_scores_kernel`, grid (cdiv(B, BLOCK_B), cdiv(s_hi - s
      q + P_j), into a scratch row (a plain call: lo = 0, hi = the slots written so far; with per-row
      resets, docs/CONTRACT.md "Per-row resets", each row's own window of its slot table),
      where P_j = W_m @ m_j is the slot's key, computed once when the slot was written (step 6 below),
-  3. the threshold by K_TOP + 1 passes of "next in the ranking" (score descending, lower slot first on
-     ties: docs/CONTRACT.md), the normaliser Z = Σ relu(a - τ) + 1e-7, and the selected slots
-     (a_j > τ) in ascending slot order by K_TOP passes of "next larger index",
+  3. the threshold by K_TOP + 1 passes of "next in the ranking" (score descending, NaN above every number,
+     lower slot first on ties: docs/SPEC.md 1.3), the normaliser Z = Σ relu(a - τ) + 1e-7, and the
+     selected slots (relu(a_j - τ) > 0 or NaN) in ascending slot order by K_TOP passes of "next larger
+     index",
   4. h_t = ĥ_t + Σ w_j m_j, gathering only the selected slots,
   5. if the step writes a slot (slot wr[b] of row b, -1: none): m = h_t (or ĥ_t, provisional) into the
      memory and its key P = W_m @ m.
@@ -23,6 +24,33 @@ import triton.language as tl
 from .math import dot_tile, tanh
 
 NORM_EPS = tl.constexpr(1e-7)  # SPEC section 1, step 6 (fastrnn.reference.NORM_EPS)
+
+
+@triton.jit
+def _ranks_before(a1, j1, a2, j2):
+    """Whether slot j1 (score a1) comes before slot j2 (score a2) in the ranking of docs/SPEC.md 1.3: score
+    descending with NaN above every number, as torch.sort(descending=True) puts it (and ranks_above in
+    csrc/include/fastrnn/sparse_attention.h); equal scores, two NaNs included, by lower slot index. x != x is
+    the NaN test: the float comparisons alone would rank a NaN score below every slot."""
+    nan1, nan2 = a1 != a1, a2 != a2
+    above = (a1 > a2) | (nan1 & ~nan2)
+    tie = (a1 == a2) | (nan1 & nan2)
+    return above | (tie & (j1 < j2))
+
+
+@triton.jit
+def _first_ranked(a1, j1, a2, j2):
+    """Combine of the tl.reduce that finds a block's first slot in the ranking: (score, slot) of the one
+    that ranks before the other. tl.max would not do: its maximum drops NaN."""
+    first = _ranks_before(a1, j1, a2, j2)
+    return tl.where(first, a1, a2), tl.where(first, j1, j2)
+
+
+@triton.jit
+def _weighs(d):
+    """Whether ã = relu(d) of d = a - τ counts: d > 0, or NaN, which torch.relu keeps (the row's weights are
+    then NaN, as the reference's); d > 0 alone would drop it."""
+    return ~(d <= 0.0)
 
 
 @triton.jit
@@ -82,9 +110,9 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
     n_slots = hi - lo   # [BLOCK_B] the size of each row's window
     out_ty = y_ptr.dtype.element_ty
 
-    # 3a. threshold: pass r finds the (r+1)-th slot of the ranking (score desc, lower index first)
+    # 3a. threshold: pass r finds the (r+1)-th slot of the ranking (_ranks_before)
     NONE = S_cap  # "no slot" marker, larger than every slot index
-    prev_a = tl.full((BLOCK_B,), float("inf"), ACC)
+    prev_a = tl.full((BLOCK_B,), float("nan"), ACC)   # (NaN, -1) ranks before every slot
     prev_j = tl.full((BLOCK_B,), -1, tl.int32)
     tau_small = tl.zeros((BLOCK_B,), dtype=ACC)
     thr_small = tl.zeros((BLOCK_B,), dtype=tl.int32)
@@ -95,14 +123,11 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
             rs = s0 + tl.arange(0, BLOCK_S)
             valid = mb[:, None] & (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])
             a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
-            after = (a < prev_a[:, None]) | ((a == prev_a[:, None]) & (rs[None, :] > prev_j[:, None]))
-            ok = valid & after
-            bm = tl.max(tl.where(ok, a, float("-inf")), axis=1)
-            bj = tl.min(tl.where(ok & (a == bm[:, None]), rs[None, :], NONE), axis=1)
-            # blocks come in ascending slot order, so on equal scores the earlier block's slot stays
-            better = (bj < NONE) & ((best_j == NONE) | (bm > best_a))
-            best_a = tl.where(better, bm, best_a)
-            best_j = tl.where(better, bj, best_j)
+            ok = valid & _ranks_before(prev_a[:, None], prev_j[:, None], a, rs[None, :])
+            # slots not in the pass are (-inf, NONE): every slot, even one scored -inf, ranks before them
+            bm, bj = tl.reduce((tl.where(ok, a, float("-inf")), tl.where(ok, rs[None, :], NONE)), 1,
+                               _first_ranked)
+            best_a, best_j = _first_ranked(best_a, best_j, bm, bj)
         prev_a, prev_j = best_a, best_j
         # while |M| <= K_TOP the last ranked slot (pass n_slots - 1) gives tau = its score - 1
         tau_small = tl.where(r == n_slots - 1, best_a - 1.0, tau_small)
@@ -116,10 +141,11 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
         rs = s0 + tl.arange(0, BLOCK_S)
         valid = mb[:, None] & (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])
         a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
-        z += tl.sum(tl.where(valid, tl.maximum(a - tau[:, None], 0.0), 0.0), axis=1)
+        d = a - tau[:, None]
+        z += tl.sum(tl.where(valid & _weighs(d), d, 0.0), axis=1)
     z += NORM_EPS
 
-    # 3c. selected slots (a > τ) in ascending order: pass r finds the next selected index after prev
+    # 3c. selected slots (relu(a - τ) > 0, or NaN) in ascending order: pass r finds the next one after prev
     col = tl.arange(0, K_PAD)
     sel_j = tl.full((BLOCK_B, K_PAD), -1, tl.int32)
     sel_w = tl.zeros((BLOCK_B, K_PAD), dtype=ACC)
@@ -131,7 +157,7 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
             rs = s0 + tl.arange(0, BLOCK_S)
             valid = mb[:, None] & (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])
             a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
-            ok = valid & (a > tau[:, None]) & (rs[None, :] > prev_j[:, None])
+            ok = valid & _weighs(a - tau[:, None]) & (rs[None, :] > prev_j[:, None])
             bj = tl.min(tl.where(ok, rs[None, :], NONE), axis=1)
             ba = tl.sum(tl.where(ok & (rs[None, :] == bj[:, None]), a, 0.0), axis=1)
             first = (best_j == NONE) & (bj < NONE)

@@ -216,6 +216,36 @@ def test_attention_fwd_all_tied_selects_nothing():
 
 
 @pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("scorer,k_top,n_slots,nan_slots", [
+    ("mlp", 2, 20, ([17], [3, 18])),      # a NaN in the second slot block; two NaNs: one the threshold slot
+    ("linear", 1, 7, ([2, 5], [6])),      # tau NaN (two NaNs, k_top = 1): every slot weighs, NaN
+    ("mlp", 3, 9, ([0, 4, 8], [4])),      # as many NaNs as k_top, the threshold a number
+    ("linear", 5, 4, ([2], [0, 3])),      # |M| <= k_top: tau = the last ranked (a number) - 1
+])
+def test_attention_fwd_kernel_nan_scores_rank_first(dtype, scorer, k_top, n_slots, nan_slots):
+    """NaN scores (NaN slots in rows 0 and 2, row 1 clean, equal slots for ties) rank above every number and
+    tie with each other (lower slot first), as torch.sort(descending=True, stable=True) ranks them
+    (docs/SPEC.md 1.3): the threshold slot is that sort's rank k_top + 1 (|M| <= k_top: its last); a NaN
+    row's Z, weights and h_t are NaN as the reference's, and the clean row is the reference's."""
+    mem, wh, wm, s, hhat = attention_case(scorer, n_slots, dtype=dtype, ties=True)
+    for b, slots in zip((0, 2), nan_slots):
+        mem[slots, b] = float("nan")
+    out, _, _ = run_attention_fwd(scorer, k_top, mem, wh, wm, s, hhat, n_slots, False, False, dtype)
+    memory = mem[:n_slots].transpose(0, 1)
+    a = R.scores(scorer, hhat, memory, wh, wm, s)
+    ranked = torch.sort(a, dim=1, descending=True, stable=True).indices
+    assert torch.equal(out["thr"].long(), ranked[:, min(k_top, n_slots - 1)]), (out["thr"], ranked)
+    w_ref = R.sparse_weights(a, k_top)
+    y_ref = hhat + (w_ref.unsqueeze(2) * memory).sum(1)
+    assert out["z"][[0, 2]].isnan().all() and not out["z"][1].isnan()
+    torch.testing.assert_close(out["y"], y_ref, equal_nan=True, **TOL[dtype])
+    assert y_ref[[0, 2]].isnan().all(), "the case must give NaN rows"
+    idx_ref, wt_ref = R.selected(w_ref[1:2], k_top)
+    assert torch.equal(out["idx"][1:2], idx_ref) and not out["w"][1].isnan().any()
+    assert_close(out["w"][1:2], wt_ref, dtype, "clean row's weights")
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
 @pytest.mark.parametrize("scorer,k_top,n_slots,ties", [
     ("mlp", 3, 20, False), ("mlp", 5, 4, False), ("mlp", 2, 7, True), ("linear", 3, 9, False),
     ("linear", 5, 4, False),
