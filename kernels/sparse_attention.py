@@ -27,23 +27,28 @@ NORM_EPS = tl.constexpr(1e-7)  # SPEC section 1, step 6 (fastrnn.reference.NORM_
 
 
 @triton.jit
-def _ranks_before(a1, j1, a2, j2):
-    """Whether slot j1 (score a1) comes before slot j2 (score a2) in the ranking of docs/SPEC.md 1.3: score
-    descending with NaN above every number, as torch.sort(descending=True) puts it (and ranks_above in
-    csrc/include/fastrnn/sparse_attention.h); equal scores, two NaNs included, by lower slot index. x != x is
-    the NaN test: the float comparisons alone would rank a NaN score below every slot."""
-    nan1, nan2 = a1 != a1, a2 != a2
-    above = (a1 > a2) | (nan1 & ~nan2)
-    tie = (a1 == a2) | (nan1 & nan2)
-    return above | (tie & (j1 < j2))
+def _rank_key(a):
+    """Score a as an integer key in the order of the ranking of docs/SPEC.md 1.3: key(a) > key(b) iff a ranks
+    above b (a > b, with NaN above every number, as torch.sort(descending=True) and ranks_above in
+    csrc/include/fastrnn/sparse_attention.h put it), equal keys iff equal scores (-0.0 and 0.0; any two
+    NaNs). Why integers: float comparisons rank NaN below every slot and tl.max drops it, while an integer
+    max or min costs what the float one did, so the passes keep their cost for finite scores."""
+    if a.dtype == tl.float64:
+        bits = a.to(tl.int64, bitcast=True)
+        magnitude = 0x7FFFFFFFFFFFFFFF
+    else:
+        bits = a.to(tl.int32, bitcast=True)
+        magnitude = 0x7FFFFFFF
+    key = tl.where(bits < 0, bits ^ magnitude, bits)   # a negative float's magnitude bits count downwards
+    key = tl.where(a == 0.0, 0, key)
+    return tl.where(a != a, magnitude, key)             # above +inf's key, the largest of a number
 
 
 @triton.jit
-def _first_ranked(a1, j1, a2, j2):
-    """Combine of the tl.reduce that finds a block's first slot in the ranking: (score, slot) of the one
-    that ranks before the other. tl.max would not do: its maximum drops NaN."""
-    first = _ranks_before(a1, j1, a2, j2)
-    return tl.where(first, a1, a2), tl.where(first, j1, j2)
+def _key_score(key, nan_key, ACC: tl.constexpr):
+    """The score of a _rank_key key (nan_key: the key of NaN, whose bits are the magnitude mask); -0.0 comes
+    back as 0.0, which τ may be: a - τ is the same but for the sign of a zero, which relu drops."""
+    return tl.where(key < 0, key ^ nan_key, key).to(ACC, bitcast=True)
 
 
 @triton.jit
@@ -110,29 +115,37 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
     n_slots = hi - lo   # [BLOCK_B] the size of each row's window
     out_ty = y_ptr.dtype.element_ty
 
-    # 3a. threshold: pass r finds the (r+1)-th slot of the ranking (_ranks_before)
+    # 3a. threshold: pass r finds the (r+1)-th slot of the ranking (score desc, NaN first, lower index first
+    # on ties), on the scores' _rank_key keys
     NONE = S_cap  # "no slot" marker, larger than every slot index
-    prev_a = tl.full((BLOCK_B,), float("nan"), ACC)   # (NaN, -1) ranks before every slot
+    nan_key = _rank_key(tl.full((BLOCK_B,), float("nan"), ACC))       # the largest key
+    below = _rank_key(tl.full((BLOCK_B,), float("-inf"), ACC)) - 1    # below every slot's key
+    prev_k = nan_key
     prev_j = tl.full((BLOCK_B,), -1, tl.int32)
-    tau_small = tl.zeros((BLOCK_B,), dtype=ACC)
+    small_k = nan_key   # the last ranked slot's key (rows with n_slots > K_TOP do not use it)
     thr_small = tl.zeros((BLOCK_B,), dtype=tl.int32)
     for r in range(K_TOP + 1):
-        best_a = tl.full((BLOCK_B,), float("-inf"), ACC)
+        best_k = below
         best_j = tl.full((BLOCK_B,), NONE, tl.int32)
         for s0 in range(s_lo, s_hi, BLOCK_S):
             rs = s0 + tl.arange(0, BLOCK_S)
             valid = mb[:, None] & (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])
-            a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
-            ok = valid & _ranks_before(prev_a[:, None], prev_j[:, None], a, rs[None, :])
-            # slots not in the pass are (-inf, NONE): every slot, even one scored -inf, ranks before them
-            bm, bj = tl.reduce((tl.where(ok, a, float("-inf")), tl.where(ok, rs[None, :], NONE)), 1,
-                               _first_ranked)
-            best_a, best_j = _first_ranked(best_a, best_j, bm, bj)
-        prev_a, prev_j = best_a, best_j
-        # while |M| <= K_TOP the last ranked slot (pass n_slots - 1) gives tau = its score - 1
-        tau_small = tl.where(r == n_slots - 1, best_a - 1.0, tau_small)
-        thr_small = tl.where(r == n_slots - 1, best_j, thr_small)
-    tau = tl.where(n_slots > K_TOP, prev_a, tau_small)
+            k = _rank_key(tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC))
+            after = (k < prev_k[:, None]) | ((k == prev_k[:, None]) & (rs[None, :] > prev_j[:, None]))
+            ok = valid & after
+            bm = tl.max(tl.where(ok, k, below[:, None]), axis=1)
+            bj = tl.min(tl.where(ok & (k == bm[:, None]), rs[None, :], NONE), axis=1)
+            # blocks come in ascending slot order, so on equal scores the earlier block's slot stays
+            better = (bj < NONE) & ((best_j == NONE) | (bm > best_k))
+            best_k = tl.where(better, bm, best_k)
+            best_j = tl.where(better, bj, best_j)
+        prev_k, prev_j = best_k, best_j
+        # while |M| <= K_TOP the last ranked slot (pass n_slots - 1) gives tau = its score - 1. Only a found
+        # slot's key: `below` decodes to a signalling NaN, whose arithmetic would raise the invalid flag.
+        last = (r == n_slots - 1) & (best_j < NONE)
+        small_k = tl.where(last, best_k, small_k)
+        thr_small = tl.where(last, best_j, thr_small)
+    tau = tl.where(n_slots > K_TOP, _key_score(prev_k, nan_key, ACC), _key_score(small_k, nan_key, ACC) - 1.0)
     thr = tl.where(n_slots > K_TOP, prev_j, thr_small)
 
     # 3b. normaliser Z = Σ relu(a - τ) + eps
