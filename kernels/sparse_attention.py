@@ -40,7 +40,7 @@ def _rank_key(a):
         bits = a.to(tl.int32, bitcast=True)
         magnitude = 0x7FFFFFFF
     key = tl.where(bits < 0, bits ^ magnitude, bits)   # a negative float's magnitude bits count downwards
-    key = tl.where(a == 0.0, 0, key)
+    key = tl.where(a == 0.0, 0, key)                    # -0.0 ties with 0.0, as the float comparison says
     return tl.where(a != a, magnitude, key)             # above +inf's key, the largest of a number
 
 
