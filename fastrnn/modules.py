@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import backends, profiling
 from .ops.attention import SABAttention, slot_steps
-from .ops.streaming import PAD_STEP, reset_plan
+from .ops.streaming import MAX_STEP, PAD_STEP, reset_plan
 from .state import SABLayerState, SABState
 from .truncation import Schedule, fixed
 
@@ -864,6 +864,13 @@ class SABLSTM(_LSTMBase):
                     raise ValueError(f"state contains NaN or inf ({name})")
             if not all(bool(torch.isfinite(m.memory).all()) for m in state.layers):
                 raise ValueError("state contains NaN or inf (memory)")
+            # The layers check their row_step0 (these counters) too, but in the words of their argument, which
+            # the user never passed: the counters must also leave room for this call's T steps.
+            T = x.shape[0]
+            if state.per_row and bool(((state.row_steps < 0) | (state.row_steps >= MAX_STEP - T)).any()):
+                raise ValueError(f"state does not fit this call: its row_steps (the per-row step counters) must be "
+                                 f">= 0 and < 2**62 - T (T = {T}: each counter after the call stays below 2**62), "
+                                 f"got {state.row_steps.tolist()}")
         return call._replace(h0=self._cast(h0, call.precision).contiguous(),
                              c0=self._cast(c0, call.precision).contiguous())
 

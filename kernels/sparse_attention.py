@@ -7,9 +7,10 @@ Two kernels per step. `sab_scores_kernel`, grid (cdiv(B, BLOCK_B), cdiv(s_hi - s
      q + P_j), into a scratch row (a plain call: lo = 0, hi = the slots written so far; with per-row
      resets, docs/CONTRACT.md "Per-row resets", each row's own window of its slot table),
      where P_j = W_m @ m_j is the slot's key, computed once when the slot was written (step 6 below),
-  3. the threshold by K_TOP + 1 passes of "next in the ranking" (score descending, lower slot first on
-     ties: docs/CONTRACT.md), the normaliser Z = Σ relu(a - τ) + 1e-7, and the selected slots
-     (a_j > τ) in ascending slot order by K_TOP passes of "next larger index",
+  3. the threshold by K_TOP + 1 passes of "next in the ranking" (score descending, NaN above every number,
+     lower slot first on ties: docs/SPEC.md 1.3), the normaliser Z = Σ relu(a - τ) + 1e-7, and the
+     selected slots (relu(a_j - τ) > 0 or NaN) in ascending slot order by K_TOP passes of "next larger
+     index",
   4. h_t = ĥ_t + Σ w_j m_j, gathering only the selected slots,
   5. if the step writes a slot (slot wr[b] of row b, -1: none): m = h_t (or ĥ_t, provisional) into the
      memory and its key P = W_m @ m.
@@ -23,6 +24,38 @@ import triton.language as tl
 from .math import dot_tile, tanh
 
 NORM_EPS = tl.constexpr(1e-7)  # SPEC section 1, step 6 (fastrnn.reference.NORM_EPS)
+
+
+@triton.jit
+def _rank_key(a):
+    """Score a as an integer key in the order of the ranking of docs/SPEC.md 1.3: key(a) > key(b) iff a ranks
+    above b (a > b, with NaN above every number, as torch.sort(descending=True) and ranks_above in
+    csrc/include/fastrnn/sparse_attention.h put it), equal keys iff equal scores (-0.0 and 0.0; any two
+    NaNs). Why integers: float comparisons rank NaN below every slot and tl.max drops it, while an integer
+    max or min costs what the float one did, so the passes keep their cost for finite scores."""
+    if a.dtype == tl.float64:
+        bits = a.to(tl.int64, bitcast=True)
+        magnitude = 0x7FFFFFFFFFFFFFFF
+    else:
+        bits = a.to(tl.int32, bitcast=True)
+        magnitude = 0x7FFFFFFF
+    key = tl.where(bits < 0, bits ^ magnitude, bits)   # a negative float's magnitude bits count downwards
+    key = tl.where(a == 0.0, 0, key)                    # -0.0 ties with 0.0, as the float comparison says
+    return tl.where(a != a, magnitude, key)             # above +inf's key, the largest of a number
+
+
+@triton.jit
+def _key_score(key, nan_key, ACC: tl.constexpr):
+    """The score of a _rank_key key (nan_key: the key of NaN, whose bits are the magnitude mask); -0.0 comes
+    back as 0.0, which τ may be: a - τ is the same but for the sign of a zero, which relu drops."""
+    return tl.where(key < 0, key ^ nan_key, key).to(ACC, bitcast=True)
+
+
+@triton.jit
+def _weighs(d):
+    """Whether ã = relu(d) of d = a - τ counts: d > 0, or NaN, which torch.relu keeps (the row's weights are
+    then NaN, as the reference's); d > 0 alone would drop it."""
+    return ~(d <= 0.0)
 
 
 @triton.jit
@@ -82,32 +115,37 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
     n_slots = hi - lo   # [BLOCK_B] the size of each row's window
     out_ty = y_ptr.dtype.element_ty
 
-    # 3a. threshold: pass r finds the (r+1)-th slot of the ranking (score desc, lower index first)
+    # 3a. threshold: pass r finds the (r+1)-th slot of the ranking (score desc, NaN first, lower index first
+    # on ties), on the scores' _rank_key keys
     NONE = S_cap  # "no slot" marker, larger than every slot index
-    prev_a = tl.full((BLOCK_B,), float("inf"), ACC)
+    nan_key = _rank_key(tl.full((BLOCK_B,), float("nan"), ACC))       # the largest key
+    below = _rank_key(tl.full((BLOCK_B,), float("-inf"), ACC)) - 1    # below every slot's key
+    prev_k = nan_key
     prev_j = tl.full((BLOCK_B,), -1, tl.int32)
-    tau_small = tl.zeros((BLOCK_B,), dtype=ACC)
+    small_k = nan_key   # the last ranked slot's key (rows with n_slots > K_TOP do not use it)
     thr_small = tl.zeros((BLOCK_B,), dtype=tl.int32)
     for r in range(K_TOP + 1):
-        best_a = tl.full((BLOCK_B,), float("-inf"), ACC)
+        best_k = below
         best_j = tl.full((BLOCK_B,), NONE, tl.int32)
         for s0 in range(s_lo, s_hi, BLOCK_S):
             rs = s0 + tl.arange(0, BLOCK_S)
             valid = mb[:, None] & (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])
-            a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
-            after = (a < prev_a[:, None]) | ((a == prev_a[:, None]) & (rs[None, :] > prev_j[:, None]))
+            k = _rank_key(tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC))
+            after = (k < prev_k[:, None]) | ((k == prev_k[:, None]) & (rs[None, :] > prev_j[:, None]))
             ok = valid & after
-            bm = tl.max(tl.where(ok, a, float("-inf")), axis=1)
-            bj = tl.min(tl.where(ok & (a == bm[:, None]), rs[None, :], NONE), axis=1)
+            bm = tl.max(tl.where(ok, k, below[:, None]), axis=1)
+            bj = tl.min(tl.where(ok & (k == bm[:, None]), rs[None, :], NONE), axis=1)
             # blocks come in ascending slot order, so on equal scores the earlier block's slot stays
-            better = (bj < NONE) & ((best_j == NONE) | (bm > best_a))
-            best_a = tl.where(better, bm, best_a)
+            better = (bj < NONE) & ((best_j == NONE) | (bm > best_k))
+            best_k = tl.where(better, bm, best_k)
             best_j = tl.where(better, bj, best_j)
-        prev_a, prev_j = best_a, best_j
-        # while |M| <= K_TOP the last ranked slot (pass n_slots - 1) gives tau = its score - 1
-        tau_small = tl.where(r == n_slots - 1, best_a - 1.0, tau_small)
-        thr_small = tl.where(r == n_slots - 1, best_j, thr_small)
-    tau = tl.where(n_slots > K_TOP, prev_a, tau_small)
+        prev_k, prev_j = best_k, best_j
+        # while |M| <= K_TOP the last ranked slot (pass n_slots - 1) gives tau = its score - 1. Only a found
+        # slot's key: `below` decodes to a signalling NaN, whose arithmetic would raise the invalid flag.
+        last = (r == n_slots - 1) & (best_j < NONE)
+        small_k = tl.where(last, best_k, small_k)
+        thr_small = tl.where(last, best_j, thr_small)
+    tau = tl.where(n_slots > K_TOP, _key_score(prev_k, nan_key, ACC), _key_score(small_k, nan_key, ACC) - 1.0)
     thr = tl.where(n_slots > K_TOP, prev_j, thr_small)
 
     # 3b. normaliser Z = Σ relu(a - τ) + eps
@@ -116,10 +154,11 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
         rs = s0 + tl.arange(0, BLOCK_S)
         valid = mb[:, None] & (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])
         a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
-        z += tl.sum(tl.where(valid, tl.maximum(a - tau[:, None], 0.0), 0.0), axis=1)
+        d = a - tau[:, None]
+        z += tl.sum(tl.where(valid & _weighs(d), d, 0.0), axis=1)
     z += NORM_EPS
 
-    # 3c. selected slots (a > τ) in ascending order: pass r finds the next selected index after prev
+    # 3c. selected slots (relu(a - τ) > 0, or NaN) in ascending order: pass r finds the next one after prev
     col = tl.arange(0, K_PAD)
     sel_j = tl.full((BLOCK_B, K_PAD), -1, tl.int32)
     sel_w = tl.zeros((BLOCK_B, K_PAD), dtype=ACC)
@@ -131,7 +170,7 @@ def sab_attention_fwd_kernel(hhat_ptr, y_ptr, mem_ptr, key_ptr, wm_ptr, score_pt
             rs = s0 + tl.arange(0, BLOCK_S)
             valid = mb[:, None] & (rs[None, :] >= lo[:, None]) & (rs[None, :] < hi[:, None])
             a = tl.load(score_ptr + rb[:, None] * S_cap + rs[None, :], mask=valid, other=0.0).to(ACC)
-            ok = valid & (a > tau[:, None]) & (rs[None, :] > prev_j[:, None])
+            ok = valid & _weighs(a - tau[:, None]) & (rs[None, :] > prev_j[:, None])
             bj = tl.min(tl.where(ok, rs[None, :], NONE), axis=1)
             ba = tl.sum(tl.where(ok & (rs[None, :] == bj[:, None]), a, 0.0), axis=1)
             first = (best_j == NONE) & (bj < NONE)

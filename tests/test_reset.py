@@ -677,7 +677,8 @@ def test_readme_reset_example_runs():
 @pytest.mark.parametrize("backend", ["reference", *backend_params([b for b in _backends.available_backends() if b == "cpu"])])
 def test_row_step_counters_stay_below_2_62(backend):
     """A per-row state's counters obey step0's bound on every backend (the cpu op once ran a counter of
-    2**62 and overflowed int64 near 2**63): a state beyond it is refused, a call that would cross it too."""
+    2**62 and overflowed int64 near 2**63): a state beyond it is refused, a call that would cross it too, in
+    words that name the state's row_steps (the module's check), or row_step0 for a direct layer call."""
     model = fastrnn.SABLSTM(3, 4, k_top=2, backend=backend, dtype=torch.float64)
     x = torch.randn(5, 3, 3, dtype=torch.float64)
     _, _, state = model(x, reset=torch.zeros(5, 3, dtype=torch.bool), return_state=True)
@@ -685,5 +686,16 @@ def test_row_step_counters_stay_below_2_62(backend):
         with pytest.raises(ValueError, match=r"row_steps must be >= 0 and < 2\*\*62"):
             fastrnn.SABState(state.layers, step=state.step, row_steps=torch.tensor([value, 7, 5]))
     near = fastrnn.SABState(state.layers, step=state.step, row_steps=torch.tensor([2 ** 62 - 3, 7, 5]))
-    with pytest.raises(ValueError, match=r"row_step0 must be >= 0 and < 2\*\*62 - T"):
+    # the module names what the user gave (the state's row_steps), not the layers' row_step0
+    fits = r"state does not fit this call: its row_steps \(the per-row step counters\) must be >= 0 and < 2\*\*62 - T"
+    with pytest.raises(ValueError, match=rf"{fits} \(T = 5.*got \[{2 ** 62 - 3}, 7, 5\]"):
         model(x, state=near)
+    near.row_steps[0] = -1       # a counter changed in place, after SABState checked it
+    with pytest.raises(ValueError, match=rf"{fits}.*got \[-1, 7, 5\]"):
+        model(x, state=near)
+    model(x[:2], state=fastrnn.SABState(state.layers, step=state.step, row_steps=torch.tensor([2 ** 62 - 3, 7, 5])))
+    args = {k: v.detach() for k, v in layer_args(5, 3, 3, 4).items()}
+    with pytest.raises(ValueError, match=r"row_step0 must be >= 0 and < 2\*\*62 - T"):   # the layers' own check
+        _backends.layer_functions(backend, x.device)[1](
+            **args, cut=torch.zeros(5, dtype=torch.bool), scale=torch.ones(5, dtype=torch.float64), k_top=2, k_att=2,
+            scorer="mlp", provisional=True, row_step0=torch.tensor([2 ** 62 - 3, 7, 5]))

@@ -157,7 +157,7 @@ def test_cpu_ops_check_row_schedule(make, text, _):
         torch.ops.fastrnn.sab_backward(*args)
 
 
-@pytest.mark.parametrize("backend", ["reference", *backend_params([b for b in BACKENDS if b == "triton"])])
+@pytest.mark.parametrize("backend", ["reference", *backend_params()])
 @pytest.mark.parametrize("make,_,text", [e for e in SCHEDULE_ERRORS if e[2]], ids=[e[1] for e in SCHEDULE_ERRORS if e[2]])
 def test_python_layers_check_row_schedule(backend, make, _, text):
     args = {k: v.detach() for k, v in layer_args(5, 2, 3, 4).items()}
@@ -165,6 +165,25 @@ def test_python_layers_check_row_schedule(backend, make, _, text):
     fn = reference.sab_layer if backend == "reference" else layer_fn(backend, "sab_layer")
     with pytest.raises((ValueError, TypeError), match=text):
         fn(**args, cut=cut, scale=scale, k_top=2, k_att=2, scorer="mlp", provisional=True)
+
+
+@pytest.mark.parametrize("backend", ["reference", *backend_params()])
+@pytest.mark.parametrize("op", ["sab_layer", "lstm_layer"])
+@pytest.mark.parametrize("which,value,text", [
+    ("cut", None, r"cut must be a torch.bool tensor, got NoneType"),
+    ("cut", [False] * 5, r"cut must be a torch.bool tensor, got list"),
+    ("scale", None, r"scale must be a torch.float64 tensor \(the dtype of x\), got NoneType"),
+    ("scale", 1.0, r"scale must be a torch.float64 tensor \(the dtype of x\), got float"),
+])
+def test_layers_name_a_missing_or_non_tensor_schedule(backend, op, which, value, text):
+    """cut / scale None or not a tensor: every backend's layer names the argument and what it expects (the cpu
+    and cuda ops' dispatcher said only "tensor does not have a device")."""
+    args = {k: v.detach() for k, v in layer_args(5, 2, 3, 4, sab=op == "sab_layer").items()}
+    sched = {"cut": torch.zeros(5, dtype=torch.bool), "scale": torch.ones(5, dtype=F64), which: value}
+    kw = dict(k_top=2, k_att=2, scorer="mlp", provisional=True) if op == "sab_layer" else {}
+    fn = getattr(reference, op) if backend == "reference" else layer_fn(backend, op)
+    with pytest.raises(TypeError, match=text):
+        fn(**args, **sched, **kw)
 
 
 @pytest.mark.parametrize("backend", ["reference", *backend_params()])

@@ -140,22 +140,16 @@ def test_streaming_argument_errors_name_the_argument(backend):
     assert torch.equal(ours[3].slot_steps, want[3].slot_steps)
 
 
-# The Triton kernels (kernels/sparse_attention.py) rank with their own passes, which skip a NaN score (and
-# their Z's maximum drops NaN): a NaN slot is left out of the selection unless every slot is selected.
-_NAN_BACKENDS = [pytest.param(p.values[0], id=p.id, marks=[*p.marks, *([pytest.mark.xfail(
-    strict=True, reason="the triton kernels' ranking skips NaN scores")] if p.values[0] == "triton" else [])])
-    for p in backend_params()]
-
-
-@pytest.mark.parametrize("backend", _NAN_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("scorer", ["mlp", "linear"])
 @pytest.mark.parametrize("k_top", [1, 2])
 def test_nan_memory_slot_propagates_as_in_the_reference(backend, scorer, k_top):
     """A NaN slot in the carried memory (row 0 only; more slots than k_top): the reference ranks a NaN score
     above every number (torch.sort) and its relu keeps NaN, so row 0's weights, outputs and state are NaN
-    from the first step; the shared selection of the cpu (and cuda) ops ranks and selects the same way
-    (csrc/include/fastrnn/sparse_attention.h, ranks_above) instead of dropping the NaN score: NaN where the
-    reference has NaN, the reference's values elsewhere (row 1)."""
+    from the first step; the shared selection of the cpu (and cuda) ops (csrc/include/fastrnn/
+    sparse_attention.h, ranks_above) and the triton kernels (kernels/sparse_attention.py, _ranks_before)
+    rank and select the same way instead of dropping the NaN score: NaN where the reference has NaN, the
+    reference's values elsewhere (row 1)."""
     torch.manual_seed(3)
     args = {k: v.detach() for k, v in layer_args(5, 2, 3, 4, A=5, scorer=scorer).items()}
     sched = truncation.full(5)

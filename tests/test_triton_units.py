@@ -206,6 +206,44 @@ def test_attention_fwd_kernel_per_row_windows(scorer):
         assert torch.equal(mem_after[untouched], mem[untouched]), "only the written slots change"
 
 
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("k_top", [1, 2, 4])
+def test_attention_fwd_ranks_signed_zeros_infinities_and_nan_as_torch_sort(dtype, k_top):
+    """The ranking on scores given as they are (sab_attention_fwd_kernel alone): -0.0 ties with 0.0 (lower
+    slot first), inf and -inf are numbers, NaN ranks above them; the threshold slot is torch.sort's
+    (descending, stable) rank k_top + 1 and h_t the reference's, NaN where it is NaN."""
+    inf, nan_ = float("inf"), float("nan")
+    scores = torch.tensor([[0.0, -0.0, 0.0, -0.0, -1.0, 1.0],
+                           [-0.0, 0.5, 0.0, -0.0, 0.5, -2.0],
+                           [-inf, inf, nan_, inf, -inf, 3.0],
+                           [-inf, 2.0, -inf, 1.0, -inf, 0.0],
+                           [nan_, nan_, 1.0, nan_, 2.0, 0.0]], dtype=dtype)
+    B, n = scores.shape
+    H, A = 20, 16
+    mem = rnd(n + 1, B, H, dtype=dtype)
+    hhat = rnd(B, H, dtype=dtype)
+    score = nan(B, n + 1, dtype=dtype)
+    score[:, :n] = scores
+    out = dict(y=nan(B, H, dtype=dtype), idx=torch.full((B, k_top), -7, dtype=torch.int64),
+               w=nan(B, k_top, dtype=dtype), thr=torch.full((B,), -7, dtype=torch.int32), z=nan(B, dtype=dtype))
+    lo, hi, wr = (torch.tensor([v] * B, dtype=torch.int32) for v in (0, n, -1))
+    K.sparse_attention.sab_attention_fwd_kernel[(1,)](
+        hhat, out["y"], mem, nan(n + 1, B, A, dtype=dtype), nan(A, H, dtype=dtype), score, out["idx"], out["w"],
+        out["thr"], out["z"], lo, hi, wr, 0, n, 0, B, H, A, n + 1,
+        K_TOP=k_top, K_PAD=max(2, 1 << (k_top - 1).bit_length()), PROVISIONAL=True, ACC=K.acc_dtype(dtype),
+        BLOCK_A=16, BLOCK_S=4, **SMALL)            # BLOCK_S = 4: ties across two slot blocks
+    ranked = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    assert torch.equal(out["thr"].long(), ranked[:, k_top]), (out["thr"], ranked[:, k_top])
+    w_ref = R.sparse_weights(scores, k_top)
+    y_ref = hhat + (w_ref.unsqueeze(2) * mem[:n].transpose(0, 1)).sum(1)
+    torch.testing.assert_close(out["y"], y_ref, equal_nan=True, **TOL[dtype])
+    finite = ~w_ref.isnan().any(1)
+    assert finite[:2].all() and not finite[2:].all(), "the case must hold finite and NaN rows"
+    idx_ref, wt_ref = R.selected(w_ref[finite], k_top)
+    assert torch.equal(out["idx"][finite], idx_ref)
+    assert_close(out["w"][finite], wt_ref, dtype, "weights of the rows without NaN")
+
+
 def test_attention_fwd_all_tied_selects_nothing():
     """All scores equal: tau equals them, relu(0) = 0, so no slot is selected and h_t = ĥ_t."""
     mem, wh, wm, s, hhat = attention_case("mlp", 6)
@@ -213,6 +251,36 @@ def test_attention_fwd_all_tied_selects_nothing():
     out, _, _ = run_attention_fwd("mlp", 2, mem, wh, wm, s, hhat, 6, False, False, F64)
     assert (out["idx"] == -1).all() and (out["w"] == 0).all()
     assert_close(out["y"], hhat, F64, "h_t")
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("scorer,k_top,n_slots,nan_slots", [
+    ("mlp", 2, 20, ([17], [3, 18])),      # a NaN in the second slot block; two NaNs: one the threshold slot
+    ("linear", 1, 7, ([2, 5], [6])),      # tau NaN (two NaNs, k_top = 1): every slot weighs, NaN
+    ("mlp", 3, 9, ([0, 4, 8], [4])),      # as many NaNs as k_top, the threshold a number
+    ("linear", 5, 4, ([2], [0, 3])),      # |M| <= k_top: tau = the last ranked (a number) - 1
+])
+def test_attention_fwd_kernel_nan_scores_rank_first(dtype, scorer, k_top, n_slots, nan_slots):
+    """NaN scores (NaN slots in rows 0 and 2, row 1 clean, equal slots for ties) rank above every number and
+    tie with each other (lower slot first), as torch.sort(descending=True, stable=True) ranks them
+    (docs/SPEC.md 1.3): the threshold slot is that sort's rank k_top + 1 (|M| <= k_top: its last); a NaN
+    row's Z, weights and h_t are NaN as the reference's, and the clean row is the reference's."""
+    mem, wh, wm, s, hhat = attention_case(scorer, n_slots, dtype=dtype, ties=True)
+    for b, slots in zip((0, 2), nan_slots):
+        mem[slots, b] = float("nan")
+    out, _, _ = run_attention_fwd(scorer, k_top, mem, wh, wm, s, hhat, n_slots, False, False, dtype)
+    memory = mem[:n_slots].transpose(0, 1)
+    a = R.scores(scorer, hhat, memory, wh, wm, s)
+    ranked = torch.sort(a, dim=1, descending=True, stable=True).indices
+    assert torch.equal(out["thr"].long(), ranked[:, min(k_top, n_slots - 1)]), (out["thr"], ranked)
+    w_ref = R.sparse_weights(a, k_top)
+    y_ref = hhat + (w_ref.unsqueeze(2) * memory).sum(1)
+    assert out["z"][[0, 2]].isnan().all() and not out["z"][1].isnan()
+    torch.testing.assert_close(out["y"], y_ref, equal_nan=True, **TOL[dtype])
+    assert y_ref[[0, 2]].isnan().all(), "the case must give NaN rows"
+    idx_ref, wt_ref = R.selected(w_ref[1:2], k_top)
+    assert torch.equal(out["idx"][1:2], idx_ref) and not out["w"][1].isnan().any()
+    assert_close(out["w"][1:2], wt_ref, dtype, "clean row's weights")
 
 
 @pytest.mark.parametrize("dtype", [F64, F32])

@@ -123,7 +123,8 @@ def _check_cuda(x) -> None:
 
 
 def _contiguous(*tensors):
-    return [None if t is None else t.contiguous() for t in tensors]
+    # anything else (None, a wrong type) is passed on to the cpu module's checks, which name the argument
+    return [t.contiguous() if isinstance(t, torch.Tensor) else t for t in tensors]
 
 
 def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None):

@@ -12,6 +12,7 @@ import torch
 
 from .. import _native
 from . import glue
+from .streaming import check_schedule
 
 __all__ = ["available", "bf16_capabilities", "lstm_layer", "mixed_lstm_layer"]
 
@@ -23,13 +24,16 @@ def available() -> bool:
 def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, *, lengths=None, bf16_gemm=None):
     """One LSTM layer over x [T, B, I] under the schedule (cut, scale); returns (y, h_n, c_n).
     lengths (None, or int64 [B] on x's device, each in [0, T]): each row stops at its own length
-    (docs/CONTRACT.md, "Variable length").
+    (docs/CONTRACT.md, "Variable length"). cut (bool) and scale (x's dtype) [T]: TypeError / ValueError
+    naming the argument otherwise, as the other backends.
     bf16_gemm (None: computes in the tensors' dtype): the bfloat16 mixed precision of docs/SPEC.md
     (fastrnn.reference_bf16 is its oracle) with the GEMM kernel of that name: "auto", "emulated", "mkl" or
     "avx512bf16" (csrc/cpu/bf16_gemm.h). Float32 tensors in and out; RuntimeError for another dtype, an
     unknown kernel or one this CPU cannot run (torch.ops.fastrnn.bf16_capabilities() says which can)."""
     if not _native.load():
         raise RuntimeError(f"fastrnn cpu backend unavailable: {_native.load_error()}")
+    # Checked here, not only by the op: the dispatcher cannot name a None or non-tensor cut / scale.
+    check_schedule(cut, scale, x.shape[0], x.shape[1], per_row=False, dtype=x.dtype)
     contiguous = [None if t is None else t.contiguous()
                   for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0, cut, scale, lengths)]
     if bf16_gemm is None:

@@ -17,7 +17,7 @@ from .. import _native
 from . import glue
 from .attention import SABAttention, slot_steps
 from .lstm import _env_kernel
-from .streaming import carried_row_steps, check_rows, check_stream, per_row, reset_plan
+from .streaming import carried_row_steps, check_rows, check_schedule, check_stream, per_row, reset_plan
 
 __all__ = ["available", "mixed_sab_layer", "sab_layer"]
 
@@ -31,8 +31,8 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
               lengths=None, memory=None, step0: int = 0, return_slots: bool = False, reset=None,
               slot_offset=None, row_step0=None, bf16_gemm=None):
     """One SAB-LSTM layer (SPEC sections 1-2); returns (y, h_n, c_n, attention or None[, new_slots]).
-    cut (bool) and scale: the truncation schedule, [T] or per row [T, B] (docs/CONTRACT.md "Per-row
-    truncation"); a wrong shape or dtype is a RuntimeError of the op naming it.
+    cut (bool) and scale (x's dtype): the truncation schedule, [T] or per row [T, B] (docs/CONTRACT.md
+    "Per-row truncation"); TypeError / ValueError naming the argument otherwise, as the other backends.
     att_vb is the scorer's last parameter: att_v [A] (scorer "mlp") or att_b [1] ("linear").
     lengths (None, or int64 [B] on x's device, each in [0, T]): each row stops at its own length
     (docs/CONTRACT.md, "Variable length"); the attention record is -1 / 0 past it.
@@ -46,6 +46,9 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     in and out; RuntimeError for another dtype, an unknown kernel or one this CPU cannot run."""
     if not available():
         raise RuntimeError(f"fastrnn cpu backend: {_native.load_error() or 'sab ops missing from the library'}")
+    # Checked here, not only by the op: the dispatcher cannot name a None or non-tensor cut / scale (it fails
+    # with "tensor does not have a device").
+    check_schedule(cut, scale, x.shape[0], x.shape[1], per_row=True, dtype=x.dtype)
     step0 = check_stream(memory, step0, lengths, return_slots, h0)
     rows = per_row(reset, slot_offset, row_step0)
     if rows:
