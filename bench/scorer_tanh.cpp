@@ -8,6 +8,8 @@
 //   scores_<KB>   one row's scores over n slots of A = 128 keys (the forward's scan at one step), n such
 //                 that the keys take KB kilobytes: L1/L2, L3, and DRAM sized; mlp_scores where the
 //                 sources have it (FASTRNN_BENCH_TILE), else mlp_score slot by slot (the old loop)
+//   read_65536    the DRAM-sized keys summed, nothing else: the rate at which one core streams the keys in (G
+//                 floats/s; a scorer reads one key float per tanh, so no scan from DRAM beats this)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -104,6 +106,20 @@ int main(int argc, char** argv) {
       err = std::max(err, std::fabs(double(scores[j]) - s));
     }
     std::printf("scores_%ld %.3f %.3g\n", long(kb), rate, err);
+    if (kb != 65536) continue;
+    const double read = best_rate(double(reps) * n * A, rounds, [&] {
+      V a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f);
+      for (long r = 0; r < reps; ++r) {
+        for (int64_t i = 0; i + 4 * V::size() <= n * A; i += 4 * V::size()) {
+          a0 = a0 + V::loadu(keys.data() + i);
+          a1 = a1 + V::loadu(keys.data() + i + V::size());
+          a2 = a2 + V::loadu(keys.data() + i + 2 * V::size());
+          a3 = a3 + V::loadu(keys.data() + i + 3 * V::size());
+        }
+      }
+      sink = fastrnn::cpu::hsum(a0 + a1 + a2 + a3);
+    });
+    std::printf("read_%ld %.3f 0\n", long(kb), read);
   }
 
   {  // accuracy: every 61st float in [0, 20] (all exponents, odd strides through the mantissas)

@@ -3,8 +3,10 @@
 Kernel level: builds bench/scorer_tanh.cpp against csrc/ with the SIMD flags of CMakeLists.txt (the level
 torch's kernels dispatch to, or --capability) and times, on one thread by its CPU time, the float tanh
 alone (L1-resident input) and one row's scores over n slots of A = 128 keys as the forward scans them,
-with the keys in L1/L2 (32 KB), L3 (2 MB) and DRAM (64 MB); then the tanh's largest and mean error in ulp
-against tanh in double. --vs REV builds the same harness against csrc/ of a git revision too and runs the
+with the keys in L1/L2 (32 KB), L3 (2 MB) and DRAM (64 MB), and the DRAM-sized keys only summed (read_65536:
+the rate one core streams them in, the ceiling of any scan from DRAM); then the tanh's largest and mean error
+in ulp against tanh in double. --concurrent 2 runs two copies of the harness at once (as the op's two threads
+scan at once; each copy's figures are per core). --vs REV builds the same harness against csrc/ of a git revision too and runs the
 two in turn, A B A B ..., so the ratio holds while a shared machine's speed drifts.
 
 Op level (--op T ...): the forward of SABLSTM (B=32, I=64, H=128, one thread) with the mlp and the linear
@@ -71,9 +73,15 @@ def build(csrc: Path, capability: str, out: Path) -> Path:
     return out
 
 
-def run_kernels(exe: Path, rounds: int, scale: float) -> dict:
-    out = subprocess.run([str(exe), str(rounds), str(scale)], check=True, capture_output=True, text=True).stdout
-    return {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()}
+def run_kernels(exe: Path, rounds: int, scale: float, concurrent: int = 1) -> dict:
+    """The harness's figures; with `concurrent` copies running at once, each figure the copies' mean."""
+    procs = [subprocess.Popen([str(exe), str(rounds), str(scale)], stdout=subprocess.PIPE, text=True)
+             for _ in range(concurrent)]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        sys.exit(f"{exe} failed")
+    runs = [{line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()} for out in outs]
+    return {k: [statistics.mean(r[k][i] for r in runs) for i in range(len(runs[0][k]))] for k in runs[0]}
 
 
 OP_CHILD = r"""
@@ -104,6 +112,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5, help="alternating runs of each build (median quoted)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per run (best kept)")
     parser.add_argument("--scale", type=float, default=1.0, help="work per round")
+    parser.add_argument("--concurrent", type=int, default=1, help="copies of the harness run at once")
     parser.add_argument("--capability", choices=list(FLAGS), default=torch.backends.cpu.get_cpu_capability())
     parser.add_argument("--op", type=int, nargs="*", metavar="T", help="also the op-level rate at these T")
     parser.add_argument("--lib-vs", type=Path, help="the library to compare with at op level (the 'before')")
@@ -118,10 +127,12 @@ def main():
         results = {name: [] for name in builds}
         for _ in range(args.runs):
             for name, exe in builds.items():
-                results[name].append(run_kernels(exe, args.rounds, args.scale))
-    print(f"\nkernels, G tanh/s per core (median of {args.runs} alternating runs, each the best of {args.rounds})")
+                results[name].append(run_kernels(exe, args.rounds, args.scale, args.concurrent))
+    print(f"\nkernels, G tanh/s per core (read_65536: G floats/s), {args.concurrent} at once (median of {args.runs} "
+          f"alternating runs, each the best of {args.rounds})")
     keys = list(results[next(iter(results))][0])
-    rates = [k for k in keys if k != "ulp"]
+    rates = [k for k in keys if k != "ulp"]  # the 'before' revision's harness may lack read_65536
+    rates = [k for k in rates if all(k in r for runs in results.values() for r in runs)]
     print(f"  {'':22s}" + "".join(f"{k:>14s}" for k in rates) + "   tanh error (ulp max / mean)")
     med = {}
     for name, runs in results.items():
@@ -132,8 +143,11 @@ def main():
         a, b = med[args.vs], med["this tree"]
         print(f"  {'speed-up':22s}" + "".join(f"{b[k] / a[k]:13.2f}x" for k in rates))
     print("  scores_<KB>: the keys' size; largest |score - score in double| of the last run: "
-          + ", ".join(f"{name}: " + " ".join(f"{results[name][-1][k][1]:.1e}" for k in rates if k != "tanh")
+          + ", ".join(f"{name}: " + " ".join(f"{results[name][-1][k][1]:.1e}" for k in rates if k.startswith("scores"))
                       for name in results))
+    if "read_65536" in rates:
+        b = med["this tree"]
+        print(f"  from DRAM the scan runs at {b['scores_65536'] / b['read_65536']:.0%} of the rate the keys stream in")
 
     if args.op:
         libs = {"this tree": ROOT / "fastrnn" / "_lib" / "libfastrnn_cpu.so"}
