@@ -67,6 +67,12 @@ def test_resume_refuses_another_configuration(tmp_path):
     train.Run(tiny_config(max_iters=1, attn_at=[]), tmp_path).train(progress=False)
     with pytest.raises(ValueError, match="hidden"):
         train.Run(tiny_config(max_iters=2, hidden=16), tmp_path).train(progress=False)
+    with pytest.raises(ValueError, match="precision"):   # a bf16 run's iterations never count as float32's
+        train.Run(tiny_config(max_iters=2, precision="bf16"), tmp_path).train(progress=False)
+
+
+def test_precision_is_in_the_run_name():
+    assert tiny_config().name == "copy-T5-sab-s0" and tiny_config(precision="bf16").name == "copy-T5-sab-bf16-s0"
 
 
 def test_budget_stops_training(tmp_path):
@@ -150,17 +156,22 @@ def test_main_job_commands_share_one_budget(tmp_path):
     sab = cmds[0]
     assert sab[sab.index("--slot-state") + 1] == "provisional" and sab[sab.index("--k-trunc") + 1] == "20"
     assert cmds[1][cmds[1].index("--k-trunc") + 1] == "20"
+    bf16 = main_job.commands(42.0, tmp_path, 3, "auto", [], "bf16")
+    assert all(c[c.index("--precision") + 1] == "bf16" for c in bf16)
 
 
-def test_main_job_end_to_end(tmp_path):
-    """The README job with a 1-second budget per method: three processes, table and PNGs."""
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_main_job_end_to_end(tmp_path, precision):
+    """The README job with a 1-second budget per method: three processes, table and PNGs (bf16: the runs
+    named -bf16, which the job's table and heatmap find)."""
     out = tmp_path / "res"
     proc = subprocess.run([sys.executable, "-m", "fastrnn.experiments", "main", "--budget", "1", "--out", str(out),
-                           "--backend", "reference", "--eval-batches", "1", "--hidden", "16", "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
+                           "--backend", "reference", "--eval-batches", "1", "--hidden", "16", "--no-progress",
+                           "--precision", precision], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| copy-T100-sab-s0 | sab |" in proc.stdout and "| copy-T100-bptt-s0 | bptt |" in proc.stdout
-    for name in ("main_curves.png", "attention_copy-T100-sab-s0.png", "curves_copy.png"):
+    tag = "" if precision == "float32" else "-bf16"
+    assert f"| copy-T100-sab{tag}-s0 | sab |" in proc.stdout and f"| copy-T100-bptt{tag}-s0 | bptt |" in proc.stdout
+    for name in ("main_curves.png", f"attention_copy-T100-sab{tag}-s0.png", "curves_copy.png"):
         assert_png(out / name)
 
 

@@ -37,9 +37,10 @@ HELP = {
     "seed": "seed of the model's initialisation, the data and the truncation draws",
     "backend": "LSTM backend (auto: the fastest available on the device)",
     "threads": "torch threads of this run",
-    "precision": "bf16: train under torch.autocast('cpu', bfloat16), the cpu backend's bfloat16 mixed precision "
-                 "(bf16 GEMMs, float32 state, master weights and gradients; docs/SPEC.md section 10); "
-                 "evaluation in float32",
+    "precision": "bf16: train under torch.autocast('cpu', bfloat16): on the cpu backend its bfloat16 mixed "
+                 "precision (bf16 GEMMs, float32 state, master weights and gradients; docs/SPEC.md section 10), "
+                 "on the reference bfloat16 compute as nn.LSTM under autocast; evaluation in float32; the run's "
+                 "name gets -bf16",
     "eval_batches": "held-out batches for the final evaluation",
     "log_every": "iterations averaged into one history point",
     "checkpoint_every": "seconds between checkpoints",

@@ -24,6 +24,7 @@ from pathlib import Path
 import fastrnn
 from fastrnn.experiments import cli, plots, records
 from fastrnn.experiments.suites import copy_baseline, copy_section, run_all
+from fastrnn.experiments.train import PRECISIONS, Config
 from fastrnn.tasks import copying
 
 METHOD_ARGS = {
@@ -34,12 +35,12 @@ METHOD_ARGS = {
 COMMON = ["copy", "--T", "100", "--batch-size", "64", "--hidden", "128", "--encoding", "scalar", "--threads", "1"]
 
 
-def commands(budget: float, out: Path, seed: int, backend: str, extra: list) -> list:
+def commands(budget: float, out: Path, seed: int, backend: str, extra: list, precision: str = "float32") -> list:
     cmds = []
     for position, (method, margs) in enumerate(METHOD_ARGS.items()):
         cmds.append([sys.executable, "-m", "fastrnn.experiments", *COMMON, "--method", method, *margs,
                      "--budget", str(budget), "--seed", str(seed), "--backend", backend, "--out", str(out),
-                     "--position", str(position), "--no-report", *extra])
+                     "--precision", precision, "--position", str(position), "--no-report", *extra])
     return cmds
 
 
@@ -53,6 +54,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the seed of the three runs")
     parser.add_argument("--backend", default="auto", choices=fastrnn.backends.BACKENDS,
                         help="LSTM backend of the runs (auto: the fastest available)")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
+                        help="bf16: every run trains in the cpu backend's bfloat16 mixed precision (runs named -bf16)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted job from its checkpoints (without it: start the three runs afresh)")
     args, extra = parser.parse_known_args(argv)
@@ -65,12 +68,12 @@ def main(argv=None) -> int:
     if backend == "reference":
         print("main job: WARNING the fused CPU backend is not available (build it: see README); the reference "
               "backend is ~10x slower and SAB will not reach the copy solution in this budget", flush=True)
-    names = [f"copy-T100-{m}-s{args.seed}" for m in METHOD_ARGS]
+    names = [Config(task="copy", T=100, method=m, seed=args.seed, precision=args.precision).name for m in METHOD_ARGS]
     if not args.resume:
         for name in names:
             shutil.rmtree(out / "runs" / name, ignore_errors=True)
     start = time.perf_counter()
-    run_all(commands(args.budget, out, args.seed, args.backend, extra), args.workers)
+    run_all(commands(args.budget, out, args.seed, args.backend, extra, args.precision), args.workers)
     from fastrnn.experiments.__main__ import report  # here: __main__ imports this module
 
     by_name = {r["name"]: r for r in records.load_records(out)}
@@ -87,5 +90,5 @@ def main(argv=None) -> int:
                           title=f"copy T=100: SAB vs TBPTT vs BPTT, {args.budget:.0f} s of training each")
     report(out, quiet=True)
     print(f"main job: {time.perf_counter() - start:.0f} s; table {out / 'main.md'}, curves {out / 'main_curves.png'}, "
-          f"attention {out / f'attention_copy-T100-sab-s{args.seed}.png'}")
+          f"attention {out / f'attention_{names[0]}.png'}")
     return 0

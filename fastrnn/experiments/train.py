@@ -87,7 +87,8 @@ class Config:
     @property
     def name(self) -> str:
         T = "" if self.task in ("mnist", "pmnist") else f"-T{self.T}"
-        return f"{self.task}{T}-{self.method}-s{self.seed}"
+        precision = "" if self.precision == "float32" else f"-{self.precision}"
+        return f"{self.task}{T}-{self.method}{precision}-s{self.seed}"
 
 
 def build_model(cfg: Config, task) -> training.SequenceModel:
@@ -165,7 +166,7 @@ class Run:
         state = torch.load(self.checkpoint_path, weights_only=True)
         mine, defaults = dataclasses.asdict(self.cfg), dataclasses.asdict(Config())
         for key in ("task", "method", "T", "encoding", "hidden", "k_top", "k_att", "k_trunc", "trunc_offset",
-                    "attn_size", "slot_state", "attention", "batch_size", "seed"):
+                    "attn_size", "slot_state", "attention", "batch_size", "seed", "precision"):
             theirs = state["config"].get(key, defaults[key])  # a field newer than the checkpoint: its default
             if theirs != mine[key]:
                 raise ValueError(f"{self.checkpoint_path}: checkpoint has {key}={theirs!r}, "
