@@ -30,7 +30,10 @@ def _r(t):
 
 
 class _Bf16Matmul(torch.autograd.Function):
-    # forward and setup_context apart: the form torch.func transforms (grad, jvp of the first order) accept
+    # forward and setup_context apart, a vmap rule and a jvp: what torch.func's transforms (grad, vmap, jvp)
+    # need of a custom Function
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(a, b):
         return _r(a) @ _r(b)
@@ -38,6 +41,18 @@ class _Bf16Matmul(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def jvp(ctx, ta, tb):
+        # forward mode rounds the GEMMs' operands as the backward does: r(ta) r(b) + r(a) r(tb)
+        a, b = ctx.saved_tensors
+        out = None
+        if ta is not None:
+            out = _r(ta) @ _r(b)
+        if tb is not None:
+            out = _r(a) @ _r(tb) if out is None else out + _r(a) @ _r(tb)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -50,7 +65,8 @@ class _Bf16Matmul(torch.autograd.Function):
 
 def bf16_matmul(a, b):
     """a @ b of float32 matrices [M, K] x [K, N] from operands rounded to bfloat16, summed in float32; its
-    backward rounds the incoming gradient and the operands the same way."""
+    backward rounds the incoming gradient and the operands the same way, its jvp the tangents (r(ta) r(b) +
+    r(a) r(tb)); torch.func.vmap batches it."""
     return _Bf16Matmul.apply(a, b)
 
 

@@ -345,3 +345,29 @@ def test_torch_func_grad_under_autocast(backend, make):
     loss(x_).backward()
     assert max_rel_error([grad], [x_.grad]) <= SEQUENCE_TOL
 
+
+
+@pytest.mark.parametrize("make", [fastrnn.LSTM, fastrnn.SABLSTM], ids=["LSTM", "SABLSTM"])
+def test_torch_func_vmap_and_jvp_under_autocast(make):
+    """vmap and jvp (README: torch.func transforms run the oracle with backend="auto") under autocast: vmap
+    equals a loop over the samples, and jvp's tangent is the float32 one to bfloat16 rounding."""
+    torch.manual_seed(0)
+    model = make(3, 8)
+    xs, t = torch.randn(4, 6, 2, 3), torch.randn(6, 2, 3)
+
+    def loss(inp):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(inp)[0].float().sum()
+    assert torch.equal(torch.func.vmap(loss)(xs), torch.stack([loss(x) for x in xs]))
+    _, tangent = torch.func.jvp(loss, (xs[0],), (t,))
+    _, tangent32 = torch.func.jvp(lambda inp: model(inp)[0].sum(), (xs[0],), (t,))
+    assert (tangent - tangent32).detach().abs() <= 2e-2 * tangent32.detach().abs()
+
+
+def test_bf16_matmul_jvp_rounds_the_tangents():
+    """The oracle's forward mode: d(r(a) r(b)) along (ta, tb) is r(ta) r(b) + r(a) r(tb)."""
+    r = lambda u: u.bfloat16().float()
+    a, b, ta, tb = (torch.randn(3, 4), torch.randn(4, 5), torch.randn(3, 4), torch.randn(4, 5))
+    out, tangent = torch.func.jvp(RB.bf16_matmul, (a, b), (ta, tb))
+    assert torch.equal(out, r(a) @ r(b))
+    torch.testing.assert_close(tangent, r(ta) @ r(b) + r(a) @ r(tb), rtol=1e-6, atol=1e-6)
