@@ -271,3 +271,29 @@ def test_lengths_accepts_other_integer_types():
 def test_errors_name_the_argument(call, exc, match):
     with pytest.raises(exc, match=match):
         call(fastrnn.SABLSTM(3, 4, backend="reference"))
+
+
+# autocast is the CPU's: triton (CUDA tensors; the CPU only under the interpreter) is run without it
+@pytest.mark.parametrize("backend, autocast", [(b, a) for b in BACKENDS for a in (False, True)
+                                               if not (a and b == "triton")])
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_strided_parameters_are_taken(kind, backend, autocast):
+    """A parameter that is a strided view (transposed storage), as torch.nn.LSTM takes it: the outputs and
+    gradients of the contiguous copy (the cpu SAB ops read raw row-major buffers and refused it)."""
+    torch.manual_seed(0)
+    strided, dense = CLASSES[kind](backend=backend), CLASSES[kind](backend=backend)
+    dense.load_state_dict(strided.state_dict())
+    names = ["weight_hh_l0", "weight_ih_l1"] + (["att_wm_l0"] if kind == "sab" else [])
+    for name in names:
+        setattr(strided, name, nn.Parameter(getattr(strided, name).detach().t().contiguous().t()))
+        assert not getattr(strided, name).is_contiguous()
+    x = torch.randn(5, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ys, yd = strided(x)[0], dense(x)[0]
+    ys.float().sum().backward()
+    yd.float().sum().backward()
+    # the same math; a BLAS may sum a transposed operand in another order (the reference's matmul)
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ys, yd, **tol)
+    for name in names:
+        torch.testing.assert_close(getattr(strided, name).grad, getattr(dense, name).grad, **tol, msg=name)
