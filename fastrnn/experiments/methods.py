@@ -18,7 +18,8 @@ cycleworld   seed 003 §4.1-4.3 (`fastrnn.tasks.cycleworld`): FPP, its buffer-on
              prediction's accuracy / cross-entropy over the last 20 % of steps against the thesis'
              reference levels (naive predictor 83 % / 90 %; 0.66 / 0.51 / 0.45 nats).
 aux          seed 001 (`fastrnn.training.auxiliary`): r-LSTM against truncated BPTT with the same 14-step
-             classification truncation, at equal wall-clock (``--budget`` s each, run side by side), on
+             classification truncation, at equal wall-clock (``--budget`` s each, run side by side; or
+             each run's own CPU seconds with ``--clock cpu``), on
              pixel MNIST pooled to 14 x 14 (196 steps; ``--side 28``: the 784-step original; `mnist_pixels`).
 
     python -m fastrnn.experiments suite aux [--budget 600] [--clock wall|cpu] [--side 14] [--seeds 1] [--seed 0]
