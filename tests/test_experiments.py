@@ -139,6 +139,18 @@ def test_bf16_precision_trains_under_autocast_with_float32_master_weights(tmp_pa
     assert [on for on, _ in seen] == [False, False, False, True, False, False] and seen[3][1] == torch.bfloat16
 
 
+
+def test_float32_precision_leaves_an_outer_autocast_on(tmp_path):
+    """precision float32 does not switch autocast off: a caller's autocast (bench/bf16_mixed.py times
+    Run.step under it) reaches the model."""
+    run = train.Run(tiny_config(method="bptt", backend="auto"), tmp_path)
+    seen = []
+    run.model.rnn.register_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run.step()
+    assert seen == [True]
+
+
 def test_records_table_rounds_and_orders():
     rec = {"name": "x", "config": {"method": "sab"}, "iterations": 1234, "train_seconds": 9.6, "cpu_seconds": 4.4,
            "tokens_per_second": 12345.6, "eval": {"acc": 0.98765, "loss": 0.012345},

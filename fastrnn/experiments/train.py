@@ -20,6 +20,7 @@ same run, its batch split between them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -194,7 +195,9 @@ class Run:
         held-out evaluation stays float32."""
         c = self.cfg
         model, task = self._parallel or (self.model, self.task)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.precision == "bf16"):
+        # float32 leaves the caller's autocast state alone (enabled=False would switch off an outer autocast)
+        mixed = torch.autocast("cpu", dtype=torch.bfloat16) if c.precision == "bf16" else contextlib.nullcontext()
+        with mixed:
             return training.train_step(model, task, self.opt, self.gen, batch_size=c.batch_size,
                                        truncation=functools.partial(schedule_for, c), clip=c.clip,
                                        on_phase_end=on_phase_end)
