@@ -15,9 +15,11 @@ exactly the shapes the CPU kernels run them (csrc/cpu/lstm_*.cpp, sab_*.cpp):
 
 The per-block GEMMs run on one thread (the blocks run concurrently), the input projection on the op's
 threads. Each GEMM is one Python call (~2 us), so the floor is slightly high: ratios are if anything low.
-SAB-linear's scorer is matrix-vector work (no GEMM), so its floor is the LSTM's.
+SAB-linear's scorer is matrix-vector work (no GEMM), so its floor is the LSTM's. The training row also
+times LSTM and SAB-linear in bfloat16 mixed precision (`--precision bf16`, docs/SPEC.md section 10), against
+the same float32 floor and nn.LSTM's float32 iteration.
 
-    .venv/bin/python bench/roofline.py [--quick] [--rounds N]
+    .venv/bin/python bench/roofline.py [--quick] [--rounds N] [--T 100 300 1000 | --T (training only)]
 """
 import argparse
 import math
@@ -126,11 +128,12 @@ class _TorchCore(nn.Module):
         return self.lstm(x)
 
 
-def training_iteration(kind, tmp, iters):
-    """The runner's iteration (bench/train_step.py's), ``iters`` of them per call."""
+def training_iteration(kind, tmp, iters, precision="float32"):
+    """The runner's iteration (bench/train_step.py's), ``iters`` of them per call; precision "bf16": under
+    autocast, the cpu backend's bfloat16 mixed precision (Config.precision)."""
     extra = dict(SAB, attention="linear") if kind == "sab" else dict(method="bptt")
-    cfg = train.Config(task="copy", T=100, batch_size=64, hidden=128, max_iters=1, **extra)
-    run = train.Run(cfg, f"{tmp}/{kind}")
+    cfg = train.Config(task="copy", T=100, batch_size=64, hidden=128, max_iters=1, precision=precision, **extra)
+    run = train.Run(cfg, f"{tmp}/{kind}-{precision}")
     if kind == "nn":
         rnn = run.model.rnn
         run.model.rnn = _TorchCore(rnn.input_size, rnn.hidden_size)
@@ -149,12 +152,14 @@ def configs(args, tmp):
     out = []
     torch.set_num_threads(1)
     runs = {k: training_iteration(k, tmp, args.iters) for k in ("nn", "lstm", "sab")}
+    mixed = {k: training_iteration(k, tmp, args.iters, "bf16")[0] for k in ("lstm", "sab")}
     task = runs["sab"][1].task
     L, I, n_out = task.length, runs["sab"][1].model.rnn.input_size, runs["sab"][1].model.head.out_features
     emb = runs["sab"][1].model.embedding is not None
     out.append((f"train copy T=100 (L={L}) B=64 I={I} H=128", 1, args.iters, {
         "GEMM floor": GemmFloor(L, 64, I, 128, 1, head=n_out, dx=emb),
-        "nn.LSTM": runs["nn"][0], "LSTM-cpu": runs["lstm"][0], "SAB-linear-cpu": runs["sab"][0]}))
+        "nn.LSTM": runs["nn"][0], "LSTM-cpu": runs["lstm"][0], "SAB-linear-cpu": runs["sab"][0],
+        "LSTM-cpu bf16": mixed["lstm"], "SAB-linear bf16": mixed["sab"]}))
     B, I, H = 32, 64, 128
     torch.set_num_threads(2)
     for T in args.T:
@@ -173,7 +178,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="~30 s: fewer rounds and iterations")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--iters", type=int, help="training iterations per timed call")
-    parser.add_argument("--T", type=int, nargs="+", default=[100, 300, 1000])
+    parser.add_argument("--T", type=int, nargs="*", default=[100, 300, 1000],
+                        help="the fwd+bwd rows' lengths (none: the training iteration only)")
     args = parser.parse_args()
     args.rounds = args.rounds or (3 if args.quick else 15)
     args.iters = args.iters or (2 if args.quick else 5)
