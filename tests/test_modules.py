@@ -6,6 +6,7 @@ from torch import nn
 import fastrnn
 from fastrnn import reference as R
 from fastrnn import truncation as tr
+from helpers import only
 
 f64 = torch.float64
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
@@ -273,12 +274,11 @@ def test_triton_is_listed_only_where_it_has_a_device():
 
 # The meta device (shape inference, `with torch.device("meta")` model construction): as nn.LSTM, a forward
 # gives outputs of the right shapes and dtypes, without values. The layers run the cpu ops' fake kernels.
+@only("cpu")   # meta runs the cpu ops' fake kernels
 @pytest.mark.parametrize("backend", ["auto", "cpu"])
 @pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.SABLSTM])
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_meta_device_gives_the_shapes_of_the_cpu_run(cls, backend, batch_first):
-    if "cpu" not in fastrnn.available_backends():
-        pytest.skip("the native library is not built: meta runs the cpu ops' fake kernels")
     kw = dict(num_layers=2, batch_first=batch_first, backend=backend)
     if cls is fastrnn.SABLSTM:
         kw["k_trunc"] = 3
@@ -299,6 +299,7 @@ def test_meta_device_gives_the_shapes_of_the_cpu_run(cls, backend, batch_first):
         assert state.layers[1].memory.shape == state_cpu.layers[1].memory.shape
 
 
+@only("cpu")   # meta runs the cpu ops' fake kernels
 @pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.SABLSTM])
 def test_meta_device_under_torch_compile_as_the_readme_says(cls):
     """torch.compile on the meta device (README, "Building the native code"): with gradients recorded the
@@ -306,8 +307,6 @@ def test_meta_device_under_torch_compile_as_the_readme_says(cls):
     gradients of the right shapes); inductor works under no_grad, and with gradients fails on plain torch
     ops as on ours (its joint-graph pass swaps a meta output the backward reads for an empty_strided made
     after it). When the last check stops failing, torch has fixed it and the README sentence must go."""
-    if "cpu" not in fastrnn.available_backends():
-        pytest.skip("the native library is not built: meta runs the cpu ops' fake kernels")
     torch._dynamo.reset()
     model = cls(3, 4, device="meta")
     x = torch.randn(5, 2, 3, device="meta")
@@ -342,13 +341,12 @@ def test_meta_device_refuses_what_needs_values():
         fastrnn.SABLSTM(3, 4, device="meta")(x, reset=torch.zeros(5, 2, dtype=torch.bool, device="meta"))
 
 
+@only("cpu")
 @pytest.mark.parametrize("op", ["lstm", "sab"])
 @pytest.mark.parametrize("arg", ["cut", "scale", "h0", "w_hh"])
 def test_op_argument_on_meta_beside_cpu_input_is_refused(op, arg):
     """One meta tensor among CPU ones makes the dispatcher pick the fake kernel: its outputs would be
     uninitialised memory. The op refuses, naming the argument."""
-    if "cpu" not in fastrnn.available_backends():
-        pytest.skip("the native library is not built")
     from fastrnn.ops.lstm import lstm_layer
     from fastrnn.ops.sab import sab_layer
     T, B, I, H = 5, 3, 2, 4
