@@ -21,7 +21,6 @@ shared); wall and CPU milliseconds are both printed, the ratios of both. The mac
 import argparse
 import contextlib
 import os
-import platform
 import tempfile
 import time
 
@@ -31,20 +30,12 @@ import fastrnn
 from fastrnn.experiments import train
 from fastrnn.ops.lstm import bf16_capabilities
 
-from common import B, H, I, fwd_bwd_step
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
+from common import B, H, I, cpu_model, fwd_bwd_step
 
 
 def kernels():
     caps = bf16_capabilities()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; AVX512_BF16: "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; AVX512_BF16: "
           f"{caps['avx512bf16']}, AMX-BF16: {caps['amx']}, MKL bf16 GEMM exported: {caps['mkl']}; "
           f"'auto' runs '{caps['auto']}'")
     return ["emulated"] + [k for k in ("mkl", "avx512bf16") if caps[k]]

@@ -1,4 +1,6 @@
-"""Shapes of the issues' benchmarks and a fwd+bwd step builder, shared by every suite."""
+"""Shapes of the issues' benchmarks, a fwd+bwd step builder and the CPU's name, shared by every suite."""
+import platform
+
 import torch
 
 B, I, H = 32, 64, 128
@@ -16,3 +18,15 @@ def fwd_bwd_step(module, T, *, dtype=torch.float32, forward_kwargs=None):
         (y * target).sum().backward()
 
     return step
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the benchmarks' headers."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

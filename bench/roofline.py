@@ -23,7 +23,6 @@ the same float32 floor and nn.LSTM's float32 iteration.
 """
 import argparse
 import math
-import platform
 import tempfile
 import time
 
@@ -33,18 +32,9 @@ from torch import nn
 import fastrnn
 from fastrnn.experiments import train
 
+from common import cpu_model
+
 SAB = dict(method="sab", slot_state="provisional", k_top=5, k_att=2, k_trunc=20)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class GemmFloor:

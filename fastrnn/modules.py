@@ -106,10 +106,6 @@ class _Call(NamedTuple):
 class _LSTMBase(nn.Module):
     """Parameters, checks and the layer loop shared by LSTM and SABLSTM."""
 
-    # Whether the class runs the cpu backend's bfloat16 mixed precision under autocast (_Precision.mixed):
-    # both LSTM and SABLSTM do; a subclass without mixed ops would emulate (float32 math on rounded operands).
-    _MIXED_BF16 = False
-
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, backend,
                  device, dtype):
         super().__init__()
@@ -264,7 +260,7 @@ class _LSTMBase(nn.Module):
             dtype = torch.get_autocast_dtype(device_type)
             name = _concrete_backend(self.backend, device_type)
             emulate = None if dtype in NATIVE_DTYPES.get(name, ()) else torch.float32
-            mixed = self._MIXED_BF16 and name == "cpu" and device_type == "cpu" and dtype == torch.bfloat16
+            mixed = name == "cpu" and device_type == "cpu" and dtype == torch.bfloat16
             return _Precision(dtype, emulate, True, mixed)
         if not input_dtype.is_floating_point:
             raise TypeError(f"input must be a floating-point tensor, got {input_dtype}: convert it with "
@@ -481,8 +477,6 @@ class LSTM(_LSTMBase):
     forward(input, hx=None, *, lengths=None, schedule=None) -> output, (h_n, c_n)
     """
 
-    _MIXED_BF16 = True
-
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, *, backend: str = "auto", device=None, dtype=None):
@@ -582,8 +576,6 @@ class SABLSTM(_LSTMBase):
         fastrnn.reference_bf16.sab_layer. Output, h_n, c_n, the attention weights and a returned state are
         bfloat16, as every autocast output.
     """
-
-    _MIXED_BF16 = True
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,

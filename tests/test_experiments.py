@@ -476,6 +476,8 @@ def test_cycleworld_suite_restricts_worlds_windows_methods_and_sets_fpp_paramete
         assert r["lr"] == 0.01 and r["steps"] == 12
         if r["method"] == "fpp":  # the run's FPP object got them (state_lr is read back from it)
             assert (r["state_lr"], r["lam"], r["buffer_size"], r["M"]) == (0.5, 0.25, 7, 3)
+        else:  # T-BPTT ran one window of the latest T steps with the default λ, whatever the suite passed
+            assert (r["lam"], r["buffer_size"], r["M"]) == (1.0, 2, 1)
     # defaults: the world's learning rate, and the suite's state step (not the FPP class's: the lr)
     r = methods.world_run("cycle10", "fpp", 3, 8)
     assert r["lr"] == methods.WORLDS["cycle10"][2] and r["state_lr"] == methods.STATE_LR == 1.0

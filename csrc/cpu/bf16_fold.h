@@ -27,8 +27,7 @@ inline void fold_lstm_chunk_bf16(Bf16Kernel kernel, const LstmLayer<float>& L, c
   accumulate_outer(kernel, n * R, G, I, dg_row, x_row, dw_ih, I, scratch);
   accumulate_outer(kernel, n * R, G, H, dg_row, h_row, dw_hh, H, scratch);
   for (int64_t i = 0; i < n; ++i) dx_product(dG + i * R * G, R, G, 1.0f, 0.0f, dx + L.row(t0 + i, b0, I), I);
-  for (int64_t r = 0; r < n * R; ++r)
-    for (int64_t g = 0; g < G; ++g) db[g] += dG[r * G + g];
+  add_column_sums(dG, n * R, G, db);
 }
 
 }  // namespace cpu

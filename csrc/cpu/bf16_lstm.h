@@ -73,7 +73,7 @@ inline std::optional<at::Tensor> summed_bias(const std::optional<at::Tensor>& b_
 
 // One thread's part of the mixed backward: `recurrent` is dh_{t-1} = r(dG) r(W_hh) for lstm_step_backward;
 // fold() folds a finished chunk of gate gradients into the block's dW_ih, dW_hh, db and dx rows, as
-// fold_lstm_chunk does for float32.
+// fold_lstm_chunk does for float32 (the bias gradient from the unrounded dG).
 struct MixedLstmBackwardThread {
   Bf16Kernel kernel;
   Bf16Product recurrent;
@@ -88,7 +88,8 @@ struct MixedLstmBackwardThread {
       return;
     }
     round_to_bf16_float(dG, dg_round, n * R * 4 * L.H);
-    fold_lstm_chunk(L, dg_round, t0, n, b0, R, dx, dw_ih, dw_hh, db, /*dG_sum=*/dG);
+    fold_lstm_gemms(L, dg_round, t0, n, b0, R, dx, dw_ih, dw_hh);
+    add_column_sums(dG, n * R, 4 * L.H, db);
   }
 };
 
@@ -102,29 +103,30 @@ class MixedLstmBackward {
   MixedLstmBackward(Bf16Kernel kernel, const at::Tensor& w_ih, const at::Tensor& w_hh, int64_t blocks,
                     int64_t chunk_rows)
       : kernel_(kernel),
-        packed_(kernel != Bf16Kernel::Emulated),
         w_hh_t_(kernel, w_hh.t().contiguous()),
         chunk_rows_(chunk_rows),
         G_(w_hh.size(0)) {
-    if (packed_) w_ih_t_.emplace(kernel, w_ih.t().contiguous());
+    if (packed()) w_ih_t_.emplace(kernel, w_ih.t().contiguous());
     else dg_round_ = at::empty({blocks, chunk_rows, G_}, w_hh.options());
   }
 
   // t as the float32 fold reads it: rounded for the emulated kernel, t itself for the packed ones.
-  at::Tensor operand(const at::Tensor& t) const { return packed_ ? t : rounded(t); }
+  at::Tensor operand(const at::Tensor& t) const { return packed() ? t : rounded(t); }
 
   // Block k's thread.
   MixedLstmBackwardThread thread(int64_t k) const {
-    return {kernel_, Bf16Product(w_hh_t_), packed_ ? std::optional(Bf16Product(*w_ih_t_)) : std::nullopt,
-            packed_ ? nullptr : dg_round_.data_ptr<float>() + k * chunk_rows_ * G_, {}};
+    return {kernel_, Bf16Product(w_hh_t_), packed() ? std::optional(Bf16Product(*w_ih_t_)) : std::nullopt,
+            packed() ? nullptr : dg_round_.data_ptr<float>() + k * chunk_rows_ * G_, {}};
   }
 
   // The chunk bytes per step and row beyond dG itself (chunk_steps): the emulated kernel's r(dG).
   static int64_t extra_chunk_bytes(int64_t G) { return G * int64_t(sizeof(float)); }
 
  private:
+  // avx512bf16 and mkl fold on their own bfloat16 GEMM; emulated on the float32 BLAS
+  bool packed() const { return kernel_ != Bf16Kernel::Emulated; }
+
   Bf16Kernel kernel_;
-  bool packed_;
   Bf16Weights w_hh_t_;                   // dh = r(dG) r(W_hh): B = W_hh^T [H, 4H]
   std::optional<Bf16Weights> w_ih_t_;    // dx = r(dG) r(W_ih): B = W_ih^T [I, 4H]
   at::Tensor dg_round_;

@@ -56,7 +56,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn::lstm_forward", [&] {
       const auto L = lstm_layer<scalar_t>(x, w_ih, w_hh, h0, c0, /*h=*/y, gates, cs, /*h_cell=*/y);
       for_each_row_block(B, [&](int64_t, int64_t b0, int64_t nb) {
-        for (int64_t t = 0; t < T; ++t) lstm_step_forward(L, t, b0, nb);
+        const LstmCell<scalar_t> cell{L};
+        for (int64_t t = 0; t < T; ++t) cell(t, b0, nb);
       });
     });
   }

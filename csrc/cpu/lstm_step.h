@@ -264,25 +264,25 @@ inline void lstm_step_backward(const LstmLayer<T>& L, const LstmSweep<T>& S, int
   }
 }
 
+// sums[g] += Σ_r rows[r, g] over `n` rows of G columns: the bias gradient of a chunk of gate gradients.
 template <typename T>
-inline void lstm_step_backward(const LstmLayer<T>& L, const LstmSweep<T>& S, int64_t t, int64_t b0, int64_t nb,
-                               T* dG) {
-  RecurrentBackward<T> recurrent{L.w_hh, L.H};
-  lstm_step_backward(L, S, t, b0, nb, dG, recurrent);
+inline void add_column_sums(const T* rows, int64_t n, int64_t G, T* sums) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t g = 0; g < G; ++g) sums[g] += rows[r * G + g];
 }
 
-// The LSTM part of a finished chunk of the sweep: steps [t0, t0 + n) of rows [b0, b0 + R), whose gate
+// The GEMMs of a finished chunk of the sweep: steps [t0, t0 + n) of rows [b0, b0 + R), whose gate
 // gradients are dG (step-major, [n * R, 4H]). Accumulates dW_ih += dG_t^T x_t, dW_hh += dG_t^T h_{t-1}
-// (h0 for t = 0), db += column sums of dG_sum (nullptr: of dG), and writes the block's dx rows
-// dx_t = dG_t W_ih (dx [T, B, I]). The bfloat16 mixed path passes dG rounded to bfloat16 (the GEMMs'
-// operand) and dG_sum unrounded (the bias gradient is no GEMM: float32).
+// (h0 for t = 0) and writes the block's dx rows dx_t = dG_t W_ih (dx [T, B, I]). The emulated bfloat16
+// path passes dG rounded to bfloat16 (the GEMMs' operand) and sums the bias gradient from the unrounded dG
+// (it is no GEMM: float32).
 // A block's rows of x and h_{t-1} are not one strided matrix across steps, so the GEMMs go step by step
 // (K = R): copying the chunk's rows into one matrix for a single GEMM with K = n * R measured slower
 // (39 against 34 ms per 1000 steps of a 16-row block at H = 128, float32; MKL's small-K GEMM beats copy
 // plus packing).
 template <typename T>
-inline void fold_lstm_chunk(const LstmLayer<T>& L, const T* dG, int64_t t0, int64_t n, int64_t b0, int64_t R,
-                            T* dx, T* dw_ih, T* dw_hh, T* db, const T* dG_sum = nullptr) {
+inline void fold_lstm_gemms(const LstmLayer<T>& L, const T* dG, int64_t t0, int64_t n, int64_t b0, int64_t R,
+                            T* dx, T* dw_ih, T* dw_hh) {
   const int64_t I = L.I, H = L.H, G = 4 * H;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = t0 + i;
@@ -291,9 +291,14 @@ inline void fold_lstm_chunk(const LstmLayer<T>& L, const T* dG, int64_t t0, int6
     gemm<T>(true, false, G, H, R, T(1), dG_t, G, L.h_prev(t, b0), H, T(1), dw_hh, H);
     gemm<T>(false, false, R, I, G, T(1), dG_t, G, L.w_ih, I, T(0), dx + L.row(t, b0, I), I);
   }
-  const T* sum = dG_sum ? dG_sum : dG;
-  for (int64_t r = 0; r < n * R; ++r)
-    for (int64_t g = 0; g < G; ++g) db[g] += sum[r * G + g];
+}
+
+// The LSTM part of a finished chunk: fold_lstm_gemms, and db += the column sums of dG.
+template <typename T>
+inline void fold_lstm_chunk(const LstmLayer<T>& L, const T* dG, int64_t t0, int64_t n, int64_t b0, int64_t R,
+                            T* dx, T* dw_ih, T* dw_hh, T* db) {
+  fold_lstm_gemms(L, dG, t0, n, b0, R, dx, dw_ih, dw_hh);
+  add_column_sums(dG, n * R, 4 * L.H, db);
 }
 
 // One thread's LSTM part of a backward sweep, float32/float64: the recurrent product for lstm_step_backward

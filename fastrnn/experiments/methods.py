@@ -196,7 +196,9 @@ def world_run(world: str, method: str, T: int, steps: int, *, seed: int = 0, M: 
     tail = slice(int(0.8 * steps), steps)
     per = steps // bins
     return {"name": f"{world}-{method}-T{T}-s{seed}", "world": world, "method": method, "T": T, "seed": seed,
-            "steps": steps, "lr": lr, "state_lr": algo.state_lr, "lam": lam, "M": M, "buffer_size": buffer_size,
+            # the settings the algorithm ran with (T-BPTT: M = 1, a buffer of T, whatever was passed)
+            "steps": steps, "lr": lr, "state_lr": algo.state_lr, "lam": algo.lam, "M": algo.M,
+            "buffer_size": algo.capacity - 1,
             "acc": acc[tail].mean().item(), "ce": ce[tail].mean().item(), "wall_s": wall,
             "curve": {"t": [per * (k + 1) for k in range(bins)],
                       "acc": acc[:per * bins].view(bins, per).mean(1).tolist(),

@@ -53,13 +53,11 @@ def sab_layer(x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, sc
     rows = per_row(reset, slot_offset, row_step0)
     if rows:
         check_rows(x, memory, step0, lengths, reset, slot_offset, row_step0)
-        reset, slot_offset, row_step0 = (None if t is None else t.contiguous() for t in (reset, slot_offset, row_step0))
-    if memory is not None:
-        memory = memory.contiguous()       # a carried memory cut to max_slots is a strided view
-    # the kernels read raw row-major buffers; a module's parameter may be a strided view (as nn.LSTM takes it)
-    x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths = (
-        None if t is None else t.contiguous() for t in (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0,
-                                                         cut, scale, lengths))
+    # the kernels read raw row-major buffers; a module's parameter may be a strided view (as nn.LSTM takes it),
+    # a carried memory cut to max_slots is one
+    tensors = (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory)
+    x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, reset, slot_offset, \
+        row_step0 = (None if t is None else t.contiguous() for t in (*tensors, reset, slot_offset, row_step0))
     args = (x, w_ih, w_hh, b_ih, b_hh, att_wh, att_wm, att_vb, h0, c0, cut, scale, lengths, memory, step0, reset,
             slot_offset, row_step0, k_top, k_att, scorer, provisional)
     if bf16_gemm is None:
